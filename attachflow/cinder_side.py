@@ -1,0 +1,548 @@
+"""The storage side: everything attachflow asks of Cinder.
+
+``StorageAPI`` is the seam: one method per Cinder call, named after it. ``CinderStorage``
+implements it with python-cinderclient over a keystoneauth1 session and translates
+cinderclient's exceptions into attachflow's at this boundary; ``attachflow.testing``
+has the in-memory twin. On top of the seam, ``AttachmentsFlow`` and ``LegacyFlow`` are the
+two ways of attaching a volume Cinder offers (attachments API from microversion 3.27/3.44,
+and the reserve/initialize_connection/attach actions); ``select_flow`` picks one.
+
+Retries (tenacity) only where repeating cannot change the outcome: reads on connection
+errors and 5xx, deletes on 5xx (a 404 on delete means it is already gone). Calls that change
+state are never retried blindly.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import logging
+import os
+import time
+from typing import Any, Callable, Mapping
+
+from attachflow import errors
+from attachflow.model import (ConnectionInfo, ConnectorProperties, Volume,
+                              VolumeAttachment, masked)
+
+LOG = logging.getLogger("attachflow.cinder")
+
+ATTACHMENTS_MIN = (3, 44)  # create/update from 3.27, complete from 3.44
+WANTED_VERSION = "3.71"
+
+
+class StorageAPI(abc.ABC):
+    """One method per Cinder call attachflow makes."""
+
+    #: the microversion in use, as (major, minor)
+    version: tuple[int, int] = (3, 0)
+
+    @abc.abstractmethod
+    def get_volume(self, volume_id: str) -> Volume: ...
+
+    # attachments API
+    @abc.abstractmethod
+    def attachment_create(self, volume_id: str, instance_id: str,
+                          connector: dict[str, Any] | None) -> tuple[str, dict | None]:
+        """Returns (attachment_id, raw connection_info or None without connector)."""
+
+    @abc.abstractmethod
+    def attachment_update(self, attachment_id: str, connector: dict[str, Any]) -> dict: ...
+
+    @abc.abstractmethod
+    def attachment_show(self, attachment_id: str) -> dict:
+        """The attachment's raw connection_info (with its secrets)."""
+
+    @abc.abstractmethod
+    def attachment_complete(self, attachment_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def attachment_delete(self, attachment_id: str) -> None: ...
+
+    # legacy actions
+    @abc.abstractmethod
+    def reserve(self, volume_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def unreserve(self, volume_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def initialize_connection(self, volume_id: str, connector: dict[str, Any]) -> dict: ...
+
+    @abc.abstractmethod
+    def terminate_connection(self, volume_id: str, connector: dict[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    def attach(self, volume_id: str, instance_id: str, mountpoint: str,
+               host_name: str | None, mode: str = "rw") -> None: ...
+
+    @abc.abstractmethod
+    def begin_detaching(self, volume_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def roll_detaching(self, volume_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def detach(self, volume_id: str, attachment_id: str | None) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------
+# The real adapter
+
+def _env(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    return value if value else None
+
+
+def make_session(cloud: str | None = None, env: Mapping[str, str] | None = None):
+    """A keystoneauth1 session from a clouds.yaml cloud, the OS_* variables, or noauth.
+
+    noauth (labs): OS_AUTH_TYPE=noauth with OS_ENDPOINT, OS_USER_ID, OS_PROJECT_ID.
+    """
+    env = os.environ if env is None else env
+    cloud = cloud or _env(env, "OS_CLOUD")
+    if cloud:
+        import openstack.config  # lazily: only this path needs clouds.yaml parsing
+        try:
+            region = openstack.config.OpenStackConfig().get_one(cloud=cloud)
+        except Exception as exc:
+            raise errors.InputError(f"cloud '{cloud}': {exc}") from None
+        return region.get_session(), region.get_endpoint("block-storage")
+
+    from keystoneauth1 import loading, session as ks_session
+    auth_type = _env(env, "OS_AUTH_TYPE") or ("noauth" if _env(env, "OS_ENDPOINT")
+                                              and not _env(env, "OS_AUTH_URL")
+                                              else "password")
+    try:
+        loader = loading.get_plugin_loader(auth_type)
+    except Exception:
+        raise errors.InputError(f"unknown OS_AUTH_TYPE '{auth_type}'") from None
+    options = {}
+    for opt in loader.get_options():
+        value = _env(env, "OS_" + opt.dest.upper()) or _env(env, "OS_" + opt.name.upper()
+                                                             .replace("-", "_"))
+        if value is not None:
+            options[opt.dest] = value
+    missing = [o.name for o in loader.get_options() if o.required and o.dest not in options]
+    if missing:
+        raise errors.InputError(
+            "storage credentials incomplete: set "
+            + ", ".join("OS_" + m.upper().replace("-", "_") for m in missing)
+            + " (or --os-cloud / OS_CLOUD)")
+    plugin = loader.load_from_options(**options)
+    verify: bool | str = not bool(_env(env, "OS_INSECURE"))
+    if _env(env, "OS_CACERT"):
+        verify = env["OS_CACERT"]
+    return ks_session.Session(auth=plugin, verify=verify), None
+
+
+@dataclasses.dataclass
+class CallStats:
+    calls: list[str] = dataclasses.field(default_factory=list)
+
+
+def _translate(exc: BaseException, what: str) -> errors.AttachflowError:
+    """cinderclient/keystoneauth exceptions -> attachflow's. Messages carry the server's
+    text, never the request body (which may hold connector or CHAP data)."""
+    from cinderclient import exceptions as cexc
+    from keystoneauth1 import exceptions as kexc
+    if isinstance(exc, errors.AttachflowError):
+        return exc
+    if isinstance(exc, cexc.ClientException):
+        code = getattr(exc, "code", None)
+        text = getattr(exc, "message", None) or str(exc)
+        if code == 404:
+            return errors.StorageNotFound(f"{what}: not found ({text})", status=404)
+        if code in (400, 409):
+            return errors.VolumeStateError(f"{what}: {text}")
+        if code and code >= 500:
+            return errors.StorageUnavailable(f"{what}: server error {code} ({text})",
+                                             status=code)
+        return errors.StorageError(f"{what}: HTTP {code} ({text})", status=code)
+    if isinstance(exc, (kexc.ConnectFailure, kexc.ConnectTimeout, kexc.UnknownConnectionError,
+                        kexc.RetriableConnectionFailure, cexc.ConnectionError)):
+        return errors.StorageUnavailable(f"{what}: cannot reach the storage API ({exc})")
+    if isinstance(exc, kexc.http.HttpError):
+        code = exc.http_status
+        if code == 404:
+            return errors.StorageNotFound(f"{what}: not found", status=404)
+        if code and code >= 500:
+            return errors.StorageUnavailable(f"{what}: server error {code}", status=code)
+        return errors.StorageError(f"{what}: HTTP {code} ({exc.message})", status=code)
+    if isinstance(exc, kexc.ClientException):
+        return errors.StorageError(f"{what}: {exc}")
+    if isinstance(exc, cexc.UnsupportedVersion):
+        return errors.StorageError(f"{what}: {exc}")
+    return errors.StorageError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+def _retrying(kind: str, sleep: Callable[[float], None] = time.sleep):
+    import tenacity
+
+    def retry_on(exc: BaseException) -> bool:
+        if not isinstance(exc, errors.StorageUnavailable):
+            return False
+        if kind == "read":
+            return True
+        # deletes: only server errors, where the request was answered, not lost
+        return exc.status is not None and exc.status >= 500
+
+    return tenacity.Retrying(
+        retry=tenacity.retry_if_exception(retry_on),
+        stop=tenacity.stop_after_attempt(4),
+        wait=tenacity.wait_exponential(multiplier=0.2, max=2),
+        sleep=sleep, reraise=True)
+
+
+class CinderStorage(StorageAPI):
+    """StorageAPI over python-cinderclient. Construct with ``CinderStorage.connect``."""
+
+    def __init__(self, client, version: tuple[int, int], sleep=time.sleep):
+        self._client = client
+        self.version = version
+        self._sleep = sleep
+        self.calls: list[str] = []
+
+    @classmethod
+    def connect(cls, cloud: str | None = None, env: Mapping[str, str] | None = None,
+                max_version: str = WANTED_VERSION) -> "CinderStorage":
+        from cinderclient import api_versions, client as cclient
+        sess, endpoint = make_session(cloud, env)
+        env = os.environ if env is None else env
+        kwargs: dict[str, Any] = {"session": sess}
+        if endpoint:
+            kwargs["endpoint_override"] = endpoint
+        if _env(env, "OS_REGION_NAME"):
+            kwargs["region_name"] = env["OS_REGION_NAME"]
+        if _env(env, "OS_INTERFACE"):
+            kwargs["interface"] = env["OS_INTERFACE"]
+        try:
+            probe = cclient.Client("3.0", **kwargs)
+            negotiated = api_versions.discover_version(probe,
+                                                       api_versions.APIVersion(max_version))
+            client = cclient.Client(negotiated.get_string(), **kwargs)
+        except Exception as exc:
+            raise _translate(exc, "microversion negotiation") from None
+        version = (negotiated.ver_major, negotiated.ver_minor)
+        LOG.debug("cinder: negotiated microversion %d.%d", *version)
+        return cls(client, version)
+
+    def _call(self, what: str, fn: Callable[[], Any], kind: str = "write") -> Any:
+        self.calls.append(what)
+        start = time.monotonic()
+
+        def once():
+            try:
+                return fn()
+            except Exception as exc:
+                raise _translate(exc, what) from None
+
+        try:
+            if kind == "write":
+                result = once()
+            else:
+                result = _retrying(kind, self._sleep)(once)
+        except errors.StorageNotFound:
+            if kind == "delete":
+                LOG.debug("cinder: %s -> already gone (404)", what)
+                return None
+            raise
+        LOG.debug("cinder: %s -> %s (%.0f ms)", what, masked(_plain(result)),
+                  (time.monotonic() - start) * 1000)
+        return result
+
+    def get_volume(self, volume_id: str) -> Volume:
+        try:
+            vol = self._call(f"GET volume {volume_id}",
+                             lambda: self._client.volumes.get(volume_id), "read")
+        except errors.StorageNotFound:
+            raise errors.VolumeNotFound(f"volume {volume_id} not found in Cinder") from None
+        return Volume(
+            id=vol.id, name=getattr(vol, "name", None), status=vol.status,
+            size=int(getattr(vol, "size", 0) or 0),
+            multiattach=bool(getattr(vol, "multiattach", False)),
+            attach_status=getattr(vol, "attach_status", None),
+            migration_status=getattr(vol, "migration_status", None),
+            attachments=tuple(VolumeAttachment(
+                attachment_id=a.get("attachment_id") or a.get("id"),
+                server_id=a.get("server_id"), host_name=a.get("host_name"),
+                device=a.get("device")) for a in (vol.attachments or [])))
+
+    def attachment_create(self, volume_id, instance_id, connector):
+        att = self._call(f"POST attachment volume={volume_id}",
+                         lambda: self._client.attachments.create(volume_id, connector,
+                                                                 instance_id))
+        return att["id"], (att.get("connection_info") or None)
+
+    def attachment_update(self, attachment_id, connector):
+        att = self._call(f"PUT attachment {attachment_id}",
+                         lambda: self._client.attachments.update(attachment_id, connector))
+        return att.connection_info
+
+    def attachment_show(self, attachment_id):
+        att = self._call(f"GET attachment {attachment_id}",
+                         lambda: self._client.attachments.show(attachment_id), "read")
+        return dict(getattr(att, "connection_info", None) or {})
+
+    def attachment_complete(self, attachment_id):
+        self._call(f"POST attachment {attachment_id} os-complete",
+                   lambda: self._client.attachments.complete(attachment_id))
+
+    def attachment_delete(self, attachment_id):
+        self._call(f"DELETE attachment {attachment_id}",
+                   lambda: self._client.attachments.delete(attachment_id), "delete")
+
+    def reserve(self, volume_id):
+        self._call(f"os-reserve {volume_id}", lambda: self._client.volumes.reserve(volume_id))
+
+    def unreserve(self, volume_id):
+        self._call(f"os-unreserve {volume_id}",
+                   lambda: self._client.volumes.unreserve(volume_id))
+
+    def initialize_connection(self, volume_id, connector):
+        return dict(self._call(
+            f"os-initialize_connection {volume_id}",
+            lambda: self._client.volumes.initialize_connection(volume_id, connector)))
+
+    def terminate_connection(self, volume_id, connector):
+        self._call(f"os-terminate_connection {volume_id}",
+                   lambda: self._client.volumes.terminate_connection(volume_id, connector))
+
+    def attach(self, volume_id, instance_id, mountpoint, host_name, mode="rw"):
+        self._call(f"os-attach {volume_id}", lambda: self._client.volumes.attach(
+            volume_id, instance_id, mountpoint, mode=mode, host_name=host_name))
+
+    def begin_detaching(self, volume_id):
+        self._call(f"os-begin_detaching {volume_id}",
+                   lambda: self._client.volumes.begin_detaching(volume_id))
+
+    def roll_detaching(self, volume_id):
+        self._call(f"os-roll_detaching {volume_id}",
+                   lambda: self._client.volumes.roll_detaching(volume_id))
+
+    def detach(self, volume_id, attachment_id):
+        self._call(f"os-detach {volume_id}",
+                   lambda: self._client.volumes.detach(volume_id, attachment_id))
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "to_dict"):
+        try:
+            return value.to_dict()
+        except Exception:
+            return type(value).__name__
+    if isinstance(value, tuple) and value and hasattr(value[0], "status_code"):
+        return value[0].status_code
+    return value
+
+
+# ---------------------------------------------------------------------------------------
+# The two attach flows, as Cinder sees them
+
+@dataclasses.dataclass
+class StorageAttachment:
+    """The storage half of one attachment, as the flows hand it around."""
+
+    volume_id: str
+    instance_id: str
+    api: str
+    attachment_id: str | None
+    connection: ConnectionInfo
+    connector: dict[str, Any]
+
+
+def _check_attachable(volume: Volume) -> None:
+    if volume.status == "available" or (volume.multiattach and volume.status == "in-use"):
+        return
+    where = ", ".join(f"{a.server_id} on {a.host_name}" for a in volume.attachments)
+    raise errors.VolumeStateError(
+        f"volume {volume.id} is {volume.status}" + (f" (attached to {where})" if where else "")
+        + "; it must be available")
+
+
+def explain_refusal(storage: StorageAPI, volume_id: str, exc: errors.AttachflowError):
+    """When Cinder refuses to start an attach, say why in the user's terms. Costs a GET
+    only on the failure path."""
+    if isinstance(exc, errors.StorageNotFound):
+        return errors.VolumeNotFound(f"volume {volume_id} not found in Cinder")
+    if isinstance(exc, errors.VolumeStateError):
+        try:
+            _check_attachable(storage.get_volume(volume_id))
+        except errors.InputError as better:
+            return better
+    return exc
+
+
+class Flow(abc.ABC):
+    """The storage steps of attach and detach; each returns what its undo needs."""
+
+    api: str
+
+    def __init__(self, storage: StorageAPI):
+        self.storage = storage
+
+    @abc.abstractmethod
+    def connect(self, volume_id: str, instance_id: str, connector: ConnectorProperties,
+                mountpoint: str) -> StorageAttachment: ...
+
+    @abc.abstractmethod
+    def undo_connect(self, att: StorageAttachment) -> None: ...
+
+    @abc.abstractmethod
+    def finish_attach(self, att: StorageAttachment, mountpoint: str,
+                      host_name: str) -> None: ...
+
+    @abc.abstractmethod
+    def fresh_connection(self, att: StorageAttachment) -> ConnectionInfo:
+        """Connection info with its secrets, asked anew (for re-connecting on undo)."""
+
+    @abc.abstractmethod
+    def begin_detach(self, volume_id: str, instance_id: str,
+                     record: dict[str, Any]) -> StorageAttachment: ...
+
+    @abc.abstractmethod
+    def undo_begin_detach(self, att: StorageAttachment) -> None: ...
+
+    @abc.abstractmethod
+    def release(self, att: StorageAttachment) -> None: ...
+
+
+class AttachmentsFlow(Flow):
+    """attachments.create(volume, instance, connector) -> [host work] -> complete;
+    detach: [host work] -> attachments.delete. Two storage calls per attach, one per detach."""
+
+    api = "attachments"
+
+    def connect(self, volume_id, instance_id, connector, mountpoint):
+        conn_dict = connector.to_dict(mountpoint=mountpoint)
+        try:
+            attachment_id, raw = self.storage.attachment_create(volume_id, instance_id,
+                                                                conn_dict)
+        except (errors.StorageNotFound, errors.VolumeStateError) as exc:
+            raise explain_refusal(self.storage, volume_id, exc) from None
+        if raw is None:  # a server that ignores the connector on create
+            try:
+                raw = self.storage.attachment_update(attachment_id, conn_dict)
+            except Exception:
+                self.storage.attachment_delete(attachment_id)
+                raise
+        conn = ConnectionInfo.from_cinder(raw, volume_id)
+        return StorageAttachment(volume_id, instance_id, self.api, attachment_id, conn,
+                                 conn_dict)
+
+    def undo_connect(self, att):
+        self.storage.attachment_delete(att.attachment_id)
+
+    def finish_attach(self, att, mountpoint, host_name):
+        self.storage.attachment_complete(att.attachment_id)
+
+    def begin_detach(self, volume_id, instance_id, record):
+        attachment_id = record.get("attachment_id")
+        if not attachment_id:
+            vol = self.storage.get_volume(volume_id)
+            found = vol.attachment_for(instance_id)
+            if found is None:
+                raise errors.NotAttached(
+                    f"Cinder has no attachment of volume {volume_id} to {instance_id}")
+            attachment_id = found.attachment_id
+        conn = ConnectionInfo.from_cinder(record.get("connection") or
+                                          {"driver_volume_type": "unknown"}, volume_id)
+        return StorageAttachment(volume_id, instance_id, self.api, attachment_id, conn,
+                                 record.get("connector") or {})
+
+    def undo_begin_detach(self, att):
+        return None  # nothing changed in Cinder yet
+
+    def fresh_connection(self, att):
+        return ConnectionInfo.from_cinder(self.storage.attachment_show(att.attachment_id),
+                                          att.volume_id)
+
+    def release(self, att):
+        self.storage.attachment_delete(att.attachment_id)
+
+
+class LegacyFlow(Flow):
+    """os-reserve -> os-initialize_connection -> [host work] -> os-attach;
+    detach: os-begin_detaching -> [host work] -> os-terminate_connection -> os-detach."""
+
+    api = "legacy"
+
+    def connect(self, volume_id, instance_id, connector, mountpoint):
+        try:
+            self.storage.reserve(volume_id)
+        except (errors.StorageNotFound, errors.VolumeStateError) as exc:
+            raise explain_refusal(self.storage, volume_id, exc) from None
+        conn_dict = connector.to_dict()
+        try:
+            raw = self.storage.initialize_connection(volume_id, conn_dict)
+            conn = ConnectionInfo.from_cinder(raw, volume_id)
+        except BaseException:
+            self.storage.unreserve(volume_id)
+            raise
+        return StorageAttachment(volume_id, instance_id, self.api, None, conn, conn_dict)
+
+    def undo_connect(self, att):
+        errs = []
+        for undo in (lambda: self.storage.terminate_connection(att.volume_id, att.connector),
+                     lambda: self.storage.unreserve(att.volume_id)):
+            try:
+                undo()
+            except errors.AttachflowError as exc:
+                errs.append(exc)
+        if errs:
+            raise errs[0]
+
+    def finish_attach(self, att, mountpoint, host_name):
+        self.storage.attach(att.volume_id, att.instance_id, mountpoint, host_name,
+                            mode=att.connection.access_mode)
+
+    def begin_detach(self, volume_id, instance_id, record):
+        vol = self.storage.get_volume(volume_id)
+        found = vol.attachment_for(instance_id)
+        if found is None:
+            raise errors.NotAttached(
+                f"Cinder has no attachment of volume {volume_id} to {instance_id}")
+        self.storage.begin_detaching(volume_id)
+        conn = ConnectionInfo.from_cinder(record.get("connection") or
+                                          {"driver_volume_type": "unknown"}, volume_id)
+        return StorageAttachment(volume_id, instance_id, self.api, found.attachment_id,
+                                 conn, record.get("connector") or {})
+
+    def undo_begin_detach(self, att):
+        self.storage.roll_detaching(att.volume_id)
+
+    def fresh_connection(self, att):
+        return ConnectionInfo.from_cinder(
+            self.storage.initialize_connection(att.volume_id, att.connector), att.volume_id)
+
+    def release(self, att):
+        self.storage.terminate_connection(att.volume_id, att.connector)
+        try:
+            self.storage.detach(att.volume_id, att.attachment_id)
+        except errors.AttachflowError:
+            # put the export back so that the undo of the earlier steps finds the volume
+            # as it was; if that fails too, the undo reports it
+            self.storage.initialize_connection(att.volume_id, att.connector)
+            raise
+
+
+def select_flow(storage: StorageAPI, api: str = "auto") -> Flow:
+    if api == "legacy":
+        return LegacyFlow(storage)
+    if api == "attachments":
+        if storage.version < ATTACHMENTS_MIN:
+            raise errors.InputError(
+                "the storage API speaks microversion %d.%d; the attachments API needs 3.44 "
+                "(use --api legacy)" % storage.version)
+        return AttachmentsFlow(storage)
+    if api == "auto":
+        return AttachmentsFlow(storage) if storage.version >= ATTACHMENTS_MIN \
+            else LegacyFlow(storage)
+    raise errors.InputError(f"unknown API '{api}' (auto, attachments or legacy)")
+
+
+def flow_for_record(storage: StorageAPI, record: dict[str, Any], api: str) -> Flow:
+    """Detach through the API the volume was attached with, unless told otherwise."""
+    if api == "auto" and record.get("api") in ("attachments", "legacy"):
+        return select_flow(storage, record["api"])
+    return select_flow(storage, api)

@@ -1,0 +1,350 @@
+"""The attachflow command line: a thin click layer over ``attachflow.operations``.
+
+Exit codes: 0 success; 1 the operation failed (and what it had done was undone, or the
+message says what could not be); 2 bad usage or bad input (nothing was changed).
+Heavy libraries (cinderclient, os-brick, libvirt, paramiko) are imported only by the
+commands that use them, so ``attachflow --help`` starts fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+import traceback
+from typing import Any, Callable
+
+import click
+
+from attachflow import errors
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+HOST_HELP = ("Compute host that runs the domain: 'local' (this machine, qemu:///system) or "
+             "a name from the hosts file ($ATTACHFLOW_HOSTS, default "
+             "~/.config/attachflow/hosts.toml); a bare name means root over SSH and "
+             "qemu+ssh://root@NAME/system.")
+
+
+class _MaskingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        from attachflow.model import masked
+        if isinstance(record.args, dict):
+            record.args = masked(record.args)
+        return super().format(record)
+
+
+def _setup_logging(debug: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_MaskingFormatter("%(asctime)s %(name)s %(message)s", "%H:%M:%S"))
+    log = logging.getLogger("attachflow")
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG if debug else logging.WARNING)
+    log.propagate = False
+
+
+def _emit(data: dict[str, Any] | list, fmt: str) -> None:
+    if fmt == "json":
+        click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+        return
+    rows = data if isinstance(data, list) else [data]
+    for i, row in enumerate(rows):
+        if i:
+            click.echo("")
+        width = max((len(k) for k in row), default=0)
+        for key, value in row.items():
+            if isinstance(value, float):
+                value = f"{value:.2f}"
+            elif isinstance(value, (list, dict)):
+                value = json.dumps(value, default=str)
+            click.echo(f"{key.ljust(width)}  {value}")
+
+
+def _boundary(fn: Callable) -> Callable:
+    """Map the library's errors to one clear line and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        debug = kwargs.get("debug", False)
+        _setup_logging(debug)
+        try:
+            return fn(*args, **kwargs)
+        except errors.AttachflowError as exc:
+            if debug:
+                traceback.print_exc()
+            click.echo(f"attachflow: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("attachflow: interrupted", err=True)
+            sys.exit(130)
+        except click.ClickException:
+            raise
+        except Exception as exc:
+            if debug:
+                traceback.print_exc()
+            click.echo(f"attachflow: internal error: {type(exc).__name__}: {exc} "
+                       "(run with --debug for the trace)", err=True)
+            sys.exit(EXIT_FAILED)
+
+    return wrapper
+
+
+def common(storage: bool = True, transport: bool = True) -> Callable:
+    def decorate(fn):
+        opts = [
+            click.option("--host", default=lambda: os.environ.get("ATTACHFLOW_HOST", "local"),
+                         show_default="local", help=HOST_HELP),
+            click.option("-f", "--format", "fmt", type=click.Choice(["table", "json"]),
+                         default="table", show_default=True, help="Output format."),
+            click.option("--debug", is_flag=True,
+                         help="Trace every storage and hypervisor call on stderr "
+                              "(secrets masked)."),
+        ]
+        if transport:
+            opts.append(click.option(
+                "--transport", type=click.Choice(["native", "kernel"]),
+                default=lambda: os.environ.get("ATTACHFLOW_TRANSPORT", "kernel"),
+                show_default="kernel",
+                help="kernel: the host's iSCSI initiator through os-brick (block device); "
+                     "native: QEMU's own initiator (network disk, CHAP in a libvirt "
+                     "secret, no host session)."))
+        if storage:
+            opts += [
+                click.option("--api", type=click.Choice(["auto", "attachments", "legacy"]),
+                             default="auto", show_default=True,
+                             help="Cinder attach API: attachments (3.44+), legacy "
+                                  "(reserve/initialize_connection/attach), or auto: "
+                                  "attachments when the server speaks 3.44."),
+                click.option("--os-cloud", default=None,
+                             help="Cloud from clouds.yaml (default $OS_CLOUD); otherwise "
+                                  "the OS_* variables, or OS_AUTH_TYPE=noauth with "
+                                  "OS_ENDPOINT, OS_USER_ID, OS_PROJECT_ID."),
+            ]
+        for opt in reversed(opts):
+            fn = opt(fn)
+        return _boundary(fn)
+    return decorate
+
+
+def _storage(os_cloud: str | None):
+    from attachflow.cinder_side import CinderStorage
+    return CinderStorage.connect(cloud=os_cloud)
+
+
+def _host(name: str):
+    from attachflow.compute_side import open_host
+    return open_host(name)
+
+
+def _transport(name: str, multipath: bool = False):
+    from attachflow.connectors import get_transport
+    return get_transport(name, multipath)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="attachflow")
+def cli():
+    """Attach Cinder volumes to libvirt guests, detach them, boot volume-backed guests.
+
+    \b
+    Typical use on a compute host:
+      attachflow connector                      what this host tells Cinder
+      attachflow boot vm1 --volume VOL1         guest whose root disk (vda) is VOL1
+      attachflow attach VOL2 vm1                VOL2 appears in vm1 as the next vdX
+      attachflow detach VOL2 vm1                and goes away, leaving nothing behind
+
+    Storage credentials come from --os-cloud / OS_CLOUD (clouds.yaml), the usual OS_*
+    variables, or noauth for labs (OS_AUTH_TYPE=noauth, OS_ENDPOINT, OS_USER_ID,
+    OS_PROJECT_ID). Every command undoes its own steps when one fails; exit status is 0
+    on success, 1 when the operation failed, 2 on bad usage or input (nothing changed).
+    """
+
+
+@cli.command()
+@click.option("--multipath", is_flag=True, help="Ask os-brick for multipath properties.")
+@common(storage=False)
+def connector(host, fmt, debug, transport, multipath):
+    """Show the connector properties HOST sends to Cinder (initiator, ip, host, ...)."""
+    compute = _host(host)
+    try:
+        props = _transport(transport, multipath).connector_properties(compute)
+    finally:
+        compute.close()
+    _emit(props.to_dict(), fmt)
+
+
+@cli.command()
+@click.argument("volume")
+@click.argument("domain")
+@click.option("--device", default=None, metavar="vdX",
+              help="Target device name; default: the next free vdX in the domain.")
+@click.option("--multipath", is_flag=True, help="kernel transport: connect with multipath.")
+@click.option("--detach-timeout", type=click.FloatRange(min=1), default=60.0,
+              show_default=True, help="Seconds to wait for the guest if undo must detach.")
+@common()
+def attach(volume, domain, device, multipath, detach_timeout, host, fmt, debug, transport,
+           api, os_cloud):
+    """Attach Cinder VOLUME to libvirt DOMAIN as /dev/vdX.
+
+    Asks Cinder for the connection (attachment with this host's connector, or the
+    legacy reserve + initialize_connection), connects the host (os-brick, or a libvirt
+    secret for QEMU's initiator), hot-plugs the disk with the volume id as its serial
+    (live and persistent; persistent only when the domain is shut off), and completes
+    the attachment in Cinder. The device reported is the one found by serial in the
+    domain's XML.
+    """
+    from attachflow import operations
+    tr = _transport(transport, multipath)
+    compute = _host(host)
+    try:
+        result = operations.attach(_storage(os_cloud), compute, tr, volume, domain, api=api,
+                                   device=device, detach_timeout=detach_timeout)
+    finally:
+        compute.close()
+    _emit(result.to_dict(), fmt)
+
+
+@cli.command()
+@click.argument("volume")
+@click.argument("domain")
+@click.option("--timeout", type=click.FloatRange(min=1), default=60.0, show_default=True,
+              help="Seconds to wait for the guest to release the disk (detach is retried "
+                   "within this time).")
+@common()
+def detach(volume, domain, timeout, host, fmt, debug, transport, api, os_cloud):
+    """Detach Cinder VOLUME from libvirt DOMAIN and clean up host and storage.
+
+    Removes the disk from the persistent and the live definition and waits for the
+    guest to release it, disconnects the host (os-brick, or removes the libvirt secret),
+    then deletes the attachment in Cinder (legacy: terminate_connection + detach). The
+    API and transport the volume was attached with are remembered in the domain's
+    metadata and used again. Running it again after a partial failure finishes the job.
+    """
+    from attachflow import operations
+    compute = _host(host)
+    explicit = click.get_current_context().get_parameter_source("transport")
+    chosen = transport if explicit == click.core.ParameterSource.COMMANDLINE else None
+    try:
+        result = operations.detach(_storage(os_cloud), compute, volume, domain, api=api,
+                                   transport_name=chosen, timeout=timeout)
+    finally:
+        compute.close()
+    _emit(result.to_dict(), fmt)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--volume", required=True, help="Cinder volume for the root disk (vda).")
+@click.option("--memory", type=click.IntRange(min=16), default=64, show_default=True,
+              help="Memory in MiB.")
+@click.option("--vcpus", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--virt-type", type=click.Choice(["kvm", "qemu"]),
+              default=lambda: os.environ.get("ATTACHFLOW_VIRT_TYPE", "kvm"),
+              show_default="kvm, or $ATTACHFLOW_VIRT_TYPE",
+              help="kvm (hardware) or qemu (software emulation, TCG).")
+@common()
+def boot(name, volume, memory, vcpus, virt_type, host, fmt, debug, transport, api,
+         os_cloud):
+    """Define and start domain NAME whose root disk (vda) is Cinder VOLUME."""
+    from attachflow import operations
+    tr = _transport(transport)
+    compute = _host(host)
+    try:
+        result = operations.boot(_storage(os_cloud), compute, tr, name, volume, api=api,
+                                 memory_mib=memory, vcpus=vcpus, virt_type=virt_type)
+    finally:
+        compute.close()
+    _emit(result.to_dict(), fmt)
+
+
+@cli.command("host-call", hidden=True)
+@_boundary
+def host_call(debug: bool = False):
+    """Host end of remote os-brick calls: one JSON request on stdin, JSON answer out."""
+    from attachflow.compute_side import host_call as run
+    try:
+        request = json.loads(sys.stdin.read() or "{}")
+    except ValueError:
+        raise errors.InputError("host-call: stdin is not JSON") from None
+    click.echo(json.dumps(run(request)))
+
+
+@cli.group()
+def lab():
+    """The local two-host lab: real Cinder, tgtd, libvirtd, sshd (needs root).
+
+    \b
+      attachflow lab up          install what is missing, start everything, wait
+      eval "$(attachflow lab env)"
+      attachflow boot vm --volume V --host hosta --transport native
+      attachflow lab down        remove every process, namespace and file of the lab
+    """
+
+
+def _lab_manager():
+    if os.geteuid() != 0:
+        raise errors.InputError("the lab needs root")
+    from attachflow.lab import manager
+    return manager
+
+
+def _lab_call(fn):
+    """Lab errors are operation failures with a one-line message."""
+    try:
+        return fn()
+    except errors.AttachflowError:
+        raise
+    except RuntimeError as exc:
+        if type(exc).__name__ == "LabError":
+            raise errors.AttachflowError(f"lab: {exc}") from None
+        raise
+
+
+@lab.command("up")
+@click.option("-f", "--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("--debug", is_flag=True)
+@_boundary
+def lab_up(fmt, debug):
+    """Bring the lab up (idempotent); waits until every service is usable."""
+    manager = _lab_manager()
+    status = _lab_call(lambda: manager.up(echo=lambda m: click.echo(m, err=True)))
+    _emit(status, "json" if fmt == "json" else "json")
+
+
+@lab.command("down")
+@click.option("--debug", is_flag=True)
+@_boundary
+def lab_down(debug):
+    """Stop the lab and remove everything it created."""
+    manager = _lab_manager()
+    _lab_call(lambda: manager.down(echo=lambda m: click.echo(m, err=True)))
+
+
+@lab.command("status")
+@click.option("-f", "--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("--debug", is_flag=True)
+@_boundary
+def lab_status(fmt, debug):
+    """Each component's state, endpoints and hosts."""
+    manager = _lab_manager()
+    _emit(_lab_call(manager.status), "json")
+
+
+@lab.command("env")
+@click.option("--debug", is_flag=True)
+@_boundary
+def lab_env(debug):
+    """Print export lines: eval "$(attachflow lab env)"."""
+    manager = _lab_manager()
+    for line in _lab_call(manager.env_lines):
+        click.echo(line)
+
+
+def main() -> None:
+    cli(prog_name="attachflow")
+
+
+if __name__ == "__main__":
+    main()

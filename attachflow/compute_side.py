@@ -1,0 +1,615 @@
+"""The compute side: a host that runs guests, its hypervisor and its block devices.
+
+Three seams, each with a real implementation here and an in-memory twin in
+``attachflow.testing``:
+
+- ``Hypervisor``: libvirt (``LibvirtHypervisor``, local ``qemu:///system`` or
+  ``qemu+ssh://``): domains, disks, secrets, and the volume records attachflow keeps in
+  each domain's metadata.
+- ``HostConnector``: os-brick on the host (``BrickLocal`` in this process,
+  ``BrickRemote`` over SSH by running ``attachflow host-call`` there with the
+  secret-bearing JSON on stdin, never in argv).
+- ``Runner``: a command on the host (``SSHRunner`` with paramiko).
+
+A host is ``local`` (this machine) or a name from the hosts file (TOML, ``ATTACHFLOW_HOSTS``
+or ``~/.config/attachflow/hosts.toml``); a bare name not in the file means root over SSH to
+that name and ``qemu+ssh://root@NAME/system``.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import json
+import logging
+import os
+import shlex
+import socket
+import threading
+import time
+import tomllib
+from pathlib import Path
+from typing import Any, Callable
+
+from attachflow import domxml, errors
+from attachflow.model import Secret
+
+LOG = logging.getLogger("attachflow.compute")
+
+LOCAL = "local"
+
+
+# ---------------------------------------------------------------------------------------
+# Hosts
+
+@dataclasses.dataclass(frozen=True)
+class HostConfig:
+    name: str
+    address: str
+    ssh_user: str = "root"
+    ssh_port: int = 22
+    ssh_key: str | None = None
+    known_hosts: str | None = None
+    libvirt_uri: str = "qemu:///system"
+    remote_command: str = "attachflow"
+    hostname: str | None = None  # what the storage side is told (connector 'host')
+
+    @property
+    def local(self) -> bool:
+        return self.name == LOCAL
+
+    @property
+    def connector_host(self) -> str:
+        return self.hostname or (socket.gethostname() if self.local else self.name)
+
+
+def hosts_file_path(env=None) -> Path:
+    env = os.environ if env is None else env
+    if env.get("ATTACHFLOW_HOSTS"):
+        return Path(env["ATTACHFLOW_HOSTS"])
+    return Path(env.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "attachflow" / \
+        "hosts.toml"
+
+
+_HOST_KEYS = {f.name for f in dataclasses.fields(HostConfig)} - {"name"}
+
+
+def load_host(name: str, env=None) -> HostConfig:
+    path = hosts_file_path(env)
+    entries: dict[str, Any] = {}
+    if path.exists():
+        try:
+            entries = tomllib.loads(path.read_text()).get("hosts", {})
+        except (tomllib.TOMLDecodeError, OSError) as exc:
+            raise errors.InputError(f"hosts file {path}: {exc}") from None
+    if name in entries:
+        entry = dict(entries[name])
+        unknown = set(entry) - _HOST_KEYS
+        if unknown:
+            raise errors.InputError(
+                f"hosts file {path}: host '{name}' has unknown keys {sorted(unknown)}")
+        entry.setdefault("address", name)
+        entry.setdefault("libvirt_uri", LOCAL_URI if name == LOCAL else
+                         f"qemu+ssh://{entry.get('ssh_user', 'root')}@{entry['address']}/system")
+        return HostConfig(name=name, **entry)
+    if name == LOCAL:
+        return HostConfig(name=LOCAL, address=_local_address(), libvirt_uri=LOCAL_URI)
+    if not name or any(c in name for c in " /@:"):
+        raise errors.UnknownHost(f"'{name}' is not a host name")
+    return HostConfig(name=name, address=name, libvirt_uri=f"qemu+ssh://root@{name}/system")
+
+
+LOCAL_URI = "qemu:///system"
+
+
+def _local_address() -> str:
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+# ---------------------------------------------------------------------------------------
+# Remote commands
+
+class Runner(abc.ABC):
+    @abc.abstractmethod
+    def run(self, argv: list[str], stdin: bytes | None = None,
+            timeout: float = 300) -> tuple[int, bytes, bytes]: ...
+
+    def close(self) -> None:
+        pass
+
+
+class SSHRunner(Runner):
+    """paramiko, known-hosts checking on: an unknown or changed host key is an error."""
+
+    def __init__(self, cfg: HostConfig, connect_timeout: float = 10):
+        self.cfg = cfg
+        self._timeout = connect_timeout
+        self._client = None
+
+    def _connect(self):
+        if self._client is not None:
+            return self._client
+        import paramiko
+        import tenacity
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        try:
+            if self.cfg.known_hosts:
+                client.load_host_keys(os.path.expanduser(self.cfg.known_hosts))
+            else:
+                client.load_system_host_keys()
+        except OSError as exc:
+            raise errors.HostError(f"{self.cfg.name}: known hosts: {exc}") from None
+
+        def connect():
+            client.connect(self.cfg.address, port=self.cfg.ssh_port,
+                           username=self.cfg.ssh_user,
+                           key_filename=os.path.expanduser(self.cfg.ssh_key)
+                           if self.cfg.ssh_key else None,
+                           timeout=self._timeout, banner_timeout=self._timeout,
+                           auth_timeout=self._timeout, allow_agent=False)
+
+        try:
+            # Only a refused or timed-out TCP connect is retried: host key and auth
+            # failures are answers, not accidents.
+            tenacity.Retrying(
+                retry=tenacity.retry_if_exception_type((ConnectionRefusedError,
+                                                        socket.timeout)),
+                stop=tenacity.stop_after_attempt(3), wait=tenacity.wait_fixed(0.5),
+                reraise=True)(connect)
+        except paramiko.SSHException as exc:
+            raise errors.HostError(f"ssh {self.cfg.ssh_user}@{self.cfg.address}: {exc}") \
+                from None
+        except OSError as exc:
+            raise errors.HostError(f"ssh {self.cfg.ssh_user}@{self.cfg.address}: "
+                                   f"{exc.strerror or exc}") from None
+        self._client = client
+        return client
+
+    def run(self, argv, stdin=None, timeout=300):
+        client = self._connect()
+        command = " ".join(shlex.quote(a) for a in argv)
+        chan_in, chan_out, chan_err = client.exec_command(command, timeout=timeout)
+        if stdin is not None:
+            chan_in.write(stdin)
+        chan_in.channel.shutdown_write()
+        out = chan_out.read()
+        err = chan_err.read()
+        return chan_out.channel.recv_exit_status(), out, err
+
+    def close(self):
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+# ---------------------------------------------------------------------------------------
+# Host connector: os-brick
+
+class HostConnector(abc.ABC):
+    """os-brick's three calls, wherever they run."""
+
+    @abc.abstractmethod
+    def properties(self, my_ip: str, multipath: bool) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    def connect(self, protocol: str, props: dict[str, Any],
+                multipath: bool) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    def disconnect(self, protocol: str, props: dict[str, Any], device_info: dict[str, Any],
+                   multipath: bool) -> None: ...
+
+
+_BRICK_READY = threading.Lock()
+_brick_set_up = False
+
+
+def _brick():
+    """Import os-brick lazily (it costs about half a second) and let its privileged calls
+    run in this process when we are root, since there is no sudo to spawn a helper."""
+    global _brick_set_up
+    from os_brick.initiator import connector as brick_connector
+    with _BRICK_READY:
+        if not _brick_set_up:
+            import os_brick.privileged
+            if os.geteuid() == 0:
+                os_brick.privileged.default.set_client_mode(False)
+            _brick_set_up = True
+    return brick_connector
+
+
+class BrickLocal(HostConnector):
+    def properties(self, my_ip, multipath):
+        try:
+            return _brick().get_connector_properties(None, my_ip, multipath, False)
+        except Exception as exc:
+            raise errors.HostError(f"connector properties: {exc}") from None
+
+    def _connector(self, protocol, multipath):
+        return _brick().InitiatorConnector.factory(protocol, None, use_multipath=multipath,
+                                                   device_scan_attempts=3)
+
+    def connect(self, protocol, props, multipath):
+        try:
+            return dict(self._connector(protocol, multipath).connect_volume(props))
+        except Exception as exc:
+            raise errors.HostError(f"os-brick connect_volume ({protocol}): "
+                                   f"{_scrub(str(exc), props)}") from None
+
+    def disconnect(self, protocol, props, device_info, multipath):
+        try:
+            self._connector(protocol, multipath).disconnect_volume(props, device_info,
+                                                                   force=False)
+        except Exception as exc:
+            raise errors.HostError(f"os-brick disconnect_volume ({protocol}): "
+                                   f"{_scrub(str(exc), props)}") from None
+
+
+def _scrub(text: str, props: dict[str, Any]) -> str:
+    for key, value in props.items():
+        if isinstance(value, str) and value and "password" in key:
+            text = text.replace(value, "***")
+    return text
+
+
+class BrickRemote(HostConnector):
+    """Runs ``attachflow host-call`` on the host; the request (with CHAP data) goes on
+    stdin, the answer comes back as JSON on stdout."""
+
+    def __init__(self, runner: Runner, cfg: HostConfig):
+        self.runner = runner
+        self.cfg = cfg
+
+    def _call(self, request: dict[str, Any]) -> Any:
+        argv = shlex.split(self.cfg.remote_command) + ["host-call"]
+        rc, out, err = self.runner.run(argv, json.dumps(request).encode())
+        if rc != 0:
+            line = (err.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+            raise errors.HostError(f"{self.cfg.name}: host-call {request['op']}: {line}")
+        try:
+            return json.loads(out or b"null")
+        except ValueError:
+            raise errors.HostError(f"{self.cfg.name}: host-call {request['op']}: "
+                                   "unreadable answer") from None
+
+    def properties(self, my_ip, multipath):
+        return self._call({"op": "properties", "my_ip": my_ip, "multipath": multipath})
+
+    def connect(self, protocol, props, multipath):
+        return self._call({"op": "connect", "protocol": protocol, "props": props,
+                           "multipath": multipath})
+
+    def disconnect(self, protocol, props, device_info, multipath):
+        self._call({"op": "disconnect", "protocol": protocol, "props": props,
+                    "device_info": device_info, "multipath": multipath})
+
+
+def host_call(request: dict[str, Any], brick: HostConnector | None = None) -> Any:
+    """The host end of BrickRemote: one request in, one JSON-able answer out."""
+    brick = brick or BrickLocal()
+    op = request.get("op")
+    if op == "properties":
+        return brick.properties(request.get("my_ip") or _local_address(),
+                                bool(request.get("multipath")))
+    if op == "connect":
+        return brick.connect(request["protocol"], request["props"],
+                             bool(request.get("multipath")))
+    if op == "disconnect":
+        brick.disconnect(request["protocol"], request["props"],
+                         request.get("device_info") or {}, bool(request.get("multipath")))
+        return None
+    raise errors.InputError(f"unknown host-call op '{op}'")
+
+
+# ---------------------------------------------------------------------------------------
+# Hypervisor
+
+@dataclasses.dataclass(frozen=True)
+class DomainRef:
+    name: str
+    uuid: str
+    active: bool
+    persistent: bool
+
+
+class Hypervisor(abc.ABC):
+    @abc.abstractmethod
+    def lookup(self, name: str) -> DomainRef: ...
+
+    @abc.abstractmethod
+    def xml(self, name: str, inactive: bool = False) -> str: ...
+
+    @abc.abstractmethod
+    def attach_device(self, name: str, xml: str, live: bool, config: bool) -> None: ...
+
+    @abc.abstractmethod
+    def detach_device(self, name: str, xml: str, live: bool, config: bool,
+                      timeout: float) -> None:
+        """Detach; with live, wait for the guest to release it (DeviceRemoved)."""
+
+    @abc.abstractmethod
+    def set_metadata(self, name: str, metadata: str, live: bool, config: bool) -> None: ...
+
+    @abc.abstractmethod
+    def define_secret(self, usage: str, value: Secret, description: str) -> None: ...
+
+    @abc.abstractmethod
+    def undefine_secret(self, usage: str) -> bool: ...
+
+    @abc.abstractmethod
+    def has_secret(self, usage: str) -> bool: ...
+
+    @abc.abstractmethod
+    def define_domain(self, xml: str) -> None: ...
+
+    @abc.abstractmethod
+    def start(self, name: str) -> None: ...
+
+    @abc.abstractmethod
+    def destroy(self, name: str) -> None: ...
+
+    @abc.abstractmethod
+    def undefine(self, name: str) -> None: ...
+
+    def close(self) -> None:
+        pass
+
+    # helpers on top of the seam
+    def records(self, name: str, inactive: bool = False) -> dict[str, dict[str, Any]]:
+        return domxml.volume_records(domxml.domain_metadata(self.xml(name, inactive)))
+
+    def save_records(self, ref: DomainRef, records: dict[str, dict[str, Any]]) -> None:
+        self.set_metadata(ref.name, domxml.metadata_xml(records), live=ref.active,
+                          config=ref.persistent)
+
+
+_EVENT_LOOP = threading.Lock()
+_event_loop_started = False
+
+
+def _libvirt():
+    import libvirt
+    global _event_loop_started
+    with _EVENT_LOOP:
+        if not _event_loop_started:
+            # Events must be registered before the first connection is opened; they
+            # carry DeviceRemoved and the keepalives of remote connections.
+            libvirt.virEventRegisterDefaultImpl()
+            libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+            def loop():
+                while True:
+                    libvirt.virEventRunDefaultImpl()
+
+            threading.Thread(target=loop, name="libvirt-events", daemon=True).start()
+            _event_loop_started = True
+    return libvirt
+
+
+class LibvirtHypervisor(Hypervisor):
+    def __init__(self, uri: str, host_name: str = "local"):
+        self.uri = uri
+        self.host_name = host_name
+        self._conn = None
+
+    @property
+    def conn(self):
+        if self._conn is None:
+            libvirt = _libvirt()
+            try:
+                self._conn = libvirt.open(self.uri)
+            except libvirt.libvirtError as exc:
+                raise errors.HostError(f"{self.host_name}: cannot connect to libvirt at "
+                                       f"{self.uri}: {_lverr(exc)}") from None
+            if "+ssh" in self.uri or "://" in self.uri and not self.uri.startswith("qemu:///"):
+                try:
+                    self._conn.setKeepAlive(5, 3)
+                except libvirt.libvirtError:
+                    pass
+        return self._conn
+
+    def _dom(self, name: str):
+        libvirt = _libvirt()
+        try:
+            return self.conn.lookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                raise errors.DomainNotFound(
+                    f"domain '{name}' not found on host {self.host_name}") from None
+            raise errors.HypervisorError(f"{self.host_name}: {_lverr(exc)}") from None
+
+    def _wrap(self, what: str, fn: Callable[[], Any]) -> Any:
+        libvirt = _libvirt()
+        try:
+            return fn()
+        except libvirt.libvirtError as exc:
+            raise errors.HypervisorError(f"{what} on {self.host_name}: {_lverr(exc)}") \
+                from None
+
+    def lookup(self, name):
+        dom = self._dom(name)
+        return self._wrap("lookup", lambda: DomainRef(
+            name=dom.name(), uuid=dom.UUIDString(), active=bool(dom.isActive()),
+            persistent=bool(dom.isPersistent())))
+
+    def xml(self, name, inactive=False):
+        libvirt = _libvirt()
+        dom = self._dom(name)
+        flags = libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
+        return self._wrap("read XML", lambda: dom.XMLDesc(flags))
+
+    @staticmethod
+    def _flags(live: bool, config: bool) -> int:
+        libvirt = _libvirt()
+        return ((libvirt.VIR_DOMAIN_AFFECT_LIVE if live else 0)
+                | (libvirt.VIR_DOMAIN_AFFECT_CONFIG if config else 0))
+
+    def attach_device(self, name, xml, live, config):
+        dom = self._dom(name)
+        self._wrap("attach disk", lambda: dom.attachDeviceFlags(xml, self._flags(live,
+                                                                                  config)))
+
+    def detach_device(self, name, xml, live, config, timeout):
+        libvirt = _libvirt()
+        dom = self._dom(name)
+        if config:
+            self._wrap("detach disk (persistent)",
+                       lambda: dom.detachDeviceFlags(xml, self._flags(False, True)))
+        if not live:
+            return
+        target = domxml.disks(f"<domain><devices>{xml}</devices></domain>")[0].target_dev
+        alias = None
+        for disk in domxml.disks(dom.XMLDesc(0)):
+            if disk.target_dev == target:
+                alias = disk.alias
+        removed = threading.Event()
+
+        def on_removed(_conn, _dom, dev_alias, _opaque):
+            if dev_alias in (alias, target):
+                removed.set()
+
+        cb = self.conn.domainEventRegisterAny(
+            dom, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, on_removed, None)
+        try:
+            deadline = time.monotonic() + timeout
+            attempt_wait = max(1.0, timeout / 6)
+            while True:
+                try:
+                    dom.detachDeviceFlags(xml, self._flags(True, False))
+                except libvirt.libvirtError as exc:
+                    if not self._disk_present(dom, target):
+                        return
+                    # "already in the process of unplug" means keep waiting
+                    if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_FAILED:
+                        raise errors.HypervisorError(
+                            f"detach disk on {self.host_name}: {_lverr(exc)}") from None
+                wait_until = min(deadline, time.monotonic() + attempt_wait)
+                while time.monotonic() < wait_until:
+                    if removed.wait(0.1) or not self._disk_present(dom, target):
+                        return
+                if time.monotonic() >= deadline:
+                    raise errors.DeviceRemovalTimeout(
+                        f"guest '{name}' did not release {target} within {timeout:.0f} s")
+        finally:
+            try:
+                self.conn.domainEventDeregisterAny(cb)
+            except libvirt.libvirtError:
+                pass
+
+    @staticmethod
+    def _disk_present(dom, target: str) -> bool:
+        return any(d.target_dev == target for d in domxml.disks(dom.XMLDesc(0)))
+
+    def set_metadata(self, name, metadata, live, config):
+        libvirt = _libvirt()
+        dom = self._dom(name)
+        self._wrap("set metadata", lambda: dom.setMetadata(
+            libvirt.VIR_DOMAIN_METADATA_ELEMENT, metadata, domxml.METADATA_KEY,
+            domxml.METADATA_NS, self._flags(live, config)))
+
+    def _secret(self, usage):
+        libvirt = _libvirt()
+        try:
+            return self.conn.secretLookupByUsage(libvirt.VIR_SECRET_USAGE_TYPE_ISCSI, usage)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_SECRET:
+                return None
+            raise errors.HypervisorError(f"secret lookup on {self.host_name}: "
+                                         f"{_lverr(exc)}") from None
+
+    def define_secret(self, usage, value, description):
+        secret = self._wrap("define secret", lambda: self.conn.secretDefineXML(
+            domxml.secret_xml(usage, description)))
+        try:
+            self._wrap("set secret value", lambda: secret.setValue(value.reveal().encode()))
+        except errors.HypervisorError:
+            secret.undefine()
+            raise
+
+    def undefine_secret(self, usage):
+        secret = self._secret(usage)
+        if secret is None:
+            return False
+        self._wrap("undefine secret", secret.undefine)
+        return True
+
+    def has_secret(self, usage):
+        return self._secret(usage) is not None
+
+    def define_domain(self, xml):
+        self._wrap("define domain", lambda: self.conn.defineXML(xml))
+
+    def start(self, name):
+        dom = self._dom(name)
+        self._wrap("start domain", dom.create)
+
+    def destroy(self, name):
+        dom = self._dom(name)
+        if dom.isActive():
+            self._wrap("destroy domain", dom.destroy)
+
+    def undefine(self, name):
+        libvirt = _libvirt()
+        dom = self._dom(name)
+        self._wrap("undefine domain",
+                   lambda: dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM))
+
+    def close(self):
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+            self._conn = None
+
+
+def _lverr(exc) -> str:
+    return (exc.get_error_message() or str(exc)).strip()
+
+
+# ---------------------------------------------------------------------------------------
+# A compute host
+
+class ComputeHost:
+    """One compute host: its configuration, its hypervisor, its host connector."""
+
+    def __init__(self, cfg: HostConfig, hypervisor: Hypervisor | None = None,
+                 brick: HostConnector | None = None, runner: Runner | None = None):
+        self.cfg = cfg
+        self._hypervisor = hypervisor
+        self._brick = brick
+        self._runner = runner
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    @property
+    def hypervisor(self) -> Hypervisor:
+        if self._hypervisor is None:
+            self._hypervisor = LibvirtHypervisor(self.cfg.libvirt_uri, self.cfg.name)
+        return self._hypervisor
+
+    @property
+    def brick(self) -> HostConnector:
+        if self._brick is None:
+            if self.cfg.local:
+                self._brick = BrickLocal()
+            else:
+                self._runner = self._runner or SSHRunner(self.cfg)
+                self._brick = BrickRemote(self._runner, self.cfg)
+        return self._brick
+
+    def close(self) -> None:
+        if self._hypervisor is not None:
+            self._hypervisor.close()
+        if self._runner is not None:
+            self._runner.close()
+
+
+def open_host(name: str, env=None) -> ComputeHost:
+    return ComputeHost(load_host(name or LOCAL, env))

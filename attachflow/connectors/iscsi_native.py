@@ -1,0 +1,60 @@
+"""iSCSI through QEMU's own initiator (libiscsi): no session on the host at all.
+
+The guest's disk is ``<disk type='network'><source protocol='iscsi'>``; QEMU logs in to the
+target itself. The CHAP password goes into a private libvirt secret, one per volume and
+guest, removed on detach. The initiator name is per host, so the target's session list
+shows which host a session belongs to.
+"""
+
+from __future__ import annotations
+
+from attachflow import errors
+from attachflow.compute_side import ComputeHost
+from attachflow.connectors.base import Transport
+from attachflow.domxml import NetworkISCSISource
+from attachflow.model import ConnectionInfo, ConnectorProperties
+
+INITIATOR_PREFIX = "iqn.2024-01.dev.attachflow"
+
+
+def secret_usage(volume_id: str, owner: str) -> str:
+    return f"attachflow/{volume_id}/{owner}"
+
+
+def initiator_name(host: ComputeHost) -> str:
+    return f"{INITIATOR_PREFIX}:{host.cfg.connector_host}"
+
+
+class NativeISCSI(Transport):
+    name = "native"
+    driver_volume_types = frozenset({"iscsi"})
+
+    def connector_properties(self, host):
+        return ConnectorProperties(host=host.cfg.connector_host, ip=host.cfg.address,
+                                   initiator=initiator_name(host), multipath=False)
+
+    def connect(self, host, conn: ConnectionInfo, owner):
+        usage = None
+        if conn.auth_username or conn.auth_password:
+            if not conn.uses_chap or not conn.auth_password:
+                raise errors.TransportMismatch(
+                    f"volume {conn.volume_id}: auth method '{conn.auth_method}' is not "
+                    "supported by QEMU's initiator (CHAP only)")
+            usage = secret_usage(conn.volume_id, owner)
+            # A secret left over by an earlier, interrupted run would make the define
+            # fail; it is ours (the usage names this volume and guest), so replace it.
+            host.hypervisor.undefine_secret(usage)
+            host.hypervisor.define_secret(
+                usage, conn.auth_password,
+                f"CHAP for Cinder volume {conn.volume_id}, guest {owner}")
+        if conn.portals and len(conn.portals) > 1:
+            # QEMU's initiator has no multipath; use the primary portal only.
+            pass
+        return NetworkISCSISource(iqn=conn.iqn or "", lun=conn.lun or 0,
+                                  hosts=(conn.portal,), auth_username=conn.auth_username,
+                                  secret_usage=usage, initiator_iqn=initiator_name(host))
+
+    def disconnect(self, host, conn, source, owner):
+        usage = (source.secret_usage if isinstance(source, NetworkISCSISource) else None) \
+            or secret_usage(conn.volume_id, owner)
+        host.hypervisor.undefine_secret(usage)

@@ -1,0 +1,129 @@
+"""The one exception tree of attachflow.
+
+Every error the library raises on purpose derives from ``AttachflowError``; the CLI maps
+the tree to one-line messages and exit codes (``exit_code``)::
+
+    AttachflowError                      exit 1 unless a subclass says otherwise
+    ├── InputError                       exit 2: bad usage or bad input, nothing changed
+    │   ├── UnknownHost                  no such compute host in the hosts file
+    │   ├── DomainNotFound               no such libvirt domain
+    │   ├── VolumeNotFound               no such Cinder volume
+    │   ├── VolumeStateError             the volume is not in a state the operation needs
+    │   ├── DeviceInUse                  the requested target device is taken
+    │   ├── NotAttached                  the volume is not attached to that domain
+    │   └── TransportMismatch            connection type and requested transport do not fit
+    ├── StorageError                     the storage API failed (HTTP, connection)
+    │   ├── StorageNotFound              404 from the storage API
+    │   └── StorageUnavailable           connection refused, timeouts, 5xx
+    ├── HostError                        host-side connect/disconnect or the remote shell
+    ├── HypervisorError                  libvirt refused or failed
+    │   └── DeviceRemovalTimeout         the guest did not release a disk in time
+    └── OperationFailed                  a step of a multi-step operation failed; the steps
+                                         already done were undone (``undo_failures`` lists
+                                         what could not be)
+
+Messages never carry secrets: connection info is parsed at the boundary into types whose
+``repr`` masks CHAP passwords, and storage errors are re-raised without request bodies.
+"""
+
+from __future__ import annotations
+
+
+class AttachflowError(Exception):
+    exit_code = 1
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InputError(AttachflowError):
+    exit_code = 2
+
+
+class UnknownHost(InputError):
+    pass
+
+
+class DomainNotFound(InputError):
+    pass
+
+
+class VolumeNotFound(InputError):
+    pass
+
+
+class VolumeStateError(InputError):
+    pass
+
+
+class DeviceInUse(InputError):
+    pass
+
+
+class NotAttached(InputError):
+    pass
+
+
+class TransportMismatch(InputError):
+    pass
+
+
+class StorageError(AttachflowError):
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class StorageNotFound(StorageError):
+    pass
+
+
+class StorageUnavailable(StorageError):
+    pass
+
+
+class HostError(AttachflowError):
+    pass
+
+
+class HypervisorError(AttachflowError):
+    pass
+
+
+class DeviceRemovalTimeout(HypervisorError):
+    pass
+
+
+class OperationFailed(AttachflowError):
+    """A step failed; what was done before it has been undone, as far as possible.
+
+    ``step`` names the failed step, ``cause`` is the original error and
+    ``undo_failures`` lists ``(step, error)`` pairs whose undo itself failed: those are
+    the things an operator has to clean up by hand, and the message says so.
+    """
+
+    def __init__(self, operation: str, step: str, cause: BaseException,
+                 undo_failures: list[tuple[str, BaseException]] | None = None):
+        self.operation = operation
+        self.step = step
+        self.cause = cause
+        self.undo_failures = list(undo_failures or [])
+        message = f"{operation} failed at step '{step}': {cause}"
+        if self.undo_failures:
+            left = "; ".join(f"{name}: {err}" for name, err in self.undo_failures)
+            message += f" -- could NOT undo: {left}"
+        else:
+            message += " (all earlier steps undone)"
+        super().__init__(message)
+
+    @property
+    def exit_code(self) -> int:  # type: ignore[override]
+        # Bad input found only by the service (e.g. Cinder refusing to reserve a volume
+        # in use) is still bad input: report it as such once everything is undone.
+        if isinstance(self.cause, InputError) and not self.undo_failures:
+            return self.cause.exit_code
+        return 1

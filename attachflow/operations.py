@@ -1,0 +1,214 @@
+"""What happens on attach, detach and boot: each one readable function composing the
+storage side (``cinder_side``), a transport (``connectors``) and the compute host
+(``compute_side``). Every step that changes something registers its undo; see ``steps``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+import uuid as uuidlib
+from typing import Any
+
+from attachflow import domxml, errors
+from attachflow.cinder_side import Flow, StorageAPI, StorageAttachment, flow_for_record, \
+    select_flow
+from attachflow.compute_side import ComputeHost, DomainRef
+from attachflow.connectors import check_fits, get_transport
+from attachflow.connectors.base import Transport
+from attachflow.steps import Transaction
+
+DEVICE_RE = re.compile(r"^vd[a-z]{1,2}$")
+DEFAULT_DETACH_TIMEOUT = 60.0
+
+
+@dataclasses.dataclass
+class Result:
+    operation: str
+    volume_id: str
+    domain: str
+    host: str
+    device: str | None
+    api: str
+    transport: str
+    attachment_id: str | None
+    seconds: float
+    steps: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _record(att: StorageAttachment, transport: Transport, host: ComputeHost,
+            device: str) -> dict[str, Any]:
+    return {"api": att.api, "attachment_id": att.attachment_id, "transport": transport.name,
+            "host": host.cfg.connector_host, "device": device, "connector": att.connector,
+            "connection": att.connection.to_record()}
+
+
+def _connect_steps(tx: Transaction, flow: Flow, transport: Transport, host: ComputeHost,
+                   volume_id: str, instance_id: str, device: str):
+    """The first half of every attach: storage connect, transport check, host connect."""
+    connector = tx.run("connector properties", lambda: transport.connector_properties(host))
+    att = tx.run(f"storage connect ({flow.api})",
+                 lambda: flow.connect(volume_id, instance_id, connector, f"/dev/{device}"),
+                 flow.undo_connect)
+    tx.run("check transport",
+           lambda: check_fits(transport, att.connection.driver_volume_type, volume_id))
+    source = tx.run(f"host connect ({transport.name})",
+                    lambda: transport.connect(host, att.connection, instance_id),
+                    lambda src: transport.disconnect(host, att.connection, src, instance_id))
+    spec = domxml.DiskSpec(source=source, target_dev=device, serial=volume_id,
+                           readonly=att.connection.access_mode == "ro",
+                           discard=att.connection.discard)
+    return att, spec
+
+
+def _domain_xmls(host: ComputeHost, ref: DomainRef) -> tuple[str | None, str | None]:
+    live = host.hypervisor.xml(ref.name) if ref.active else None
+    config = host.hypervisor.xml(ref.name, inactive=True) if ref.persistent else None
+    return live, config
+
+
+def attach(storage: StorageAPI, host: ComputeHost, transport: Transport, volume_id: str,
+           domain: str, api: str = "auto", device: str | None = None,
+           detach_timeout: float = DEFAULT_DETACH_TIMEOUT) -> Result:
+    start = time.monotonic()
+    hv = host.hypervisor
+    flow = select_flow(storage, api)
+    ref = hv.lookup(domain)
+    live_xml, config_xml = _domain_xmls(host, ref)
+    xmls = [x for x in (live_xml, config_xml) if x]
+    if any(domxml.find_disk(x, volume_id) for x in xmls):
+        raise errors.VolumeStateError(f"volume {volume_id} is already attached to {domain}")
+    if device is not None:
+        if not DEVICE_RE.match(device):
+            raise errors.InputError(f"device '{device}' is not a virtio disk name (vdb, vdc, ...)")
+        if any(d.target_dev == device for x in xmls for d in domxml.disks(x)):
+            raise errors.DeviceInUse(f"device {device} is already in use in {domain}")
+    else:
+        device = domxml.next_free_device(*xmls)
+
+    tx = Transaction(f"attach {volume_id} to {domain}")
+    att, spec = _connect_steps(tx, flow, transport, host, volume_id, ref.uuid, device)
+    disk_xml = domxml.disk_xml(spec)
+    tx.run("guest attach", lambda: hv.attach_device(domain, disk_xml, live=ref.active,
+                                                    config=ref.persistent),
+           lambda _: hv.detach_device(domain, disk_xml, live=ref.active,
+                                      config=ref.persistent, timeout=detach_timeout))
+    found = tx.run("find disk by serial", lambda: _find_by_serial(host, ref, volume_id))
+    records = hv.records(domain, inactive=not ref.active)
+    new_records = dict(records)
+    new_records[volume_id] = _record(att, transport, host, found.target_dev)
+    tx.run("record in domain metadata", lambda: hv.save_records(ref, new_records),
+           lambda _: hv.save_records(ref, records))
+    tx.run(f"storage complete ({flow.api})",
+           lambda: flow.finish_attach(att, f"/dev/{found.target_dev}",
+                                      host.cfg.connector_host))
+    return Result("attach", volume_id, domain, host.name, found.target_dev, flow.api,
+                  transport.name, att.attachment_id, time.monotonic() - start, tx.completed)
+
+
+def _find_by_serial(host: ComputeHost, ref: DomainRef, volume_id: str) -> domxml.DiskInfo:
+    # libvirt may choose another name than the one asked for: trust the serial.
+    xml = host.hypervisor.xml(ref.name, inactive=not ref.active)
+    disk = domxml.find_disk(xml, volume_id)
+    if disk is None:
+        raise errors.HypervisorError(
+            f"disk with serial {volume_id} not found in {ref.name} after attach")
+    return disk
+
+
+def detach(storage: StorageAPI, host: ComputeHost, volume_id: str, domain: str,
+           api: str = "auto", transport_name: str | None = None,
+           timeout: float = DEFAULT_DETACH_TIMEOUT) -> Result:
+    start = time.monotonic()
+    hv = host.hypervisor
+    ref = hv.lookup(domain)
+    live_xml, config_xml = _domain_xmls(host, ref)
+    live_disk = domxml.find_disk(live_xml, volume_id) if live_xml else None
+    config_disk = domxml.find_disk(config_xml, volume_id) if config_xml else None
+    records = hv.records(domain, inactive=not ref.active)
+    record = records.get(volume_id) or {}
+    disk = live_disk or config_disk
+    if disk is None and not record:
+        raise errors.NotAttached(f"volume {volume_id} is not attached to {domain}")
+    name = record.get("transport") or _transport_of(disk) or transport_name or "native"
+    if transport_name and record.get("transport") and transport_name != record["transport"]:
+        raise errors.TransportMismatch(
+            f"volume {volume_id} was attached with transport '{record['transport']}', "
+            f"not '{transport_name}'")
+    transport = get_transport(name)
+    flow = flow_for_record(storage, record, api)
+
+    tx = Transaction(f"detach {volume_id} from {domain}")
+    att = tx.run(f"storage begin detach ({flow.api})",
+                 lambda: flow.begin_detach(volume_id, ref.uuid, record),
+                 flow.undo_begin_detach)
+    if att.connection.driver_volume_type == "unknown" and transport.name == "kernel":
+        # attached by another tool: ask the storage side where the volume lives
+        att.connection = tx.run("storage connection info", lambda: flow.fresh_connection(att))
+    if disk is not None:
+        reattach = _strip_alias(disk.xml)
+        tx.run("guest detach",
+               lambda: hv.detach_device(domain, disk.xml, live=live_disk is not None,
+                                        config=config_disk is not None, timeout=timeout),
+               lambda _: hv.attach_device(domain, reattach, live=live_disk is not None,
+                                          config=config_disk is not None))
+    source = disk.source if disk is not None else None
+    tx.run(f"host disconnect ({transport.name})",
+           lambda: transport.disconnect(host, att.connection, source, ref.uuid),
+           lambda _: transport.connect(host, flow.fresh_connection(att), ref.uuid))
+    if volume_id in records:
+        remaining = {k: v for k, v in records.items() if k != volume_id}
+        tx.run("remove record from domain metadata", lambda: hv.save_records(ref, remaining),
+               lambda _: hv.save_records(ref, records))
+    tx.run(f"storage release ({flow.api})", lambda: flow.release(att))
+    return Result("detach", volume_id, domain, host.name, disk.target_dev if disk else None,
+                  flow.api, transport.name, att.attachment_id, time.monotonic() - start,
+                  tx.completed)
+
+
+def _transport_of(disk: domxml.DiskInfo | None) -> str | None:
+    if disk is None:
+        return None
+    return {"network": "native", "block": "kernel"}.get(disk.disk_type)
+
+
+def _strip_alias(xml: str) -> str:
+    # libvirt refuses hot-plugging a device that carries a non-user alias
+    return re.sub(r"\s*<alias name=['\"][^'\"]*['\"]\s*/>", "", xml)
+
+
+def boot(storage: StorageAPI, host: ComputeHost, transport: Transport, name: str,
+         volume_id: str, api: str = "auto", memory_mib: int = 64, vcpus: int = 1,
+         virt_type: str = "kvm", emulator: str | None = None) -> Result:
+    start = time.monotonic()
+    hv = host.hypervisor
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", name):
+        raise errors.InputError(f"'{name}' is not a valid domain name")
+    if memory_mib < 16 or vcpus < 1:
+        raise errors.InputError("memory must be at least 16 MiB and vcpus at least 1")
+    if virt_type not in ("kvm", "qemu"):
+        raise errors.InputError(f"virt type '{virt_type}' is not kvm or qemu")
+    flow = select_flow(storage, api)
+    try:
+        hv.lookup(name)
+    except errors.DomainNotFound:
+        pass
+    else:
+        raise errors.InputError(f"a domain named '{name}' already exists on {host.name}")
+    instance_id = str(uuidlib.uuid4())
+
+    tx = Transaction(f"boot {name} from {volume_id}")
+    att, spec = _connect_steps(tx, flow, transport, host, volume_id, instance_id, "vda")
+    record = _record(att, transport, host, "vda")
+    xml = domxml.domain_xml(name, instance_id, memory_mib, vcpus, virt_type, spec,
+                            {volume_id: record}, emulator=emulator)
+    tx.run("define domain", lambda: hv.define_domain(xml), lambda _: hv.undefine(name))
+    tx.run("start domain", lambda: hv.start(name), lambda _: hv.destroy(name))
+    tx.run(f"storage complete ({flow.api})",
+           lambda: flow.finish_attach(att, "/dev/vda", host.cfg.connector_host))
+    return Result("boot", volume_id, name, host.name, "vda", flow.api, transport.name,
+                  att.attachment_id, time.monotonic() - start, tx.completed)

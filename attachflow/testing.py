@@ -1,0 +1,479 @@
+"""In-memory twins of the three side effects, shipped with the product for fast tests.
+
+Each enforces the real service's rules as observed on real Cinder, libvirt and os-brick,
+so a flow that would fail on the real thing fails here too:
+
+- ``FakeCinder``: the volume state machine of both attach APIs; one attachment per
+  non-multiattach volume except a second one for the same instance (live migration);
+  duplicate connectors refused on update; CHAP credentials per export.
+- ``FakeHypervisor``: domains with live and persistent definitions; device names unique
+  per domain; hot-plug only on a running domain; network disks need their secret and
+  the right CHAP password to log in; secrets unique by usage.
+- ``FakeBrick``: os-brick's connect/disconnect with CHAP checked against the target.
+
+``fail(name, exc, times)`` on any of them makes the next call(s) of that method raise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid as uuidlib
+import xml.etree.ElementTree as ET
+from typing import Any
+
+from attachflow import domxml, errors
+from attachflow.cinder_side import StorageAPI
+from attachflow.compute_side import ComputeHost, DomainRef, HostConfig, HostConnector, \
+    Hypervisor
+from attachflow.model import Secret, Volume, VolumeAttachment
+
+
+class _Faults:
+    def _init_faults(self):
+        self._faults: dict[str, list[BaseException]] = {}
+        self.calls: list[str] = []
+
+    def fail(self, method: str, exc: BaseException, times: int = 1) -> None:
+        self._faults.setdefault(method, []).extend([exc] * times)
+
+    def _enter(self, method: str) -> None:
+        self.calls.append(method)
+        queue = self._faults.get(method)
+        if queue:
+            raise queue.pop(0)
+
+
+@dataclasses.dataclass
+class _Attachment:
+    id: str
+    instance_id: str | None
+    connector: dict[str, Any] | None
+    status: str  # reserved | attaching | attached
+    mountpoint: str | None = None
+
+
+@dataclasses.dataclass
+class _Volume:
+    id: str
+    size: int
+    status: str = "available"
+    multiattach: bool = False
+    attachments: dict[str, _Attachment] = dataclasses.field(default_factory=dict)
+    exported: bool = False
+    chap_user: str = ""
+    chap_password: str = ""
+    legacy_connector: dict[str, Any] | None = None
+
+
+class FakeCinder(_Faults, StorageAPI):
+    portal = "198.18.0.1:3260"
+
+    def __init__(self, version: tuple[int, int] = (3, 71)):
+        self._init_faults()
+        self.version = version
+        self.volumes: dict[str, _Volume] = {}
+
+    # -- test helpers ---------------------------------------------------------------------
+    def create_volume(self, size: int = 1, multiattach: bool = False) -> str:
+        vid = str(uuidlib.uuid4())
+        self.volumes[vid] = _Volume(vid, size, multiattach=multiattach,
+                                    chap_user="u" + vid[:19],
+                                    chap_password="p" + uuidlib.uuid4().hex[:15])
+        return vid
+
+    def iqn(self, volume_id: str) -> str:
+        return f"iqn.2010-10.org.openstack:volume-{volume_id}"
+
+    def credentials_for(self, iqn: str) -> tuple[str, str] | None:
+        """What the target accepts for ``iqn``, if it is exported."""
+        for vol in self.volumes.values():
+            if self.iqn(vol.id) == iqn and vol.exported:
+                return vol.chap_user, vol.chap_password
+        return None
+
+    def _vol(self, volume_id: str) -> _Volume:
+        if volume_id not in self.volumes:
+            raise errors.StorageNotFound(f"volume {volume_id} could not be found", 404)
+        return self.volumes[volume_id]
+
+    def _conn(self, vol: _Volume) -> dict[str, Any]:
+        vol.exported = True
+        return {"target_discovered": False, "target_portal": self.portal,
+                "target_iqn": self.iqn(vol.id), "target_lun": 1, "volume_id": vol.id,
+                "auth_method": "CHAP", "auth_username": vol.chap_user,
+                "auth_password": vol.chap_password, "encrypted": False,
+                "access_mode": "rw", "discard": False}
+
+    def _attachment(self, attachment_id: str) -> tuple[_Volume, _Attachment]:
+        for vol in self.volumes.values():
+            if attachment_id in vol.attachments:
+                return vol, vol.attachments[attachment_id]
+        raise errors.StorageNotFound(f"attachment {attachment_id} not found", 404)
+
+    def _settle(self, vol: _Volume) -> None:
+        if not vol.attachments:
+            vol.status, vol.exported = "available", False
+        elif any(a.status == "attached" for a in vol.attachments.values()):
+            vol.status = "in-use"
+        elif any(a.status == "attaching" for a in vol.attachments.values()):
+            vol.status = "attaching"
+        else:
+            vol.status = "reserved"
+
+    # -- StorageAPI -------------------------------------------------------------------------
+    def get_volume(self, volume_id):
+        self._enter("get_volume")
+        if volume_id not in self.volumes:
+            raise errors.VolumeNotFound(f"volume {volume_id} not found in Cinder")
+        vol = self.volumes[volume_id]
+        return Volume(id=vol.id, name=None, status=vol.status, size=vol.size,
+                      multiattach=vol.multiattach, attachments=tuple(
+                          VolumeAttachment(a.id, a.instance_id,
+                                           (a.connector or {}).get("host"), a.mountpoint)
+                          for a in vol.attachments.values()))
+
+    def attachment_create(self, volume_id, instance_id, connector):
+        self._enter("attachment_create")
+        vol = self._vol(volume_id)
+        others = [a for a in vol.attachments.values() if a.instance_id != instance_id]
+        if vol.status not in ("available", "in-use", "reserved", "attaching") or \
+                (not vol.multiattach and others):
+            raise errors.VolumeStateError(
+                f"Invalid volume: volume {volume_id} status must be available or "
+                f"in-use with multiattach, but it is {vol.status}")
+        att = _Attachment(str(uuidlib.uuid4()), instance_id, connector,
+                          "attaching" if connector else "reserved",
+                          (connector or {}).get("mountpoint"))
+        vol.attachments[att.id] = att
+        self._settle(vol)
+        if connector:
+            return att.id, dict(self._conn(vol), driver_volume_type="iscsi",
+                                attachment_id=att.id)
+        return att.id, None
+
+    def attachment_update(self, attachment_id, connector):
+        self._enter("attachment_update")
+        vol, att = self._attachment(attachment_id)
+        if any(a.connector for a in vol.attachments.values() if a.id != attachment_id):
+            raise errors.VolumeStateError("duplicate connectors detected on volume")
+        att.connector, att.status = connector, "attaching"
+        self._settle(vol)
+        return dict(self._conn(vol), driver_volume_type="iscsi", attachment_id=att.id)
+
+    def attachment_show(self, attachment_id):
+        self._enter("attachment_show")
+        vol, att = self._attachment(attachment_id)
+        if not att.connector:
+            return {}
+        return dict(self._conn(vol), driver_volume_type="iscsi", attachment_id=att.id)
+
+    def attachment_complete(self, attachment_id):
+        self._enter("attachment_complete")
+        vol, att = self._attachment(attachment_id)
+        if not att.connector:
+            raise errors.VolumeStateError("attachment has no connector to complete")
+        att.status = "attached"
+        self._settle(vol)
+
+    def attachment_delete(self, attachment_id):
+        self._enter("attachment_delete")
+        try:
+            vol, att = self._attachment(attachment_id)
+        except errors.StorageNotFound:
+            return  # as the real adapter: a 404 on delete is done
+        if att.instance_id is None and att.connector is None:
+            raise errors.StorageUnavailable("server error 500 (asks the compute service)",
+                                            500)
+        del vol.attachments[attachment_id]
+        self._settle(vol)
+
+    def reserve(self, volume_id):
+        self._enter("reserve")
+        vol = self._vol(volume_id)
+        if vol.status != "available" and not (vol.multiattach and vol.status == "in-use"):
+            raise errors.VolumeStateError(
+                f"Invalid volume: Volume status must be available to reserve, but the "
+                f"current status is {vol.status}.")
+        vol.status = "attaching"
+
+    def unreserve(self, volume_id):
+        self._enter("unreserve")
+        vol = self._vol(volume_id)
+        if vol.status == "attaching":
+            self._settle(vol)
+
+    def initialize_connection(self, volume_id, connector):
+        self._enter("initialize_connection")
+        vol = self._vol(volume_id)
+        vol.legacy_connector = connector
+        return {"driver_volume_type": "iscsi", "data": self._conn(vol)}
+
+    def terminate_connection(self, volume_id, connector):
+        self._enter("terminate_connection")
+        vol = self._vol(volume_id)
+        vol.legacy_connector = None
+        if not any(a.status == "attached" for a in vol.attachments.values()) or \
+                vol.status == "detaching":
+            vol.exported = False
+
+    def attach(self, volume_id, instance_id, mountpoint, host_name, mode="rw"):
+        self._enter("attach")
+        vol = self._vol(volume_id)
+        if vol.status != "attaching":
+            raise errors.VolumeStateError(
+                f"Invalid volume: volume {volume_id} is {vol.status}, not attaching")
+        att = _Attachment(str(uuidlib.uuid4()), instance_id, {"host": host_name},
+                          "attached", mountpoint)
+        vol.attachments[att.id] = att
+        vol.status = "in-use"
+
+    def begin_detaching(self, volume_id):
+        self._enter("begin_detaching")
+        vol = self._vol(volume_id)
+        if vol.status != "in-use":
+            raise errors.VolumeStateError(f"Invalid volume: volume is {vol.status}, "
+                                          "must be in-use to begin detaching")
+        vol.status = "detaching"
+
+    def roll_detaching(self, volume_id):
+        self._enter("roll_detaching")
+        vol = self._vol(volume_id)
+        if vol.status == "detaching":
+            vol.status = "in-use"
+
+    def detach(self, volume_id, attachment_id):
+        self._enter("detach")
+        vol = self._vol(volume_id)
+        if attachment_id is None:
+            if len(vol.attachments) != 1:
+                raise errors.VolumeStateError("attachment id required")
+            attachment_id = next(iter(vol.attachments))
+        if attachment_id not in vol.attachments:
+            raise errors.VolumeStateError(f"Invalid volume: attachment {attachment_id} "
+                                          "is not attached")
+        del vol.attachments[attachment_id]
+        self._settle(vol)
+
+
+@dataclasses.dataclass
+class _Domain:
+    name: str
+    uuid: str
+    active: bool
+    persistent: bool
+    live: list[str] = dataclasses.field(default_factory=list)
+    config: list[str] = dataclasses.field(default_factory=list)
+    live_meta: str | None = None
+    config_meta: str | None = None
+
+
+class FakeHypervisor(_Faults, Hypervisor):
+    def __init__(self, host_name: str = "local", target: FakeCinder | None = None):
+        self._init_faults()
+        self.host_name = host_name
+        self.target = target
+        self.domains: dict[str, _Domain] = {}
+        self.secrets: dict[str, str] = {}
+        self.refuse_detach: set[str] = set()  # target devs whose guest will not let go
+        self.sessions: set[tuple[str, str]] = set()  # (domain, iqn) logged in by QEMU
+
+    def add_domain(self, name: str, active: bool = True, persistent: bool = True,
+                   devices: tuple[str, ...] = ("vda",)) -> str:
+        uuid = str(uuidlib.uuid4())
+        dom = _Domain(name, uuid, active, persistent)
+        for dev in devices:
+            xml = domxml.disk_xml(domxml.DiskSpec(domxml.BlockSource(f"/images/{name}-{dev}"),
+                                                  dev, f"local-{dev}"))
+            if persistent:
+                dom.config.append(xml)
+            if active:
+                dom.live.append(xml)
+        self.domains[name] = dom
+        return uuid
+
+    def _dom(self, name: str) -> _Domain:
+        if name not in self.domains:
+            raise errors.DomainNotFound(f"domain '{name}' not found on host {self.host_name}")
+        return self.domains[name]
+
+    def lookup(self, name):
+        self._enter("lookup")
+        d = self._dom(name)
+        return DomainRef(d.name, d.uuid, d.active, d.persistent)
+
+    def xml(self, name, inactive=False):
+        d = self._dom(name)
+        live = d.active and not inactive
+        disks = d.live if live else d.config
+        meta = d.live_meta if live else d.config_meta
+        body = "".join(self._with_alias(x, i) if live else x for i, x in enumerate(disks))
+        meta_xml = ""
+        if meta:
+            inner = meta.replace("<volumes>", f'<af:volumes xmlns:af="{domxml.METADATA_NS}">',
+                                 1).replace("</volumes>", "</af:volumes>")
+            inner = inner.replace("<volume ", "<af:volume ").replace("</volume>",
+                                                                     "</af:volume>")
+            meta_xml = f"<metadata>{inner}</metadata>"
+        return (f"<domain type='qemu'><name>{d.name}</name><uuid>{d.uuid}</uuid>{meta_xml}"
+                f"<devices>{body}</devices></domain>")
+
+    @staticmethod
+    def _with_alias(xml: str, index: int) -> str:
+        el = ET.fromstring(xml)
+        ET.SubElement(el, "alias", name=f"virtio-disk{index}")
+        return ET.tostring(el, encoding="unicode")
+
+    @staticmethod
+    def _target(xml: str) -> str:
+        return domxml.disks(f"<domain><devices>{xml}</devices></domain>")[0].target_dev
+
+    def _login(self, domain: str, xml: str) -> None:
+        info = domxml.disks(f"<domain><devices>{xml}</devices></domain>")[0]
+        src = info.source
+        if not isinstance(src, domxml.NetworkISCSISource):
+            return
+        if src.secret_usage and src.secret_usage not in self.secrets:
+            raise errors.HypervisorError(
+                f"attach disk on {self.host_name}: no secret with usage '{src.secret_usage}'")
+        if self.target is not None:
+            creds = self.target.credentials_for(src.iqn)
+            given = (src.auth_username, self.secrets.get(src.secret_usage or ""))
+            if creds is None:
+                raise errors.HypervisorError(
+                    f"attach disk on {self.host_name}: iSCSI target {src.iqn} not found")
+            if creds != given:
+                raise errors.HypervisorError(
+                    f"attach disk on {self.host_name}: iSCSI login failed: "
+                    "Authentication failure")
+        self.sessions.add((domain, src.iqn))
+
+    def attach_device(self, name, xml, live, config):
+        self._enter("attach_device")
+        d = self._dom(name)
+        if live and not d.active:
+            raise errors.HypervisorError("attach disk: domain is not running")
+        dev = self._target(xml)
+        for disks, wanted in ((d.live, live), (d.config, config)):
+            if wanted and any(self._target(x) == dev for x in disks):
+                raise errors.HypervisorError(f"attach disk: target {dev} already exists")
+        if live:
+            self._login(name, xml)
+            d.live.append(xml)
+        if config:
+            d.config.append(xml)
+
+    def detach_device(self, name, xml, live, config, timeout):
+        self._enter("detach_device")
+        d = self._dom(name)
+        dev = self._target(xml)
+        for disks, wanted, where in ((d.config, config, "persistent"),
+                                     (d.live, live, "live")):
+            if not wanted:
+                continue
+            match = [x for x in disks if self._target(x) == dev]
+            if not match:
+                raise errors.HypervisorError(f"detach disk: disk {dev} not found ({where})")
+            if where == "live" and dev in self.refuse_detach:
+                raise errors.DeviceRemovalTimeout(
+                    f"guest '{name}' did not release {dev} within {timeout:.0f} s")
+            disks.remove(match[0])
+            if where == "live":
+                src = domxml.disks(f"<domain><devices>{match[0]}</devices></domain>")[0].source
+                if isinstance(src, domxml.NetworkISCSISource):
+                    self.sessions.discard((name, src.iqn))
+
+    def set_metadata(self, name, metadata, live, config):
+        self._enter("set_metadata")
+        d = self._dom(name)
+        if live:
+            d.live_meta = metadata
+        if config:
+            d.config_meta = metadata
+
+    def define_secret(self, usage, value: Secret, description):
+        self._enter("define_secret")
+        if usage in self.secrets:
+            raise errors.HypervisorError(f"define secret: a secret for usage '{usage}' "
+                                         "already exists")
+        self.secrets[usage] = value.reveal()
+
+    def undefine_secret(self, usage):
+        self._enter("undefine_secret")
+        return self.secrets.pop(usage, None) is not None
+
+    def has_secret(self, usage):
+        return usage in self.secrets
+
+    def define_domain(self, xml):
+        self._enter("define_domain")
+        root = ET.fromstring(xml)
+        name, uuid = root.findtext("name"), root.findtext("uuid")
+        if name in self.domains:
+            raise errors.HypervisorError(f"define domain: domain '{name}' already exists")
+        dom = _Domain(name, uuid, active=False, persistent=True)
+        dom.config = [ET.tostring(x, encoding="unicode") for x in root.findall("devices/disk")]
+        dom.config_meta = domxml.domain_metadata(xml)
+        self.domains[name] = dom
+
+    def start(self, name):
+        self._enter("start")
+        d = self._dom(name)
+        if d.active:
+            raise errors.HypervisorError("start domain: already running")
+        for xml in d.config:
+            self._login(name, xml)
+        d.active, d.live, d.live_meta = True, list(d.config), d.config_meta
+
+    def destroy(self, name):
+        self._enter("destroy")
+        d = self._dom(name)
+        d.active, d.live = False, []
+        self.sessions = {s for s in self.sessions if s[0] != name}
+        if not d.persistent:
+            del self.domains[name]
+
+    def undefine(self, name):
+        self._enter("undefine")
+        d = self._dom(name)
+        if d.active:
+            d.persistent = False
+        else:
+            del self.domains[name]
+
+
+class FakeBrick(_Faults, HostConnector):
+    """os-brick on one host: sessions to targets, CHAP checked against ``target``."""
+
+    def __init__(self, host: str, target: FakeCinder | None = None):
+        self._init_faults()
+        self.host = host
+        self.target = target
+        self.sessions: dict[str, str] = {}  # path -> iqn
+
+    def properties(self, my_ip, multipath):
+        self._enter("properties")
+        return {"platform": "x86_64", "os_type": "linux", "ip": my_ip, "host": self.host,
+                "multipath": multipath, "initiator": f"iqn.1993-08.org.debian:01:{self.host}"}
+
+    def connect(self, protocol, props, multipath):
+        self._enter("connect")
+        if self.target is not None:
+            creds = self.target.credentials_for(props["target_iqn"])
+            if creds != (props.get("auth_username"), props.get("auth_password")):
+                raise errors.HostError("os-brick connect_volume (ISCSI): login failed")
+        path = (f"/dev/disk/by-path/ip-{props['target_portal']}-iscsi-"
+                f"{props['target_iqn']}-lun-{props['target_lun']}")
+        self.sessions[path] = props["target_iqn"]
+        return {"type": "block", "path": path}
+
+    def disconnect(self, protocol, props, device_info, multipath):
+        self._enter("disconnect")
+        self.sessions.pop(device_info.get("path", ""), None)
+
+
+def fake_host(name: str = "local", target: FakeCinder | None = None,
+              address: str = "198.18.0.11") -> ComputeHost:
+    cfg = HostConfig(name=name, address=address, hostname=name,
+                     libvirt_uri="test:///fake")
+    return ComputeHost(cfg, hypervisor=FakeHypervisor(name, target),
+                       brick=FakeBrick(name, target))
