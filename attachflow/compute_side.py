@@ -332,7 +332,8 @@ class Hypervisor(abc.ABC):
         """Detach; with live, wait for the guest to release it (DeviceRemoved)."""
 
     @abc.abstractmethod
-    def set_metadata(self, name: str, metadata: str, live: bool, config: bool) -> None: ...
+    def set_metadata(self, name: str, metadata: str | None, live: bool,
+                     config: bool) -> None: ...
 
     @abc.abstractmethod
     def define_secret(self, usage: str, value: Secret, description: str) -> None: ...
@@ -363,8 +364,9 @@ class Hypervisor(abc.ABC):
         return domxml.volume_records(domxml.domain_metadata(self.xml(name, inactive)))
 
     def save_records(self, ref: DomainRef, records: dict[str, dict[str, Any]]) -> None:
-        self.set_metadata(ref.name, domxml.metadata_xml(records), live=ref.active,
-                          config=ref.persistent)
+        # None removes our element altogether: a domain with no volume keeps no trace
+        self.set_metadata(ref.name, domxml.metadata_xml(records) if records else None,
+                          live=ref.active, config=ref.persistent)
 
 
 _EVENT_LOOP = threading.Lock()

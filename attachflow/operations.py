@@ -149,13 +149,20 @@ def detach(storage: StorageAPI, host: ComputeHost, volume_id: str, domain: str,
     if att.connection.driver_volume_type == "unknown" and transport.name == "kernel":
         # attached by another tool: ask the storage side where the volume lives
         att.connection = tx.run("storage connection info", lambda: flow.fresh_connection(att))
-    if disk is not None:
-        reattach = _strip_alias(disk.xml)
-        tx.run("guest detach",
-               lambda: hv.detach_device(domain, disk.xml, live=live_disk is not None,
-                                        config=config_disk is not None, timeout=timeout),
-               lambda _: hv.attach_device(domain, reattach, live=live_disk is not None,
-                                          config=config_disk is not None))
+    # Persistent first, then live (the guest may refuse): two steps, so that a guest
+    # that keeps the disk gets its persistent definition back too.
+    if config_disk is not None:
+        tx.run("guest detach (persistent)",
+               lambda: hv.detach_device(domain, config_disk.xml, live=False, config=True,
+                                        timeout=timeout),
+               lambda _: hv.attach_device(domain, _strip_alias(config_disk.xml),
+                                          live=False, config=True))
+    if live_disk is not None:
+        tx.run("guest detach (live)",
+               lambda: hv.detach_device(domain, live_disk.xml, live=True, config=False,
+                                        timeout=timeout),
+               lambda _: hv.attach_device(domain, _strip_alias(live_disk.xml), live=True,
+                                          config=False))
     source = disk.source if disk is not None else None
     tx.run(f"host disconnect ({transport.name})",
            lambda: transport.disconnect(host, att.connection, source, ref.uuid),

@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Any, Callable
 
-from attachflow.errors import OperationFailed
+from attachflow.errors import AttachflowError, OperationFailed
 
 LOG = logging.getLogger("attachflow.steps")
 
@@ -43,6 +43,8 @@ class Transaction:
     def rollback(self, failed_step: str, cause: BaseException) -> None:
         if isinstance(cause, KeyboardInterrupt):
             LOG.warning("%s interrupted at %s; undoing", self.operation, failed_step)
+        if not self._undo and isinstance(cause, AttachflowError):
+            raise cause  # nothing had changed yet: the error speaks for itself
         failures: list[tuple[str, BaseException]] = []
         for name, undo in reversed(self._undo):
             LOG.debug("%s: undo %s", self.operation, name)

@@ -11,7 +11,7 @@ so a flow that would fail on the real thing fails here too:
   the right CHAP password to log in; secrets unique by usage.
 - ``FakeBrick``: os-brick's connect/disconnect with CHAP checked against the target.
 
-``fail(name, exc, times)`` on any of them makes the next call(s) of that method raise.
+``fail(name, exc, times, after)`` on any of them makes the next call(s) of that method raise.
 """
 
 from __future__ import annotations
@@ -30,17 +30,21 @@ from attachflow.model import Secret, Volume, VolumeAttachment
 
 class _Faults:
     def _init_faults(self):
-        self._faults: dict[str, list[BaseException]] = {}
+        self._faults: dict[str, list[BaseException | None]] = {}
         self.calls: list[str] = []
 
-    def fail(self, method: str, exc: BaseException, times: int = 1) -> None:
-        self._faults.setdefault(method, []).extend([exc] * times)
+    def fail(self, method: str, exc: BaseException, times: int = 1, after: int = 0) -> None:
+        """The next ``times`` calls of ``method`` raise ``exc``, after ``after`` calls
+        that succeed."""
+        self._faults.setdefault(method, []).extend([None] * after + [exc] * times)
 
     def _enter(self, method: str) -> None:
         self.calls.append(method)
         queue = self._faults.get(method)
         if queue:
-            raise queue.pop(0)
+            exc = queue.pop(0)
+            if exc is not None:
+                raise exc
 
 
 @dataclasses.dataclass

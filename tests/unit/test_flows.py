@@ -1,0 +1,325 @@
+"""Attach, detach and boot on the in-memory twins: what a user would check afterwards
+(volume status and attachments in Cinder, the disk in the domain's live and persistent
+XML, sessions and secrets on the host), for both APIs and both transports, and the undo
+at every step that can fail."""
+
+import pytest
+
+from attachflow import domxml, errors, operations
+from attachflow.connectors import get_transport
+from attachflow.testing import FakeCinder
+
+APIS = ["attachments", "legacy"]
+TRANSPORTS = ["native", "kernel"]
+
+
+def snapshot(cinder, host):
+    """Everything a leak could hide in."""
+    hv, brick = host.hypervisor, host.brick
+    return {
+        "volumes": {v.id: (v.status, sorted((a.instance_id, a.status)
+                                            for a in v.attachments.values()), v.exported)
+                    for v in cinder.volumes.values()},
+        "domains": {d.name: (d.active, sorted(d.live), sorted(d.config), d.live_meta,
+                             d.config_meta) for d in hv.domains.values()},
+        "secrets": dict(hv.secrets),
+        "qemu_sessions": set(hv.sessions),
+        "host_sessions": dict(brick.sessions),
+    }
+
+
+def in_use_by(cinder, volume_id):
+    vol = cinder.volumes[volume_id]
+    return vol.status, [(a.instance_id, a.status) for a in vol.attachments.values()]
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_attach_then_detach_leaves_nothing(cinder, host, api, transport):
+    uuid = host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+    before = snapshot(cinder, host)
+
+    res = operations.attach(cinder, host, get_transport(transport), vol, "vm1", api=api)
+
+    assert res.device == "vdb"
+    assert in_use_by(cinder, vol) == ("in-use", [(uuid, "attached")])
+    live = domxml.find_disk(host.hypervisor.xml("vm1"), vol)
+    persistent = domxml.find_disk(host.hypervisor.xml("vm1", inactive=True), vol)
+    assert live and persistent and live.target_dev == "vdb"
+    if transport == "native":
+        assert live.disk_type == "network"
+        assert live.source.secret_usage in host.hypervisor.secrets
+        assert ("vm1", cinder.iqn(vol)) in host.hypervisor.sessions
+        assert not host.brick.sessions
+    else:
+        assert live.disk_type == "block"
+        assert list(host.brick.sessions.values()) == [cinder.iqn(vol)]
+        assert not host.hypervisor.secrets
+    record = host.hypervisor.records("vm1")[vol]
+    assert record["api"] == api and record["transport"] == transport
+    assert "auth_password" not in record["connection"]
+
+    res = operations.detach(cinder, host, vol, "vm1", api="auto")
+    assert res.api == api and res.transport == transport
+    assert snapshot(cinder, host) == before
+    assert cinder.volumes[vol].status == "available"
+
+
+def test_attachments_api_costs_two_storage_calls_per_attach_and_one_per_detach(cinder, host):
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+    operations.attach(cinder, host, get_transport("native"), vol, "vm1")
+    assert cinder.calls == ["attachment_create", "attachment_complete"]
+    cinder.calls.clear()
+    operations.detach(cinder, host, vol, "vm1")
+    assert cinder.calls == ["attachment_delete"]
+
+
+def test_auto_picks_legacy_on_old_server(host):
+    old = FakeCinder(version=(3, 27))
+    host.hypervisor.target = old
+    host.hypervisor.add_domain("vm1")
+    vol = old.create_volume()
+    res = operations.attach(old, host, get_transport("native"), vol, "vm1", api="auto")
+    assert res.api == "legacy"
+    with pytest.raises(errors.InputError, match="3.44"):
+        operations.attach(old, host, get_transport("native"), old.create_volume(), "vm1",
+                          api="attachments")
+
+
+def test_device_defaults_to_next_free_and_explicit_device_is_honoured(cinder, host):
+    host.hypervisor.add_domain("vm1", devices=("vda", "vdb"))
+    first = operations.attach(cinder, host, get_transport("native"), cinder.create_volume(),
+                              "vm1")
+    second = operations.attach(cinder, host, get_transport("native"),
+                               cinder.create_volume(), "vm1", device="vdf")
+    assert (first.device, second.device) == ("vdc", "vdf")
+
+
+def test_shut_off_domain_gets_persistent_disk_only(cinder, host):
+    host.hypervisor.add_domain("vm1", active=False)
+    vol = cinder.create_volume()
+    operations.attach(cinder, host, get_transport("native"), vol, "vm1")
+    dom = host.hypervisor.domains["vm1"]
+    assert dom.live == [] and domxml.find_disk(host.hypervisor.xml("vm1", True), vol)
+    operations.detach(cinder, host, vol, "vm1")
+    assert cinder.volumes[vol].status == "available"
+    assert len(dom.config) == 1
+
+
+# -- bad input: clear error, exit 2, nothing changed ----------------------------------------
+
+@pytest.mark.parametrize("api", APIS)
+def test_bad_input_changes_nothing(cinder, host, api):
+    host.hypervisor.add_domain("vm1")
+    host.hypervisor.add_domain("vm2")
+    vol = cinder.create_volume()
+    operations.attach(cinder, host, get_transport("native"), vol, "vm1", api=api)
+    other = cinder.create_volume()
+    before = snapshot(cinder, host)
+    native = get_transport("native")
+    cases = [
+        (errors.DomainNotFound, lambda: operations.attach(cinder, host, native, other,
+                                                          "nosuch", api=api)),
+        (errors.VolumeNotFound, lambda: operations.attach(cinder, host, native,
+                                                          "0000-missing", "vm2", api=api)),
+        (errors.VolumeStateError, lambda: operations.attach(cinder, host, native, vol,
+                                                            "vm2", api=api)),
+        (errors.VolumeStateError, lambda: operations.attach(cinder, host, native, vol,
+                                                            "vm1", api=api)),
+        (errors.DeviceInUse, lambda: operations.attach(cinder, host, native, other, "vm1",
+                                                       api=api, device="vdb")),
+        (errors.InputError, lambda: operations.attach(cinder, host, native, other, "vm1",
+                                                      api=api, device="sda")),
+        (errors.NotAttached, lambda: operations.detach(cinder, host, other, "vm1", api=api)),
+        (errors.InputError, lambda: operations.boot(cinder, host, native, "vm1", other,
+                                                    api=api)),
+    ]
+    for expected, call in cases:
+        with pytest.raises(errors.AttachflowError) as info:
+            call()
+        exc = info.value
+        assert isinstance(exc, expected) or isinstance(getattr(exc, "cause", None), expected)
+        assert exc.exit_code == 2, exc
+        assert snapshot(cinder, host) == before, exc
+
+
+def test_volume_in_use_message_names_where(cinder, host):
+    uuid = host.hypervisor.add_domain("vm1")
+    host.hypervisor.add_domain("vm2")
+    vol = cinder.create_volume()
+    operations.attach(cinder, host, get_transport("native"), vol, "vm1")
+    with pytest.raises(errors.VolumeStateError, match=f"in-use.*{uuid}"):
+        operations.attach(cinder, host, get_transport("native"), vol, "vm2")
+
+
+def test_multiattach_volume_attaches_to_two_domains(cinder, host):
+    host.hypervisor.add_domain("vm1")
+    host.hypervisor.add_domain("vm2")
+    vol = cinder.create_volume(multiattach=True)
+    for dom in ("vm1", "vm2"):
+        operations.attach(cinder, host, get_transport("native"), vol, dom)
+    assert len(cinder.volumes[vol].attachments) == 2
+    operations.detach(cinder, host, vol, "vm1")
+    assert cinder.volumes[vol].status == "in-use"
+    assert len(host.hypervisor.secrets) == 1
+
+
+# -- undo at every failing step -------------------------------------------------------------
+
+ATTACH_FAILURES = {
+    # (api, transport) -> [(object, method)], each one a step of attach that can fail
+    "attachments": [("cinder", "attachment_create"), ("cinder", "attachment_complete")],
+    "legacy": [("cinder", "reserve"), ("cinder", "initialize_connection"),
+               ("cinder", "attach")],
+    "native": [("hv", "define_secret"), ("hv", "attach_device"), ("hv", "set_metadata")],
+    "kernel": [("brick", "properties"), ("brick", "connect"), ("hv", "attach_device"),
+               ("hv", "set_metadata")],
+}
+
+
+def _target(cinder, host, which):
+    return {"cinder": cinder, "hv": host.hypervisor, "brick": host.brick}[which]
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_attach_undoes_everything_when_any_step_fails(cinder, host, api, transport):
+    host.hypervisor.add_domain("vm1")
+    for which, method in ATTACH_FAILURES[api] + ATTACH_FAILURES[transport]:
+        vol = cinder.create_volume()
+        before = snapshot(cinder, host)
+        _target(cinder, host, which).fail(method, errors.AttachflowError(f"{method} broke"))
+        with pytest.raises(errors.AttachflowError, match=f"{method} broke") as info:
+            operations.attach(cinder, host, get_transport(transport), vol, "vm1", api=api)
+        assert info.value.exit_code == 1
+        assert snapshot(cinder, host) == before, method
+        assert "could NOT undo" not in str(info.value)
+
+
+def test_wrong_chap_password_fails_cleanly(cinder, host):
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+    cinder.volumes[vol].chap_password = "changed-on-target"
+    real_conn = cinder._conn
+
+    def stale(v):  # the storage side hands out a password the target no longer takes
+        out = real_conn(v)
+        out["auth_password"] = "stale-password!!"
+        return out
+
+    cinder._conn = stale
+    before = snapshot(cinder, host)
+    with pytest.raises(errors.OperationFailed, match="Authentication failure") as info:
+        operations.attach(cinder, host, get_transport("native"), vol, "vm1")
+    assert "stale-password" not in str(info.value)
+    assert info.value.step == "guest attach"
+    assert snapshot(cinder, host) == before
+
+
+def test_failed_undo_is_reported(cinder, host):
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+    cinder.fail("attachment_complete", errors.StorageUnavailable("cinder went away"))
+    host.hypervisor.fail("undefine_secret", errors.HypervisorError("libvirtd went away"),
+                         after=1)
+    with pytest.raises(errors.OperationFailed) as info:
+        operations.attach(cinder, host, get_transport("native"), vol, "vm1")
+    msg = str(info.value)
+    assert "storage complete" in msg and "could NOT undo" in msg and "libvirtd went away" \
+        in msg
+    assert info.value.exit_code == 1
+    # everything else was still undone
+    assert cinder.volumes[vol].status == "available"
+    assert domxml.find_disk(host.hypervisor.xml("vm1"), vol) is None
+
+
+DETACH_FAILURES = {
+    "attachments": [("cinder", "attachment_delete")],
+    "legacy": [("cinder", "get_volume"), ("cinder", "begin_detaching"),
+               ("cinder", "terminate_connection"), ("cinder", "detach")],
+    "native": [("hv", "detach_device"), ("hv", "undefine_secret"), ("hv", "set_metadata")],
+    "kernel": [("hv", "detach_device"), ("brick", "disconnect"), ("hv", "set_metadata")],
+}
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_detach_undoes_everything_when_any_step_fails(cinder, host, api, transport):
+    host.hypervisor.add_domain("vm1")
+    for which, method in DETACH_FAILURES[api] + DETACH_FAILURES[transport]:
+        vol = cinder.create_volume()
+        operations.attach(cinder, host, get_transport(transport), vol, "vm1", api=api)
+        before = snapshot(cinder, host)
+        _target(cinder, host, which).fail(method, errors.AttachflowError(f"{method} broke"))
+        with pytest.raises(errors.AttachflowError, match=f"{method} broke"):
+            operations.detach(cinder, host, vol, "vm1")
+        after = snapshot(cinder, host)
+        # the disk is back where it was (live XML gets re-plugged at the end of the list)
+        for key in ("volumes", "secrets", "host_sessions", "qemu_sessions"):
+            assert after[key] == before[key], (method, key)
+        assert domxml.find_disk(host.hypervisor.xml("vm1"), vol)
+        assert domxml.find_disk(host.hypervisor.xml("vm1", inactive=True), vol)
+        assert vol in host.hypervisor.records("vm1")
+        # and a second detach now succeeds and leaves nothing
+        operations.detach(cinder, host, vol, "vm1")
+        assert cinder.volumes[vol].status == "available"
+
+
+def test_guest_that_keeps_the_disk_times_out_and_volume_stays_attached(cinder, host):
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+    operations.attach(cinder, host, get_transport("native"), vol, "vm1")
+    host.hypervisor.refuse_detach.add("vdb")
+    with pytest.raises(errors.OperationFailed, match="did not release vdb"):
+        operations.detach(cinder, host, vol, "vm1", timeout=5)
+    assert cinder.volumes[vol].status == "in-use"
+    assert domxml.find_disk(host.hypervisor.xml("vm1", inactive=True), vol)
+    assert len(host.hypervisor.secrets) == 1
+
+
+# -- boot -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_boot_volume_backed_domain(cinder, host, api, transport):
+    vol = cinder.create_volume()
+    res = operations.boot(cinder, host, get_transport(transport), "vm9", vol, api=api,
+                          virt_type="qemu")
+    dom = host.hypervisor.domains["vm9"]
+    assert dom.active and res.device == "vda"
+    disk = domxml.find_disk(host.hypervisor.xml("vm9"), vol)
+    assert disk.target_dev == "vda"
+    assert in_use_by(cinder, vol) == ("in-use", [(dom.uuid, "attached")])
+    assert host.hypervisor.records("vm9")[vol]["api"] == api
+    # a second volume can then be attached and detached
+    data = cinder.create_volume()
+    assert operations.attach(cinder, host, get_transport(transport), data, "vm9",
+                             api=api).device == "vdb"
+    operations.detach(cinder, host, data, "vm9")
+
+
+@pytest.mark.parametrize("which,method", [("cinder", "attachment_create"),
+                                          ("hv", "define_secret"), ("hv", "define_domain"),
+                                          ("hv", "start"), ("cinder", "attachment_complete")])
+def test_boot_undoes_everything(cinder, host, which, method):
+    vol = cinder.create_volume()
+    before = snapshot(cinder, host)
+    _target(cinder, host, which).fail(method, errors.AttachflowError(f"{method} broke"))
+    with pytest.raises(errors.AttachflowError, match=f"{method} broke") as info:
+        operations.boot(cinder, host, get_transport("native"), "vm9", vol)
+    assert info.value.exit_code == 1
+    assert snapshot(cinder, host) == before
+    assert "vm9" not in host.hypervisor.domains
+
+
+def test_boot_refuses_bad_names_and_sizes(cinder, host):
+    vol = cinder.create_volume()
+    for kwargs in ({"name": "bad name"}, {"name": "x", "memory_mib": 1},
+                   {"name": "x", "virt_type": "xen"}):
+        args = {"name": "vm", **kwargs}
+        with pytest.raises(errors.InputError):
+            operations.boot(cinder, host, get_transport("native"), args.pop("name"), vol,
+                            **args)
+    assert cinder.calls == []
