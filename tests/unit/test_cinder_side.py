@@ -1,0 +1,129 @@
+"""The real storage adapter's boundary: exception translation, which calls are retried,
+and session construction. cinderclient's own exception classes are raised by a stand-in
+client, so the translation is tested against the real types."""
+
+import types
+
+import pytest
+from cinderclient import exceptions as cexc
+from keystoneauth1 import exceptions as kexc
+
+from attachflow import errors
+from attachflow.cinder_side import (AttachmentsFlow, CinderStorage, LegacyFlow,
+                                    make_session, select_flow)
+
+
+class Scripted:
+    """A cinderclient manager method that raises/returns from a script, counting calls."""
+
+    def __init__(self, *script):
+        self.script = list(script)
+        self.count = 0
+
+    def __call__(self, *args, **kwargs):
+        self.count += 1
+        item = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+
+def storage(**methods):
+    volumes = types.SimpleNamespace(**{k[4:]: v for k, v in methods.items()
+                                       if k.startswith("vol_")})
+    attachments = types.SimpleNamespace(**{k[4:]: v for k, v in methods.items()
+                                           if k.startswith("att_")})
+    client = types.SimpleNamespace(volumes=volumes, attachments=attachments)
+    return CinderStorage(client, (3, 71), sleep=lambda _s: None)
+
+
+VOLUME = types.SimpleNamespace(id="v1", name="data", status="available", size=1,
+                               multiattach=False, attachments=[])
+
+
+def test_reads_retry_on_5xx_and_connection_errors():
+    get = Scripted(cexc.ClientException(503, "busy"), kexc.ConnectFailure("refused"), VOLUME)
+    vol = storage(vol_get=get).get_volume("v1")
+    assert vol.status == "available" and get.count == 3
+
+
+def test_reads_give_up_after_four_tries():
+    get = Scripted(cexc.ClientException(500, "boom"))
+    with pytest.raises(errors.StorageUnavailable, match="500"):
+        storage(vol_get=get).get_volume("v1")
+    assert get.count == 4
+
+
+def test_missing_volume_is_bad_input():
+    with pytest.raises(errors.VolumeNotFound) as info:
+        storage(vol_get=Scripted(cexc.NotFound(404, "no"))).get_volume("v1")
+    assert info.value.exit_code == 2
+
+
+def test_state_changing_calls_are_never_retried():
+    create = Scripted(cexc.ClientException(503, "busy"))
+    with pytest.raises(errors.StorageUnavailable):
+        storage(att_create=create).attachment_create("v1", "i1", {"host": "h"})
+    assert create.count == 1
+    reserve = Scripted(kexc.ConnectFailure("refused"))
+    with pytest.raises(errors.StorageUnavailable):
+        storage(vol_reserve=reserve).reserve("v1")
+    assert reserve.count == 1
+
+
+def test_delete_retries_5xx_and_404_counts_as_done():
+    delete = Scripted(cexc.ClientException(502, "bad gw"), cexc.NotFound(404, "gone"))
+    storage(att_delete=delete).attachment_delete("a1")
+    assert delete.count == 2
+    refused = Scripted(kexc.ConnectFailure("refused"))
+    with pytest.raises(errors.StorageUnavailable):
+        storage(att_delete=refused).attachment_delete("a1")
+    assert refused.count == 1  # no answer at all: not known to be safe to repeat
+
+
+def test_invalid_state_is_a_state_error_with_the_servers_words():
+    reserve = Scripted(cexc.BadRequest(400, "Invalid volume: status must be available"))
+    with pytest.raises(errors.VolumeStateError, match="status must be available"):
+        storage(vol_reserve=reserve).reserve("v1")
+
+
+def test_errors_do_not_carry_the_request_body():
+    secret = "chap-secret-value"
+    create = Scripted(cexc.ClientException(500, "failure"))
+    with pytest.raises(errors.StorageError) as info:
+        storage(att_create=create).attachment_create("v1", "i1", {"auth_password": secret})
+    assert secret not in str(info.value)
+
+
+def test_noauth_session_from_env():
+    sess, endpoint = make_session(env={"OS_AUTH_TYPE": "noauth", "OS_USER_ID": "u",
+                                       "OS_PROJECT_ID": "p",
+                                       "OS_ENDPOINT": "http://127.0.0.1:8776/v3"})
+    assert endpoint is None
+    assert sess.get_endpoint() == "http://127.0.0.1:8776/v3/p"
+    assert sess.get_auth_headers()["x-project-id"] == "p"
+
+
+def test_incomplete_credentials_say_what_is_missing():
+    with pytest.raises(errors.InputError, match="OS_USER_ID"):
+        make_session(env={"OS_AUTH_TYPE": "noauth", "OS_ENDPOINT": "http://x/v3"})
+    with pytest.raises(errors.InputError, match="OS_AUTH_TYPE"):
+        make_session(env={"OS_AUTH_TYPE": "no-such-plugin"})
+
+
+def test_unknown_cloud_is_bad_input(tmp_path, monkeypatch):
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(tmp_path / "clouds.yaml"))
+    (tmp_path / "clouds.yaml").write_text("clouds: {}\n")
+    with pytest.raises(errors.InputError, match="nosuch"):
+        make_session(cloud="nosuch", env={})
+
+
+def test_select_flow():
+    new, old = types.SimpleNamespace(version=(3, 60)), types.SimpleNamespace(version=(3, 40))
+    assert isinstance(select_flow(new, "auto"), AttachmentsFlow)
+    assert isinstance(select_flow(old, "auto"), LegacyFlow)
+    assert isinstance(select_flow(new, "legacy"), LegacyFlow)
+    with pytest.raises(errors.InputError):
+        select_flow(old, "attachments")
+    with pytest.raises(errors.InputError):
+        select_flow(new, "nova")

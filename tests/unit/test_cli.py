@@ -1,0 +1,120 @@
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from attachflow import cli, errors
+from attachflow.testing import FakeCinder, fake_host
+
+
+@pytest.fixture
+def world(monkeypatch):
+    cinder = FakeCinder()
+    host = fake_host("hosta", target=cinder)
+    host.close = lambda: None
+    monkeypatch.setattr(cli, "_storage", lambda os_cloud: cinder)
+    monkeypatch.setattr(cli, "_host", lambda name: host)
+    return cinder, host
+
+
+def run(*args):
+    return CliRunner().invoke(cli.cli, list(args), catch_exceptions=False)
+
+
+def test_help_teaches_every_command():
+    out = run("--help").output
+    for cmd in ("attach", "detach", "boot", "connector", "lab"):
+        assert cmd in out
+    for cmd in ("attach", "detach", "boot", "connector"):
+        result = run(cmd, "--help")
+        assert result.exit_code == 0
+        assert "--host" in result.output and "--debug" in result.output
+
+
+def test_attach_detach_json(world):
+    cinder, host = world
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+    result = run("attach", vol, "vm1", "--transport", "native", "-f", "json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["device"] == "vdb" and data["api"] == "attachments"
+    assert cinder.volumes[vol].status == "in-use"
+    result = run("detach", vol, "vm1", "-f", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["transport"] == "native"
+    assert cinder.volumes[vol].status == "available"
+
+
+def test_table_output(world):
+    cinder, host = world
+    host.hypervisor.add_domain("vm1")
+    result = run("attach", cinder.create_volume(), "vm1", "--transport", "kernel")
+    assert result.exit_code == 0
+    assert any(line.split()[:2] == ["device", "vdb"] for line in result.output.splitlines())
+
+
+def test_bad_input_exit_2_one_line(world):
+    cinder, host = world
+    result = run("attach", cinder.create_volume(), "nosuch", "--transport", "native")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "attachflow: error: domain 'nosuch' not found on host hosta"]
+
+
+def test_bad_usage_exit_2(world):
+    assert run("attach", "only-volume").exit_code == 2
+    assert run("attach", "v", "d", "--transport", "fibre").exit_code == 2
+    assert run("attach", "v", "d", "--api", "nova").exit_code == 2
+
+
+def test_failure_exit_1_and_undone(world):
+    cinder, host = world
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+    host.hypervisor.fail("attach_device", errors.HypervisorError("qemu said no"))
+    result = run("attach", vol, "vm1", "--transport", "native")
+    assert result.exit_code == 1
+    assert "guest attach" in result.stderr and "qemu said no" in result.stderr
+    assert "all earlier steps undone" in result.stderr
+    assert cinder.volumes[vol].status == "available" and not host.hypervisor.secrets
+
+
+def test_debug_trace_masks_secrets(world, monkeypatch):
+    cinder, host = world
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+    password = cinder.volumes[vol].chap_password
+    result = run("attach", vol, "vm1", "--transport", "native", "--debug", "-f", "json")
+    assert result.exit_code == 0
+    assert "step storage connect" in result.stderr
+    assert password not in result.output + result.stderr
+
+
+def test_boot(world):
+    cinder, host = world
+    vol = cinder.create_volume()
+    result = run("boot", "vm7", "--volume", vol, "--transport", "native", "--virt-type",
+                 "qemu", "-f", "json")
+    assert result.exit_code == 0, result.output
+    assert host.hypervisor.domains["vm7"].active
+
+
+def test_internal_errors_are_one_line(world, monkeypatch):
+    def broken(name):
+        raise ZeroDivisionError("oops")
+    monkeypatch.setattr(cli, "_host", broken)
+    result = run("attach", "v", "d", "--transport", "native")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("attachflow: internal error: ZeroDivisionError")
+
+
+def test_help_does_not_import_heavy_libraries():
+    code = ("import sys; from attachflow import cli; "
+            "heavy = [m for m in ('os_brick', 'cinderclient', 'libvirt', 'paramiko', "
+            "'keystoneauth1', 'openstack') if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"
