@@ -374,8 +374,12 @@ _event_loop_started = False
 
 
 def _libvirt():
-    import libvirt
     global _event_loop_started
+    try:
+        import libvirt
+    except ImportError:
+        raise errors.HostError("libvirt-python is not installed: pip install "
+                               "'attachflow[libvirt]' (needs libvirt-dev)") from None
     with _EVENT_LOOP:
         if not _event_loop_started:
             # Events must be registered before the first connection is opened; they
