@@ -244,16 +244,31 @@ def detach(volume, domain, timeout, host, fmt, debug, transport, api, os_cloud):
               default=lambda: os.environ.get("ATTACHFLOW_VIRT_TYPE", "kvm"),
               show_default="kvm, or $ATTACHFLOW_VIRT_TYPE",
               help="kvm (hardware) or qemu (software emulation, TCG).")
+@click.option("--kernel", default=lambda: os.environ.get("ATTACHFLOW_BOOT_KERNEL"),
+              metavar="PATH", help="Boot this kernel (a path on the compute host) instead "
+                                   "of the volume's boot loader [$ATTACHFLOW_BOOT_KERNEL].")
+@click.option("--initrd", default=lambda: os.environ.get("ATTACHFLOW_BOOT_INITRD"),
+              metavar="PATH", help="Initrd for --kernel [$ATTACHFLOW_BOOT_INITRD].")
+@click.option("--cmdline", default=lambda: os.environ.get("ATTACHFLOW_BOOT_CMDLINE"),
+              help="Kernel command line for --kernel [$ATTACHFLOW_BOOT_CMDLINE].")
 @common()
-def boot(name, volume, memory, vcpus, virt_type, host, fmt, debug, transport, api,
-         os_cloud):
-    """Define and start domain NAME whose root disk (vda) is Cinder VOLUME."""
-    from attachflow import operations
+def boot(name, volume, memory, vcpus, virt_type, kernel, initrd, cmdline, host, fmt, debug,
+         transport, api, os_cloud):
+    """Define and start domain NAME whose root disk (vda) is Cinder VOLUME.
+
+    The guest boots from the volume, or from --kernel/--initrd with the volume as vda.
+    Its serial console is logged to /var/log/libvirt/qemu/NAME-console.log on the host.
+    """
+    from attachflow import domxml, operations
+    if (initrd or cmdline) and not kernel:
+        raise click.UsageError("--initrd and --cmdline need --kernel")
+    direct = domxml.DirectBoot(kernel, initrd, cmdline) if kernel else None
     tr = _transport(transport)
     compute = _host(host)
     try:
         result = operations.boot(_storage(os_cloud), compute, tr, name, volume, api=api,
-                                 memory_mib=memory, vcpus=vcpus, virt_type=virt_type)
+                                 memory_mib=memory, vcpus=vcpus, virt_type=virt_type,
+                                 direct_boot=direct)
     finally:
         compute.close()
     _emit(result.to_dict(), fmt)

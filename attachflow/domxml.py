@@ -218,11 +218,26 @@ def domain_metadata(domain_xml: str) -> str | None:
     return None
 
 
+@dataclasses.dataclass(frozen=True)
+class DirectBoot:
+    """Boot a kernel and initrd from the host's files instead of the volume's own boot
+    loader; the volume is still vda."""
+
+    kernel: str
+    initrd: str | None = None
+    cmdline: str | None = None
+
+
+def console_log(name: str) -> str:
+    return f"/var/log/libvirt/qemu/{name}-console.log"
+
+
 def domain_xml(name: str, uuid: str, memory_mib: int, vcpus: int, virt_type: str,
                disk: DiskSpec, records: dict[str, dict[str, Any]],
-               emulator: str | None = None) -> str:
+               emulator: str | None = None, direct_boot: DirectBoot | None = None) -> str:
     """A minimal volume-backed domain: the volume is vda; ACPI on machine 'pc' so that
-    virtio disks can be hot-plugged later."""
+    virtio disks can be hot-plugged (and unplugged: the guest OS ejects them); the
+    serial console is logged to /var/log/libvirt/qemu/NAME-console.log."""
     dom = ET.Element("domain", type=virt_type)
     ET.SubElement(dom, "name").text = name
     ET.SubElement(dom, "uuid").text = uuid
@@ -235,7 +250,14 @@ def domain_xml(name: str, uuid: str, memory_mib: int, vcpus: int, virt_type: str
     ET.SubElement(dom, "vcpu").text = str(vcpus)
     os_el = ET.SubElement(dom, "os")
     ET.SubElement(os_el, "type", arch="x86_64", machine="pc").text = "hvm"
-    ET.SubElement(os_el, "boot", dev="hd")
+    if direct_boot:
+        ET.SubElement(os_el, "kernel").text = direct_boot.kernel
+        if direct_boot.initrd:
+            ET.SubElement(os_el, "initrd").text = direct_boot.initrd
+        if direct_boot.cmdline:
+            ET.SubElement(os_el, "cmdline").text = direct_boot.cmdline
+    else:
+        ET.SubElement(os_el, "boot", dev="hd")
     ET.SubElement(ET.SubElement(dom, "features"), "acpi")
     ET.SubElement(dom, "on_poweroff").text = "destroy"
     ET.SubElement(dom, "on_reboot").text = "restart"
@@ -244,7 +266,8 @@ def domain_xml(name: str, uuid: str, memory_mib: int, vcpus: int, virt_type: str
     if emulator:
         ET.SubElement(devices, "emulator").text = emulator
     devices.append(disk_element(disk))
-    ET.SubElement(devices, "serial", type="pty")
+    serial = ET.SubElement(devices, "serial", type="pty")
+    ET.SubElement(serial, "log", file=console_log(name), append="off")
     ET.SubElement(devices, "memballoon", model="none")
     ET.register_namespace(METADATA_KEY, METADATA_NS)
     return to_string(dom)

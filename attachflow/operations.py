@@ -190,7 +190,8 @@ def _strip_alias(xml: str) -> str:
 
 def boot(storage: StorageAPI, host: ComputeHost, transport: Transport, name: str,
          volume_id: str, api: str = "auto", memory_mib: int = 64, vcpus: int = 1,
-         virt_type: str = "kvm", emulator: str | None = None) -> Result:
+         virt_type: str = "kvm", emulator: str | None = None,
+         direct_boot: domxml.DirectBoot | None = None) -> Result:
     start = time.monotonic()
     hv = host.hypervisor
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", name):
@@ -212,7 +213,8 @@ def boot(storage: StorageAPI, host: ComputeHost, transport: Transport, name: str
     att, spec = _connect_steps(tx, flow, transport, host, volume_id, instance_id, "vda")
     record = _record(att, transport, host, "vda")
     xml = domxml.domain_xml(name, instance_id, memory_mib, vcpus, virt_type, spec,
-                            {volume_id: record}, emulator=emulator)
+                            {volume_id: record}, emulator=emulator,
+                            direct_boot=direct_boot)
     tx.run("define domain", lambda: hv.define_domain(xml), lambda _: hv.undefine(name))
     tx.run("start domain", lambda: hv.start(name), lambda _: hv.destroy(name))
     tx.run(f"storage complete ({flow.api})",

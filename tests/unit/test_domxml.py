@@ -40,6 +40,10 @@ def test_domain_xml():
     xml = domxml.domain_xml("vm1", "4f2e0000-0000-4000-8000-000000000001", 64, 1, "qemu",
                             spec, {"0b1c": {"api": "attachments", "attachment_id": "a1"}})
     golden("domain.xml", xml)
+    direct = domxml.domain_xml("vm1", "4f2e0000-0000-4000-8000-000000000001", 64, 1, "qemu",
+                               spec, {}, direct_boot=domxml.DirectBoot(
+                                   "/lab/vmlinuz", "/lab/initrd.img", "console=ttyS0"))
+    golden("domain-direct-boot.xml", direct)
     assert domxml.volume_records(domxml.domain_metadata(xml)) == {
         "0b1c": {"api": "attachments", "attachment_id": "a1"}}
 
