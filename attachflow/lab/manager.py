@@ -79,6 +79,7 @@ LAB_USER_ID = "attachflow"
 LAB_PROJECT_ID = "attachflow"
 VOLUME_API_VERSION = "3.71"  # python-cinderclient 9.x maximum; attachments need >=3.27
 
+INITIATOR_FILE = Path("/etc/iscsi/initiatorname.iscsi")
 TGT_INCLUDE = Path("/etc/tgt/conf.d/attachflow-lab.conf")
 TAG_VAR = "ATTACHFLOW_LAB_TAG"
 
@@ -105,6 +106,20 @@ def state_dir() -> Path:
 
 def hosts_file() -> Path:
     return state_dir() / "hosts.toml"
+
+
+def initiator_name(host: str) -> str:
+    """The iSCSI initiator name os-brick finds on a lab host."""
+    return f"iqn.2004-10.org.attachflow-lab:{host}"
+
+
+def _remote_command() -> str:
+    # The hosts share this machine's file system but not its shell set-up
+    # (PATH from pyenv, virtualenvs), so name the interpreter and the code
+    # explicitly for the `attachflow host-call` runs over ssh.
+    pkg_parent = Path(__file__).resolve().parents[2]
+    return shlex.join(["env", f"PYTHONPATH={pkg_parent}", sys.executable, "-m",
+                       "attachflow.cli"])
 
 
 def _p(*parts: str) -> Path:
@@ -740,6 +755,9 @@ def _host_files(host: str) -> None:
            "127.0.0.1\tlocalhost\n"
            f"{STORAGE_IP}\tstorage\n"
            + "".join(f"{a}\t{h}\n" for h, a in HOSTS.items()))
+    # os-brick reads the initiator name from this file; two hosts sharing one
+    # name would look like one initiator to the target and to Cinder.
+    _write(hdir / "initiatorname.iscsi", f"InitiatorName={initiator_name(host)}\n")
     _write(hdir / "sshd_config",
            f"ListenAddress {addr}\n"
            "Port 22\n"
@@ -770,6 +788,8 @@ def _host_files(host: str) -> None:
            'mount --bind "$H/var-cache-libvirt" /var/cache/libvirt\n'
            'mount --bind "$H/root-ssh" /root/.ssh\n'
            'mount --bind "$H/hosts" /etc/hosts\n'
+           + ('mount --bind "$H/initiatorname.iscsi" /etc/iscsi/initiatorname.iscsi\n'
+              if INITIATOR_FILE.exists() else "") +
            f"hostname {host}\n", 0o755)
 
 
@@ -864,12 +884,13 @@ def _write_hosts_toml() -> None:
     for host, addr in HOSTS.items():
         lines += [
             f"[hosts.{host}]",
-            f'address = "{addr}"',
+            f"address = {json.dumps(addr)}",
             'ssh_user = "root"',
             "ssh_port = 22",
-            f'ssh_key = "{sdir / "id_ed25519"}"',
-            f'known_hosts = "{sdir / "known_hosts"}"',
-            f'libvirt_uri = "{_libvirt_uri(host)}"',
+            f"ssh_key = {json.dumps(str(sdir / 'id_ed25519'))}",
+            f"known_hosts = {json.dumps(str(sdir / 'known_hosts'))}",
+            f"libvirt_uri = {json.dumps(_libvirt_uri(host))}",
+            f"remote_command = {json.dumps(_remote_command())}",
             "",
         ]
     _write(hosts_file(), "\n".join(lines))

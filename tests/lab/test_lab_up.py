@@ -1,0 +1,385 @@
+"""End-to-end checks of `attachflow lab` on the real lab.
+
+What a user checks by hand after `attachflow lab up`: Cinder answers and its
+volume service is up, a volume becomes available, an attachment hands out
+iSCSI CHAP credentials that really log in to tgtd (and wrong ones do not),
+both hosts' libvirtd answer through the URIs of the hosts file, the hosts
+reach each other over ssh, a guest live-migrates between them, and
+`lab down` leaves nothing behind.
+
+The lab stays up for the whole test session; it is taken down (and checked
+for leftovers) when the session ends, unless ATTACHFLOW_LAB_KEEP=1.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import tempfile
+import time
+import tomllib
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root"),
+]
+
+from attachflow.lab import manager  # noqa: E402
+
+HOST_PARTS = ("namespaces", "virtlogd", "libvirtd", "sshd")
+
+
+# ---------------------------------------------------------------------------
+# Fixtures and helpers
+# ---------------------------------------------------------------------------
+
+def _leftovers() -> list[str]:
+    """Everything of the lab still on the machine (empty when clean)."""
+    found = []
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    found += [f"netns {l.split()[0]}" for l in netns.splitlines()
+              if l.startswith(manager.NETNS_PREFIX)]
+    for link in [manager.BRIDGE] + [manager.VETH_PREFIX + h for h in manager.HOSTS]:
+        if subprocess.run(["ip", "link", "show", link], capture_output=True).returncode == 0:
+            found.append(f"link {link}")
+    found += [f"process {p}" for p in manager._tagged_pids()]
+    tgt = subprocess.run(["tgtadm", "--lld", "iscsi", "--mode", "target", "--op", "show"],
+                         capture_output=True, text=True)
+    if tgt.returncode == 0:
+        found += [l for l in tgt.stdout.splitlines() if l.startswith("Target ")]
+    for path in (manager.state_dir(), manager.TGT_INCLUDE):
+        if path.exists():
+            found.append(f"file {path}")
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(manager.state_dir()) in cmd or manager.RABBIT_NODE in cmd:
+            found.append(f"process {p.name}: {cmd[:80]}")
+    mounts = Path("/proc/self/mountinfo").read_text()
+    if str(manager.state_dir()) in mounts:
+        found.append("mount under the state dir")
+    return found
+
+
+@pytest.fixture(scope="session")
+def lab():
+    lines: list[str] = []
+    t0 = time.monotonic()
+    status = manager.up(echo=lines.append)
+    elapsed = time.monotonic() - t0
+    yield {"status": status, "up_seconds": elapsed, "log": lines}
+    if os.environ.get("ATTACHFLOW_LAB_KEEP") == "1":
+        return
+    manager.down(echo=lambda _m: None)
+    left = _leftovers()
+    assert not left, f"lab down left behind: {left}"
+
+
+def _lab_env() -> dict[str, str]:
+    env = dict(os.environ)
+    for line in manager.env_lines():
+        name, _, value = line.removeprefix("export ").partition("=")
+        env[name] = shlex.split(value)[0]
+    return env
+
+
+def _cinder(service_role: bool = False):
+    from cinderclient import client
+    from keystoneauth1 import loading, session
+
+    env = _lab_env()
+    auth = loading.get_plugin_loader(env["OS_AUTH_TYPE"]).load_from_options(
+        user_id=env["OS_USER_ID"], project_id=env["OS_PROJECT_ID"],
+        endpoint=env["OS_ENDPOINT"])
+    # Without a service role Cinder refuses to delete an attachment that
+    # carries an instance until Nova confirms the detach (there is no Nova).
+    headers = {"X-Service-Roles": "service"} if service_role else None
+    sess = session.Session(auth=auth, additional_headers=headers)
+    return client.Client(env["OS_VOLUME_API_VERSION"], session=sess)
+
+
+def _hosts() -> dict:
+    return tomllib.loads(manager.hosts_file().read_text())["hosts"]
+
+
+def _ssh_argv(host: str, *remote: str, known_hosts: str | None = None) -> list[str]:
+    h = _hosts()[host]
+    return ["ssh", "-F", "/dev/null", "-i", h["ssh_key"], "-o", "IdentitiesOnly=yes",
+            "-o", f"UserKnownHostsFile={known_hosts or h['known_hosts']}",
+            "-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes",
+            "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-p", str(h["ssh_port"]),
+            f"{h['ssh_user']}@{h['address']}", "--", *remote]
+
+
+def _virsh(host: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cp = subprocess.run(["virsh", "-c", _hosts()[host]["libvirt_uri"], *args],
+                        capture_output=True, text=True, timeout=120)
+    if check:
+        assert cp.returncode == 0, f"virsh {host} {args[0]}: {cp.stderr.strip()}"
+    return cp
+
+
+def _wait_status(cinder, volume_id: str, want: str, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while True:
+        vol = cinder.volumes.get(volume_id)
+        if vol.status == want:
+            return vol
+        assert not vol.status.startswith("error"), f"volume {volume_id}: {vol.status}"
+        assert time.monotonic() < deadline, f"volume {volume_id} still {vol.status}"
+        time.sleep(0.1)
+
+
+def _connector(host: str) -> dict:
+    return {"initiator": manager.initiator_name(host), "ip": manager.HOSTS[host],
+            "host": host, "platform": "x86_64", "os_type": "linux", "multipath": False}
+
+
+def _tgt_show() -> str:
+    return subprocess.run(["tgtadm", "--lld", "iscsi", "--mode", "target", "--op", "show"],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def _target_block(iqn: str) -> str:
+    blocks = re.split(r"(?m)^(?=Target \d+: )", _tgt_show())
+    return next((b for b in blocks if b.startswith("Target ") and f": {iqn}\n" in b), "")
+
+
+@pytest.fixture
+def volume(lab):
+    cinder = _cinder(service_role=True)
+    vol = cinder.volumes.create(1, name=f"lab-test-{uuid.uuid4().hex[:8]}")
+    vol = _wait_status(cinder, vol.id, "available")
+    yield vol
+    for att in cinder.attachments.list(search_opts={"volume_id": vol.id}):
+        cinder.attachments.delete(att.id)
+    _wait_status(cinder, vol.id, "available")
+    cinder.volumes.delete(vol.id)
+
+
+# ---------------------------------------------------------------------------
+# Tests
+# ---------------------------------------------------------------------------
+
+def test_status_reports_every_component_up(lab):
+    st = manager.status()
+    assert st["state"] == "up", st
+    comps = st["components"]
+    for name in ("network", "mariadb", "rabbitmq", "tgtd", "cinder-api",
+                 "cinder-scheduler", "cinder-volume", "hosta", "hostb"):
+        assert comps[name]["state"] == "up", (name, comps[name])
+    assert comps["cinder-volume"]["service"] == "up"
+    for host, addr in manager.HOSTS.items():
+        assert comps[host]["address"] == addr
+        for part in HOST_PARTS:
+            assert comps[host][part]["state"] == "up", (host, part)
+    assert comps["tgtd"]["portal"] == f"{manager.STORAGE_IP}:{manager.ISCSI_PORT}"
+
+
+def test_bring_up_under_a_minute(lab):
+    assert lab["up_seconds"] < 60, lab["log"]
+
+
+def test_cinder_volume_service_up_through_noauth(lab):
+    services = _cinder().services.list(binary="cinder-volume")
+    states = {s.host: (s.state, s.status) for s in services}
+    assert states.get(f"{manager.CINDER_HOST}@{manager.CINDER_BACKEND}") == ("up", "enabled")
+
+
+def test_cinder_cli_with_lab_env(lab):
+    script = "\n".join(manager.env_lines()) + "\ncinder service-list\n"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OS_", "CINDER_"))}
+    cp = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                        env=env, timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    row = next(l for l in cp.stdout.splitlines() if "cinder-volume" in l)
+    assert "| up " in row and "enabled" in row, row
+
+
+def test_volume_attachment_gives_working_chap_credentials(lab, volume):
+    cinder = _cinder(service_role=True)
+    att = cinder.attachments.create(volume.id, _connector("hosta"),
+                                    instance_id=str(uuid.uuid4()))
+    info = att["connection_info"]
+    assert info["driver_volume_type"] == "iscsi"
+    assert info["target_portal"] == f"{manager.STORAGE_IP}:{manager.ISCSI_PORT}"
+    assert info["target_iqn"].endswith(volume.id)
+    assert info["auth_method"] == "CHAP"
+    user, password = info["auth_username"], info["auth_password"]
+    assert user and password
+
+    block = _target_block(info["target_iqn"])
+    assert block, "tgtd has no target for the attached volume"
+    assert f"/cinder/files/volume-{volume.id}" in block
+    assert user in block  # CHAP account bound to the target
+
+    def inq(secret: str) -> subprocess.CompletedProcess:
+        url = (f"iscsi://{user}%{secret}@{info['target_portal']}/"
+               f"{info['target_iqn']}/{info['target_lun']}")
+        # From hosta's network namespace, as a compute host would log in.
+        return subprocess.run(["ip", "netns", "exec", "af-hosta", "iscsi-inq", url],
+                              capture_output=True, text=True, timeout=30)
+
+    good = inq(password)
+    assert good.returncode == 0, "login with Cinder's CHAP credentials failed"
+    assert "DIRECT_ACCESS" in good.stdout
+    bad = inq("x" * len(password) if password != "x" * len(password) else "y" * 16)
+    assert bad.returncode != 0, "login with a wrong CHAP password succeeded"
+    assert "Authentication failure" in bad.stdout + bad.stderr
+
+    cinder.attachments.delete(att["id"])
+    _wait_status(cinder, volume.id, "available")
+    assert not _target_block(info["target_iqn"]), "export left after the last detach"
+
+
+@pytest.mark.parametrize("host", sorted(manager.HOSTS))
+def test_virsh_through_hosts_file_uri(lab, host):
+    cp = _virsh(host, "list", "--all")
+    assert "Name" in cp.stdout
+    assert _virsh(host, "hostname").stdout.strip() == host
+
+
+def test_hosts_file(lab):
+    hosts = _hosts()
+    assert set(hosts) == set(manager.HOSTS)
+    for name, h in hosts.items():
+        assert h["address"] == manager.HOSTS[name]
+        assert h["ssh_user"] == "root" and h["ssh_port"] == 22
+        assert Path(h["ssh_key"]).is_file()
+        known = Path(h["known_hosts"]).read_text()
+        assert h["address"] in known and name in known
+        assert h["libvirt_uri"].startswith(f"qemu+ssh://root@{h['address']}/system")
+
+
+@pytest.mark.parametrize("src,dst", [("hosta", "hostb"), ("hostb", "hosta")])
+def test_ssh_between_hosts(lab, src, dst):
+    cp = subprocess.run(_ssh_argv(src, "ssh", dst, "hostname"), capture_output=True,
+                        text=True, timeout=30)
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.strip() == dst
+
+
+def test_host_key_checking_is_on(lab):
+    with tempfile.NamedTemporaryFile("w", suffix="known_hosts") as empty:
+        cp = subprocess.run(_ssh_argv("hosta", "true", known_hosts=empty.name),
+                            capture_output=True, text=True, timeout=30)
+    assert cp.returncode != 0
+    assert "Host key verification failed" in cp.stderr
+
+
+def test_hosts_have_own_identity(lab):
+    for host in manager.HOSTS:
+        out = subprocess.run(_ssh_argv(host, "cat", "/etc/iscsi/initiatorname.iscsi"),
+                             capture_output=True, text=True, timeout=30).stdout
+        assert f"InitiatorName={manager.initiator_name(host)}" in out
+    caps = {re.search(r"<uuid>(.*)</uuid>", _virsh(h, "capabilities").stdout).group(1)
+            for h in manager.HOSTS}
+    assert len(caps) == len(manager.HOSTS), "both libvirtds report the same host uuid"
+
+
+def test_live_migration_of_iscsi_backed_guest(lab, volume):
+    """virsh migrate --live --p2p from hosta to hostb with a QEMU-native iSCSI disk."""
+    cinder = _cinder(service_role=True)
+    instance = str(uuid.uuid4())
+    att_a = cinder.attachments.create(volume.id, _connector("hosta"), instance_id=instance)
+    info = att_a["connection_info"]
+    cinder.attachments.complete(att_a["id"])
+    secret = str(uuid.uuid4())
+    name = f"lab-mig-{instance[:8]}"
+    with tempfile.TemporaryDirectory() as tmp:
+        secret_xml = Path(tmp, "secret.xml")
+        secret_xml.write_text(
+            f"<secret ephemeral='no' private='yes'><uuid>{secret}</uuid>"
+            f"<usage type='iscsi'><target>{volume.id}</target></usage></secret>")
+        value = Path(tmp, "value")
+        fd = os.open(value, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, info["auth_password"].encode())
+        os.close(fd)
+        for host in manager.HOSTS:
+            _virsh(host, "secret-define", str(secret_xml))
+            _virsh(host, "secret-set-value", secret, "--file", str(value), "--plain")
+        host_addr, port = info["target_portal"].rsplit(":", 1)
+        dom_xml = Path(tmp, "domain.xml")
+        dom_xml.write_text(f"""<domain type='qemu'>
+  <name>{name}</name><uuid>{instance}</uuid>
+  <memory unit='MiB'>64</memory><vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <features><acpi/></features>
+  <devices>
+    <disk type='network' device='disk'>
+      <driver name='qemu' type='raw' cache='none'/>
+      <source protocol='iscsi' name='{info["target_iqn"]}/{info["target_lun"]}'>
+        <host name='{host_addr}' port='{port}'/>
+        <auth username='{info["auth_username"]}'><secret type='iscsi' usage='{volume.id}'/></auth>
+        <initiator><iqn name='{manager.initiator_name("hosta")}'/></initiator>
+      </source>
+      <target dev='vdb' bus='virtio'/>
+    </disk>
+  </devices>
+</domain>
+""")
+        try:
+            _virsh("hosta", "define", str(dom_xml))
+            _virsh("hosta", "start", name)
+            nexus = _target_block(info["target_iqn"])
+            assert f"Initiator: {manager.initiator_name('hosta')}" in nexus
+            assert f"IP Address: {manager.HOSTS['hosta']}" in nexus
+
+            att_b = cinder.attachments.create(volume.id, _connector("hostb"),
+                                              instance_id=instance)
+            assert att_b["connection_info"]["target_iqn"] == info["target_iqn"]
+            t0 = time.monotonic()
+            _virsh("hosta", "migrate", "--live", "--p2p", "--persistent", "--undefinesource",
+                   name, "qemu+ssh://root@hostb/system")
+            took = time.monotonic() - t0
+            assert took < 60
+            assert _virsh("hostb", "domstate", name).stdout.strip() == "running"
+            assert name not in _virsh("hosta", "list", "--all", "--name").stdout
+            nexus = _target_block(info["target_iqn"])
+            assert f"IP Address: {manager.HOSTS['hostb']}" in nexus
+            assert f"IP Address: {manager.HOSTS['hosta']}" not in nexus
+            cinder.attachments.delete(att_a["id"])
+            cinder.attachments.complete(att_b["id"])
+        finally:
+            for host in manager.HOSTS:
+                _virsh(host, "destroy", name, check=False)
+                _virsh(host, "undefine", name, check=False)
+                _virsh(host, "secret-undefine", secret, check=False)
+
+
+def test_second_up_is_idempotent(lab):
+    before = manager.status()
+    lines: list[str] = []
+    t0 = time.monotonic()
+    after = manager.up(echo=lines.append)
+    assert time.monotonic() - t0 < 20
+    assert after["state"] == "up"
+    assert not any("install" in l for l in lines), lines
+    for name, comp in before["components"].items():
+        if "pid" in comp:
+            assert after["components"][name]["pid"] == comp["pid"], name
+    for host in manager.HOSTS:
+        for part in HOST_PARTS:
+            assert after["components"][host][part]["pid"] == \
+                before["components"][host][part]["pid"], (host, part)
+
+
+def test_env_lines_are_shell_exports(lab):
+    env = _lab_env()
+    assert env["OS_AUTH_TYPE"] == "noauth"
+    assert env["ATTACHFLOW_HOSTS"] == str(manager.hosts_file())
+    assert env["ATTACHFLOW_VIRT_TYPE"] == "qemu"
+    assert env["OS_ENDPOINT"].endswith("/v3")
+    for line in manager.env_lines():
+        assert re.fullmatch(r"export [A-Z_]+=\S+", line), line
