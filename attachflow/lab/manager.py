@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import datetime
 import fcntl
 import json
 import os
@@ -566,6 +567,11 @@ backend_url = file://{st}/cinder/coordination
 
 [oslo_messaging_rabbit]
 heartbeat_timeout_threshold = 0
+# The services start while RabbitMQ is still booting; keep their reconnect
+# attempts frequent so they join as soon as it listens.
+rabbit_retry_interval = 1
+rabbit_retry_backoff = 0
+rabbit_interval_max = 1
 
 [cinder_sys_admin]
 helper_command = {helper}
@@ -619,6 +625,26 @@ def _cinder_start() -> None:
             raise LabError(f"port {CINDER_LISTEN}:{CINDER_PORT} is taken by a process "
                            "not started by the lab")
         _spawn(svc, [str(VENV / "bin" / svc), "--config-file", conf], env=_cinder_env())
+        _p("run", f"{svc}.started").write_text(f"{time.time()}\n")
+
+
+def _reported_since_start(svc: str, record: dict) -> bool:
+    """Whether the os-services record was written by the running process.
+
+    A record keeps saying "up" for service_down_time after its process died,
+    so after a restart only a heartbeat newer than the start counts.  The
+    database keeps whole seconds (rounded), hence the extra second.
+    """
+    try:
+        started = float(_p("run", f"{svc}.started").read_text())
+    except (OSError, ValueError):
+        return True
+    stamp = record.get("updated_at")
+    if not stamp:
+        return False
+    when = datetime.datetime.fromisoformat(stamp.split(".")[0]).replace(
+        tzinfo=datetime.timezone.utc).timestamp()
+    return when >= started + 1
 
 
 def _api(path: str, timeout: float = 5) -> dict:
@@ -643,6 +669,9 @@ def _cinder_ready() -> bool:
     vol = services.get(("cinder-volume", f"{CINDER_HOST}@{CINDER_BACKEND}"))
     sch = services.get(("cinder-scheduler", CINDER_HOST))
     if not (vol and sch and vol["state"] == "up" and sch["state"] == "up"):
+        return False
+    if not (_reported_since_start("cinder-volume", vol)
+            and _reported_since_start("cinder-scheduler", sch)):
         return False
     # cinder-volume reports "up" before the scheduler holds its capabilities;
     # until then every create fails with "No valid backend".
@@ -1007,13 +1036,18 @@ def _up(echo: Callable[[str], None]) -> None:
 
     def storage() -> None:
         with concurrent.futures.ThreadPoolExecutor(3) as ex:
-            db = ex.submit(lambda: (_mariadb_up(), _cinder_db_sync()))
             mq = ex.submit(_rabbit_up)
             tg = ex.submit(_tgtd_up)
-            for f in (db, mq, tg):
-                f.result()
-        echo("mariadb, rabbitmq, tgtd up; starting cinder")
-        _cinder_start()
+            _mariadb_up()
+            _cinder_db_sync()
+            # cinder-volume re-exports existing volumes in init_host.
+            tg.result()
+            echo("mariadb and tgtd up; starting cinder")
+            # Cinder's start-up (imports, init_host) overlaps RabbitMQ's boot;
+            # the services reconnect until the broker listens.
+            _cinder_start()
+            mq.result()
+            echo("rabbitmq up")
         _wait_for("cinder-volume up and known to the scheduler", _cinder_ready,
                   timeout=UP_TIMEOUT, interval=0.3, dead=_cinder_dead)
         echo("cinder up")
@@ -1033,11 +1067,11 @@ def _up(echo: Callable[[str], None]) -> None:
                 errors.append(e)
         if errors:
             raise errors[0]
-    hosts = list(HOSTS)
-    for src in hosts:
-        for dst in hosts:
-            if src != dst:
-                _wait_for(f"ssh {src} -> {dst}", lambda: _peer_ssh_ok(src, dst), timeout=20)
+    pairs = [(a, b) for a in HOSTS for b in HOSTS if a != b]
+    with concurrent.futures.ThreadPoolExecutor(len(pairs)) as ex:
+        for f in [ex.submit(_wait_for, f"ssh {a} -> {b}",
+                            lambda a=a, b=b: _peer_ssh_ok(a, b), 20) for a, b in pairs]:
+            f.result()
     echo("ssh between hosts ok")
 
 
@@ -1086,7 +1120,8 @@ def _down(echo: Callable[[str], None]) -> None:
     for link in [BRIDGE] + [VETH_PREFIX + h for h in HOSTS]:
         if _link_exists(link):
             cp = _run(["ip", "link", "del", link], check=False)
-            if cp.returncode != 0:
+            # A veth vanishes with its peer's namespace, possibly meanwhile.
+            if cp.returncode != 0 and "Cannot find device" not in cp.stderr:
                 problems.append(f"ip link del {link}: {_tail(cp.stderr)}")
     with contextlib.suppress(FileNotFoundError):
         TGT_INCLUDE.unlink()
