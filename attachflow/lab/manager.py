@@ -35,6 +35,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -80,7 +81,9 @@ LAB_USER_ID = "attachflow"
 LAB_PROJECT_ID = "attachflow"
 VOLUME_API_VERSION = "3.71"  # python-cinderclient 9.x maximum; attachments need >=3.27
 
+NETNS_DIR = Path("/run/netns")
 INITIATOR_FILE = Path("/etc/iscsi/initiatorname.iscsi")
+TGT_RUN_DIR = Path("/run/tgtd")
 TGT_INCLUDE = Path("/etc/tgt/conf.d/attachflow-lab.conf")
 TAG_VAR = "ATTACHFLOW_LAB_TAG"
 
@@ -361,6 +364,26 @@ def _link_exists(name: str) -> bool:
     return _run(["ip", "link", "show", name], check=False).returncode == 0
 
 
+def _is_mount_point(path: Path) -> bool:
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        if line.split()[4] == str(path):
+            return True
+    return False
+
+
+def _release_netns_dir(problems: list[str]) -> None:
+    created = _load_json(_p("created-netns.json"), {})
+    if not NETNS_DIR.is_dir() or any(NETNS_DIR.iterdir()):
+        return  # other namespaces live there: not the lab's to take away
+    if created.get("mount") and _is_mount_point(NETNS_DIR):
+        cp = _run(["umount", str(NETNS_DIR)], check=False)
+        if cp.returncode != 0:
+            problems.append(f"umount {NETNS_DIR}: {_tail(cp.stderr)}")
+    if created.get("dir"):
+        with contextlib.suppress(OSError):
+            NETNS_DIR.rmdir()
+
+
 def _network_up() -> None:
     if not _link_exists(BRIDGE):
         _run(["ip", "link", "add", BRIDGE, "type", "bridge"])
@@ -369,6 +392,13 @@ def _network_up() -> None:
         _run(["ip", "addr", "add", f"{STORAGE_IP}/{PREFIX_LEN}", "dev", BRIDGE])
     _run(["ip", "link", "set", BRIDGE, "up"])
     existing = set(_netns_list())
+    if not any(n.startswith(NETNS_PREFIX) for n in existing):
+        # `ip netns add` creates /run/netns and bind-mounts it onto itself
+        # the first time; note that, so down() can take it back.
+        created = _load_json(_p("created-netns.json"), {})
+        created.setdefault("dir", not NETNS_DIR.exists())
+        created.setdefault("mount", not _is_mount_point(NETNS_DIR))
+        _write(_p("created-netns.json"), json.dumps(created))
     for host, addr in HOSTS.items():
         ns = NETNS_PREFIX + host
         veth = VETH_PREFIX + host
@@ -413,6 +443,7 @@ def _tgtd_up() -> None:
         raise LabError(f"a tgtd not started by the lab is running (pid {others[0]}); "
                        "Cinder's tgtadm helper talks to the default tgtd control "
                        "socket, so stop it first")
+    _note_created_dirs([TGT_RUN_DIR])
     _write(TGT_INCLUDE, f"include {_p('cinder', 'volumes')}/*\n")
     _p("cinder", "volumes").mkdir(parents=True, exist_ok=True)
     _spawn("tgtd", ["tgtd", "-f", "--iscsi", f"portal={STORAGE_IP}:{ISCSI_PORT}"],
@@ -822,21 +853,32 @@ def _host_files(host: str) -> None:
            f"hostname {host}\n", 0o755)
 
 
+_created_lock = threading.Lock()
+
+
+def _note_created_dirs(paths: Iterable[Path], make: bool = False) -> None:
+    """Record which of `paths` do not exist yet, so down() removes them again.
+
+    The topmost missing ancestor is recorded, which is exactly what the lab
+    adds to the machine's file system.  With `make`, the dirs are created.
+    """
+    with _created_lock:
+        created = _load_json(_p("created-dirs.json"), [])
+        for path in paths:
+            if path.exists():
+                continue
+            top = path
+            while not top.parent.exists():
+                top = top.parent
+            if make:
+                path.mkdir(parents=True)
+            if str(top) not in created:
+                created.append(str(top))
+        _write(_p("created-dirs.json"), json.dumps(created))
+
+
 def _ensure_mount_points() -> None:
-    created = _load_json(_p("created-dirs.json"), [])
-    for mp in MOUNT_POINTS:
-        path = Path(mp)
-        if path.exists():
-            continue
-        # Record the topmost missing ancestor so down() removes exactly what
-        # the lab added to the machine's file system.
-        top = path
-        while not top.parent.exists():
-            top = top.parent
-        path.mkdir(parents=True)
-        if str(top) not in created:
-            created.append(str(top))
-    _write(_p("created-dirs.json"), json.dumps(created))
+    _note_created_dirs([Path(mp) for mp in MOUNT_POINTS], make=True)
 
 
 def _nsenter(host: str) -> list[str]:
@@ -898,6 +940,9 @@ def _host_ready(host: str) -> None:
     _wait_for(f"{host} sshd", lambda: _port_open(HOSTS[host], 22), timeout=20,
               interval=0.05, dead=dead)
     _wait_for(f"{host} libvirtd", lambda: _virsh_ok(host), timeout=30, dead=dead)
+    # libvirtd probes QEMU's capabilities on first need (seconds of TCG
+    # start-ups); pay that here rather than in the first domain start.
+    _run(["virsh", "-c", _libvirt_uri(host), "capabilities"], timeout=120)
 
 
 def _peer_ssh_ok(src: str, dst: str) -> bool:
@@ -1014,8 +1059,11 @@ def up(echo: Callable[[str], None] = print) -> dict:
             if isinstance(e, Exception):
                 raise LabError(f"lab up failed: {e}") from e
             raise
+        elapsed = time.monotonic() - t0
+        if fresh:
+            _p("bring-up-seconds").write_text(f"{elapsed:.1f}\n")
     result = status()
-    echo(f"lab up in {time.monotonic() - t0:.1f}s")
+    echo(f"lab up in {elapsed:.1f}s")
     return result
 
 
@@ -1117,6 +1165,7 @@ def _down(echo: Callable[[str], None]) -> None:
             cp = _run(["ip", "netns", "del", ns], check=False)
             if cp.returncode != 0:
                 problems.append(f"ip netns del {ns}: {_tail(cp.stderr)}")
+    _release_netns_dir(problems)
     for link in [BRIDGE] + [VETH_PREFIX + h for h in HOSTS]:
         if _link_exists(link):
             cp = _run(["ip", "link", "del", link], check=False)
@@ -1127,7 +1176,7 @@ def _down(echo: Callable[[str], None]) -> None:
         TGT_INCLUDE.unlink()
     if not _foreign("tgtd"):
         # tgtd leaves its control socket behind when stopped by a signal.
-        for f in Path("/run/tgtd").glob("socket.0*") if Path("/run/tgtd").is_dir() else []:
+        for f in TGT_RUN_DIR.glob("socket.0*") if TGT_RUN_DIR.is_dir() else []:
             with contextlib.suppress(OSError):
                 f.unlink()
     for d in reversed(_load_json(_p("created-dirs.json"), [])):
@@ -1226,6 +1275,7 @@ def status() -> dict:
         "state_dir": str(st),
         "hosts_file": str(hosts_file()),
         "cinder_endpoint": _cinder_endpoint(),
+        "bring_up_seconds": _load_json(_p("bring-up-seconds"), None),
         "components": comps,
     }
 

@@ -71,17 +71,28 @@ def _leftovers() -> list[str]:
     return found
 
 
+def _machine_paths() -> dict[str, bool]:
+    """Paths of the machine the lab may create and must then remove again."""
+    paths = [*manager.MOUNT_POINTS, str(manager.NETNS_DIR), str(manager.TGT_RUN_DIR)]
+    state = {p: os.path.exists(p) for p in paths}
+    state["mount /run/netns"] = manager._is_mount_point(manager.NETNS_DIR)
+    return state
+
+
 @pytest.fixture(scope="session")
-def lab():
+def lab_up():
+    before = None if manager.state_dir().exists() else _machine_paths()
     lines: list[str] = []
-    t0 = time.monotonic()
     status = manager.up(echo=lines.append)
-    elapsed = time.monotonic() - t0
-    yield {"status": status, "up_seconds": elapsed, "log": lines}
+    yield {"status": status, "log": lines}
     if os.environ.get("ATTACHFLOW_LAB_KEEP") == "1":
         return
     manager.down(echo=lambda _m: None)
     left = _leftovers()
+    if before is not None:
+        after = _machine_paths()
+        left += [f"{k}: {before[k]} before, {after[k]} after"
+                 for k in before if before[k] != after[k]]
     assert not left, f"lab down left behind: {left}"
 
 
@@ -156,7 +167,7 @@ def _target_block(iqn: str) -> str:
 
 
 @pytest.fixture
-def volume(lab):
+def volume(lab_up):
     cinder = _cinder(service_role=True)
     vol = cinder.volumes.create(1, name=f"lab-test-{uuid.uuid4().hex[:8]}")
     vol = _wait_status(cinder, vol.id, "available")
@@ -171,7 +182,7 @@ def volume(lab):
 # Tests
 # ---------------------------------------------------------------------------
 
-def test_status_reports_every_component_up(lab):
+def test_status_reports_every_component_up(lab_up):
     st = manager.status()
     assert st["state"] == "up", st
     comps = st["components"]
@@ -186,17 +197,18 @@ def test_status_reports_every_component_up(lab):
     assert comps["tgtd"]["portal"] == f"{manager.STORAGE_IP}:{manager.ISCSI_PORT}"
 
 
-def test_bring_up_under_a_minute(lab):
-    assert lab["up_seconds"] < 60, lab["log"]
+def test_bring_up_under_a_minute(lab_up):
+    seconds = manager.status()["bring_up_seconds"]
+    assert seconds is not None and seconds < 60, lab_up["log"]
 
 
-def test_cinder_volume_service_up_through_noauth(lab):
+def test_cinder_volume_service_up_through_noauth(lab_up):
     services = _cinder().services.list(binary="cinder-volume")
     states = {s.host: (s.state, s.status) for s in services}
     assert states.get(f"{manager.CINDER_HOST}@{manager.CINDER_BACKEND}") == ("up", "enabled")
 
 
-def test_cinder_cli_with_lab_env(lab):
+def test_cinder_cli_with_lab_env(lab_up):
     script = "\n".join(manager.env_lines()) + "\ncinder service-list\n"
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("OS_", "CINDER_"))}
@@ -207,7 +219,7 @@ def test_cinder_cli_with_lab_env(lab):
     assert "| up " in row and "enabled" in row, row
 
 
-def test_volume_attachment_gives_working_chap_credentials(lab, volume):
+def test_volume_attachment_gives_working_chap_credentials(lab_up, volume):
     cinder = _cinder(service_role=True)
     att = cinder.attachments.create(volume.id, _connector("hosta"),
                                     instance_id=str(uuid.uuid4()))
@@ -244,13 +256,13 @@ def test_volume_attachment_gives_working_chap_credentials(lab, volume):
 
 
 @pytest.mark.parametrize("host", sorted(manager.HOSTS))
-def test_virsh_through_hosts_file_uri(lab, host):
+def test_virsh_through_hosts_file_uri(lab_up, host):
     cp = _virsh(host, "list", "--all")
     assert "Name" in cp.stdout
     assert _virsh(host, "hostname").stdout.strip() == host
 
 
-def test_hosts_file(lab):
+def test_hosts_file(lab_up):
     hosts = _hosts()
     assert set(hosts) == set(manager.HOSTS)
     for name, h in hosts.items():
@@ -263,14 +275,14 @@ def test_hosts_file(lab):
 
 
 @pytest.mark.parametrize("src,dst", [("hosta", "hostb"), ("hostb", "hosta")])
-def test_ssh_between_hosts(lab, src, dst):
+def test_ssh_between_hosts(lab_up, src, dst):
     cp = subprocess.run(_ssh_argv(src, "ssh", dst, "hostname"), capture_output=True,
                         text=True, timeout=30)
     assert cp.returncode == 0, cp.stderr
     assert cp.stdout.strip() == dst
 
 
-def test_host_key_checking_is_on(lab):
+def test_host_key_checking_is_on(lab_up):
     with tempfile.NamedTemporaryFile("w", suffix="known_hosts") as empty:
         cp = subprocess.run(_ssh_argv("hosta", "true", known_hosts=empty.name),
                             capture_output=True, text=True, timeout=30)
@@ -278,7 +290,7 @@ def test_host_key_checking_is_on(lab):
     assert "Host key verification failed" in cp.stderr
 
 
-def test_hosts_have_own_identity(lab):
+def test_hosts_have_own_identity(lab_up):
     for host in manager.HOSTS:
         out = subprocess.run(_ssh_argv(host, "cat", "/etc/iscsi/initiatorname.iscsi"),
                              capture_output=True, text=True, timeout=30).stdout
@@ -288,7 +300,7 @@ def test_hosts_have_own_identity(lab):
     assert len(caps) == len(manager.HOSTS), "both libvirtds report the same host uuid"
 
 
-def test_live_migration_of_iscsi_backed_guest(lab, volume):
+def test_live_migration_of_iscsi_backed_guest(lab_up, volume):
     """virsh migrate --live --p2p from hosta to hostb with a QEMU-native iSCSI disk."""
     cinder = _cinder(service_role=True)
     instance = str(uuid.uuid4())
@@ -358,7 +370,7 @@ def test_live_migration_of_iscsi_backed_guest(lab, volume):
                 _virsh(host, "secret-undefine", secret, check=False)
 
 
-def test_second_up_is_idempotent(lab):
+def test_second_up_is_idempotent(lab_up):
     before = manager.status()
     lines: list[str] = []
     t0 = time.monotonic()
@@ -375,7 +387,7 @@ def test_second_up_is_idempotent(lab):
                 before["components"][host][part]["pid"], (host, part)
 
 
-def test_env_lines_are_shell_exports(lab):
+def test_env_lines_are_shell_exports(lab_up):
     env = _lab_env()
     assert env["OS_AUTH_TYPE"] == "noauth"
     assert env["ATTACHFLOW_HOSTS"] == str(manager.hosts_file())
