@@ -1,0 +1,266 @@
+"""Fixtures for tests on the real lab: real Cinder, tgtd, libvirtd/QEMU and sshd.
+
+The lab is brought up once per test session (``attachflow lab up`` is idempotent) and
+its environment applied, so the tests run the ``attachflow`` command exactly as a user
+would after ``eval "$(attachflow lab env)"``. The checks look where a user would look:
+Cinder's volume and attachment records, the domains' live and persistent XML on each
+host, tgtd's target list (accounts, connected initiators, backing files), libvirt secrets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shlex
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.lab
+
+HOSTS = ("hosta", "hostb")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tests/lab/" in str(item.fspath):
+            item.add_marker(pytest.mark.lab)
+
+
+@pytest.fixture(scope="session")
+def lab():
+    if os.geteuid() != 0:
+        pytest.fail("the lab tests need root (they start Cinder, tgtd, libvirtd, sshd)")
+    from attachflow.lab import manager
+    manager.up(echo=lambda line: print(line, flush=True))
+    saved = dict(os.environ)
+    for line in manager.env_lines():
+        name, _, value = line.removeprefix("export ").partition("=")
+        os.environ[name] = shlex.split(value)[0] if value else ""
+    os.environ["ATTACHFLOW_TRANSPORT"] = "native"
+    yield Lab(manager)
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+class Lab:
+    def __init__(self, manager):
+        self.manager = manager
+        self.state = manager.state_dir()
+        self._cinder = None
+        self._conns = {}
+
+    # -- the attachflow command, as a user runs it -------------------------------------------
+    def af(self, *args: str, expect: int | None = 0) -> subprocess.CompletedProcess:
+        proc = subprocess.run(["attachflow", *args], capture_output=True, text=True,
+                              timeout=600)
+        if expect is not None:
+            assert proc.returncode == expect, (args, proc.returncode, proc.stdout,
+                                               proc.stderr)
+        return proc
+
+    def af_json(self, *args: str) -> dict:
+        return json.loads(self.af(*args, "-f", "json").stdout)
+
+    # -- Cinder, through python-cinderclient directly ---------------------------------------
+    @property
+    def cinder(self):
+        if self._cinder is None:
+            from cinderclient import client
+            from attachflow.cinder_side import make_session
+            sess, _ = make_session()
+            self._cinder = client.Client("3.71", session=sess)
+        return self._cinder
+
+    def create_volume(self, size: int = 1, name: str = "e2e") -> str:
+        vol = self.cinder.volumes.create(size, name=name)
+        self.wait_volume(vol.id, "available")
+        return vol.id
+
+    def wait_volume(self, volume_id: str, status: str, timeout: float = 60):
+        deadline = time.monotonic() + timeout
+        while True:
+            vol = self.cinder.volumes.get(volume_id)
+            if vol.status == status:
+                return vol
+            assert vol.status not in ("error", "error_deleting"), vol.status
+            assert time.monotonic() < deadline, f"{volume_id} stuck in {vol.status}"
+            time.sleep(0.2)
+
+    def volume(self, volume_id: str):
+        return self.cinder.volumes.get(volume_id)
+
+    def attachments(self, volume_id: str) -> list[dict]:
+        return list(self.volume(volume_id).attachments)
+
+    def delete_volume(self, volume_id: str) -> None:
+        try:
+            self.cinder.volumes.delete(volume_id)
+        except Exception:
+            return
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                self.cinder.volumes.get(volume_id)
+            except Exception:
+                return
+            time.sleep(0.2)
+
+    # -- libvirt on each host -------------------------------------------------------------
+    def uri(self, host: str) -> str:
+        from attachflow.compute_side import load_host
+        return load_host(host).libvirt_uri
+
+    def conn(self, host: str):
+        if host not in self._conns:
+            import libvirt
+            self._conns[host] = libvirt.open(self.uri(host))
+        return self._conns[host]
+
+    def domains(self, host: str) -> list[str]:
+        return [d.name() for d in self.conn(host).listAllDomains()]
+
+    def domain_xml(self, host: str, name: str, inactive: bool = False) -> str:
+        import libvirt
+        dom = self.conn(host).lookupByName(name)
+        return dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0)
+
+    def disk(self, host: str, name: str, serial: str, inactive: bool = False):
+        from attachflow import domxml
+        return domxml.find_disk(self.domain_xml(host, name, inactive), serial)
+
+    def secrets(self, host: str) -> list[str]:
+        return [s.usageID() for s in self.conn(host).listAllSecrets()]
+
+    def destroy_domain(self, host: str, name: str) -> None:
+        import libvirt
+        try:
+            dom = self.conn(host).lookupByName(name)
+        except libvirt.libvirtError:
+            return
+        if dom.isActive():
+            dom.destroy()
+        if dom.isPersistent():
+            dom.undefine()
+
+    def console(self, host: str, name: str) -> str:
+        path = self.host_path(host, f"/var/log/libvirt/qemu/{name}-console.log")
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def qemu_log(self, host: str, name: str) -> str:
+        path = self.host_path(host, f"/var/log/libvirt/qemu/{name}.log")
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def host_path(self, host: str, path: str) -> Path:
+        """A file of a lab host, seen from the root namespace."""
+        for inside, outside in (("/var/log/libvirt/", "var-log-libvirt/"),
+                                ("/var/lib/libvirt/", "var-lib-libvirt/"),
+                                ("/etc/libvirt/", "etc-libvirt/")):
+            if path.startswith(inside):
+                return self.state / "hosts" / host / outside / path[len(inside):]
+        return Path(path)
+
+    def wait_guest_ready(self, host: str, name: str, timeout: float = 180) -> None:
+        from attachflow.lab.guest import READY_MARKER
+        deadline = time.monotonic() + timeout
+        while READY_MARKER not in self.console(host, name):
+            assert time.monotonic() < deadline, f"guest {name} on {host} did not boot"
+            time.sleep(0.5)
+
+    def qemu_io(self, host: str, name: str, serial: str, command: str) -> None:
+        """Run qemu-io on the guest's own block backend of the disk with ``serial``."""
+        import libvirt_qemu
+        disk = self.disk(host, name, serial)
+        dom = self.conn(host).lookupByName(name)
+        libvirt_qemu.qemuMonitorCommand(
+            dom, f'qemu-io -d /machine/peripheral/{disk.alias}/virtio-backend "{command}"',
+            libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
+
+    # -- tgtd -----------------------------------------------------------------------------
+    def targets(self) -> dict[str, dict]:
+        out = subprocess.run(["tgtadm", "--lld", "iscsi", "--mode", "target", "--op", "show"],
+                             capture_output=True, text=True, check=True).stdout
+        return parse_tgt(out)
+
+    def target_of(self, volume_id: str) -> dict | None:
+        for iqn, target in self.targets().items():
+            if iqn.endswith(volume_id):
+                return target
+        return None
+
+    def initiators_of(self, volume_id: str) -> list[str]:
+        target = self.target_of(volume_id)
+        return target["initiators"] if target else []
+
+    @contextlib.contextmanager
+    def chap_password_changed(self, username: str):
+        """Give the target's CHAP account another password behind Cinder's back.
+
+        tgt-admin binds an account that already exists instead of re-creating it, so the
+        volume's next export carries the wrong password. Afterwards the account is
+        removed, and the next export creates it again from Cinder's credentials."""
+        def tgtadm(*args):
+            subprocess.run(["tgtadm", "--lld", "iscsi", "--mode", "account", *args],
+                           capture_output=True, check=False)
+
+        tgtadm("--op", "delete", "--user", username)
+        tgtadm("--op", "new", "--user", username, "--password", "wrong-pass-12345")
+        try:
+            yield
+        finally:
+            tgtadm("--op", "delete", "--user", username)
+
+    def backing_file(self, volume_id: str) -> Path:
+        target = self.target_of(volume_id)
+        assert target and target["backing"], f"no exported LUN for {volume_id}"
+        return Path(target["backing"][-1])
+
+
+def parse_tgt(text: str) -> dict[str, dict]:
+    """tgtadm's target list -> {iqn: {accounts, initiators, backing}}."""
+    targets: dict[str, dict] = {}
+    current = None
+    section = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        m = re.match(r"^Target \d+: (\S+)$", line)
+        if m:
+            current = targets.setdefault(m.group(1), {"accounts": [], "initiators": [],
+                                                      "backing": []})
+            section = None
+            continue
+        if current is None:
+            continue
+        if line in ("I_T nexus information:", "LUN information:", "Account information:",
+                    "ACL information:"):
+            section = line
+            continue
+        if section == "I_T nexus information:" and line.startswith("Initiator:"):
+            current["initiators"].append(line.split()[1])
+        elif section == "LUN information:" and line.startswith("Backing store path:"):
+            path = line.split(":", 1)[1].strip()
+            if path and path != "None":
+                current["backing"].append(path)
+        elif section == "Account information:" and line:
+            current["accounts"].append(line.split()[0])
+    return targets
+
+
+@pytest.fixture
+def cleanup(lab):
+    """Volumes and domains a test creates, removed afterwards whatever happened."""
+    made = {"volumes": [], "domains": []}
+    yield made
+    for host, name in made["domains"]:
+        lab.destroy_domain(host, name)
+    for volume_id in made["volumes"]:
+        for att in lab.attachments(volume_id):
+            try:
+                lab.cinder.attachments.delete(att["attachment_id"])
+            except Exception:
+                pass
+        lab.delete_volume(volume_id)

@@ -1,0 +1,155 @@
+"""End to end on the lab, through the attachflow command, for both Cinder attach APIs with
+QEMU's own iSCSI initiator (the host kernel here has no iSCSI initiator):
+
+boot a volume-backed guest on hosta, attach a data volume as vdb, write a pattern through
+the guest's block backend, detach, attach the same volume to a guest on hostb and find the
+pattern there; after every step check Cinder, both XMLs, tgtd and libvirt's secrets.
+Then the failure paths on real parts, each leaving the lab exactly as it was.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from attachflow.connectors.iscsi_native import INITIATOR_PREFIX
+
+APIS = ["attachments", "legacy"]
+MiB = 1024 * 1024
+
+
+def name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+def boot(lab, cleanup, host: str, api: str) -> tuple[str, str]:
+    root = lab.create_volume()
+    cleanup["volumes"].append(root)
+    dom = name("vm")
+    cleanup["domains"].append((host, dom))
+    res = lab.af_json("boot", dom, "--volume", root, "--host", host, "--api", api)
+    assert res["device"] == "vda" and res["host"] == host
+    lab.wait_guest_ready(host, dom)
+    return dom, root
+
+
+def assert_attached(lab, volume_id: str, host: str, dom: str, device: str):
+    """What a user checks after an attach."""
+    vol = lab.volume(volume_id)
+    assert vol.status == "in-use"
+    uuid_ = lab.conn(host).lookupByName(dom).UUIDString()
+    assert [a["server_id"] for a in vol.attachments] == [uuid_]
+    for inactive in (False, True):
+        disk = lab.disk(host, dom, volume_id, inactive=inactive)
+        assert disk is not None and disk.target_dev == device, (inactive, disk)
+        assert disk.disk_type == "network"
+    target = lab.target_of(volume_id)
+    assert target["accounts"], "CHAP account bound to the target"
+    assert target["initiators"] == [f"{INITIATOR_PREFIX}:{host}"]
+    assert any(volume_id in usage for usage in lab.secrets(host))
+
+
+def assert_detached(lab, volume_id: str, host: str, dom: str):
+    """What a user checks after a detach: nothing left anywhere."""
+    vol = lab.volume(volume_id)
+    assert vol.status == "available" and not vol.attachments
+    for inactive in (False, True):
+        assert lab.disk(host, dom, volume_id, inactive=inactive) is None
+    assert lab.initiators_of(volume_id) == []
+    assert not any(volume_id in usage for h in ("hosta", "hostb") for usage in lab.secrets(h))
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_data_survives_detach_and_reattach_on_the_other_host(lab, cleanup, api):
+    data = lab.create_volume()
+    cleanup["volumes"].append(data)
+    vm_a, root_a = boot(lab, cleanup, "hosta", api)
+    assert_attached(lab, root_a, "hosta", vm_a, "vda")
+
+    res = lab.af_json("attach", data, vm_a, "--host", "hosta", "--api", api)
+    assert res["device"] == "vdb" and res["api"] == api
+    assert_attached(lab, data, "hosta", vm_a, "vdb")
+
+    pattern = f"0x{uuid.uuid4().int % 200 + 20:02x}"
+    lab.qemu_io("hosta", vm_a, data, f"write -P {pattern} 0 1M")
+    lab.qemu_io("hosta", vm_a, data, "flush")
+    with open(lab.backing_file(data), "rb") as f:
+        assert f.read(MiB) == bytes([int(pattern, 16)]) * MiB
+
+    res = lab.af_json("detach", data, vm_a, "--host", "hosta")
+    assert res["api"] == api and res["transport"] == "native"
+    assert_detached(lab, data, "hosta", vm_a)
+    assert_attached(lab, root_a, "hosta", vm_a, "vda")  # the root disk is untouched
+
+    vm_b, root_b = boot(lab, cleanup, "hostb", api)
+    res = lab.af_json("attach", data, vm_b, "--host", "hostb", "--api", api)
+    assert res["device"] == "vdb"
+    assert_attached(lab, data, "hostb", vm_b, "vdb")
+    lab.qemu_io("hostb", vm_b, data, f"read -P {pattern} 0 1M")
+    log = lab.qemu_log("hostb", vm_b)
+    assert "read 1048576/1048576 bytes" in log and "Pattern verification failed" not in log
+
+    lab.af_json("detach", data, vm_b, "--host", "hostb")
+    assert_detached(lab, data, "hostb", vm_b)
+
+
+def lab_state(lab):
+    """The parts of the lab a failed command must leave exactly as they were."""
+    vols = {}
+    for vol in lab.cinder.volumes.list():
+        vols[vol.id] = (vol.status, sorted(a["attachment_id"] for a in vol.attachments))
+    return {
+        "volumes": vols,
+        "targets": {iqn: (t["accounts"], t["initiators"]) for iqn, t in lab.targets().items()},
+        "domains": {h: sorted(lab.domains(h)) for h in ("hosta", "hostb")},
+        "xml": {(h, d): (lab.domain_xml(h, d), lab.domain_xml(h, d, inactive=True))
+                for h in ("hosta", "hostb") for d in lab.domains(h)},
+        "secrets": {h: sorted(lab.secrets(h)) for h in ("hosta", "hostb")},
+    }
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_failures_are_clear_and_change_nothing(lab, cleanup, api):
+    vm, root = boot(lab, cleanup, "hosta", api)
+    other_vm, _ = boot(lab, cleanup, "hosta", api)
+    busy = lab.create_volume()
+    free = lab.create_volume()
+    cleanup["volumes"] += [busy, free]
+    lab.af_json("attach", busy, other_vm, "--host", "hosta", "--api", api)
+    before = lab_state(lab)
+
+    cases = {
+        "no such domain": (["attach", free, "no-such-domain"], 2, "not found"),
+        "volume in use": (["attach", busy, vm], 2, "in-use"),
+        "device taken": (["attach", free, vm, "--device", "vda"], 2, "already in use"),
+        "no such volume": (["attach", str(uuid.uuid4()), vm], 2, "not found"),
+        "not attached": (["detach", free, vm], 2, "not attached"),
+    }
+    for case, (args, code, words) in cases.items():
+        proc = lab.af(*args, "--host", "hosta", "--api", api, expect=None)
+        assert proc.returncode == code, (case, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and words in lines[0], (case, proc.stderr)
+        assert lab_state(lab) == before, case
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_wrong_chap_password_is_undone(lab, cleanup, api):
+    vm, _ = boot(lab, cleanup, "hosta", api)
+    vol = lab.create_volume()
+    cleanup["volumes"].append(vol)
+    # Export the volume once to learn its target's CHAP account, then give that account
+    # another password on the target: QEMU's login must fail, and everything be undone.
+    lab.af_json("attach", vol, vm, "--host", "hosta", "--api", api)
+    account = lab.target_of(vol)["accounts"][0]
+    lab.af_json("detach", vol, vm, "--host", "hosta")
+    before = lab_state(lab)
+    with lab.chap_password_changed(account):
+        proc = lab.af("attach", vol, vm, "--host", "hosta", "--api", api, expect=1)
+        assert lab_state(lab) == before
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "guest attach" in lines[0], proc.stderr
+    assert "all earlier steps undone" in lines[0]
+    # and with the right password back, the same volume attaches
+    assert lab.af_json("attach", vol, vm, "--host", "hosta", "--api", api)["device"] == "vdb"
