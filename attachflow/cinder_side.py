@@ -161,7 +161,10 @@ def _translate(exc: BaseException, what: str) -> errors.AttachflowError:
         return errors.StorageError(f"{what}: HTTP {code} ({text})", status=code)
     if isinstance(exc, (kexc.ConnectFailure, kexc.ConnectTimeout, kexc.UnknownConnectionError,
                         kexc.RetriableConnectionFailure, cexc.ConnectionError)):
-        return errors.StorageUnavailable(f"{what}: cannot reach the storage API ({exc})")
+        # keystoneauth appends urllib3's whole retry story; the first clause says it all
+        reason = str(exc).split(": HTTPConnectionPool", 1)[0].split(": HTTPSConnectionPool",
+                                                                    1)[0]
+        return errors.StorageUnavailable(f"{what}: cannot reach the storage API ({reason})")
     if isinstance(exc, kexc.http.HttpError):
         code = exc.http_status
         if code == 404:
