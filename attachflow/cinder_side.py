@@ -409,6 +409,29 @@ class Flow(abc.ABC):
     @abc.abstractmethod
     def release(self, att: StorageAttachment) -> None: ...
 
+    # live migration: a second connection for the destination host
+    @abc.abstractmethod
+    def connect_destination(self, source: StorageAttachment,
+                            connector: ConnectorProperties) -> StorageAttachment: ...
+
+    @abc.abstractmethod
+    def undo_connect_destination(self, att: StorageAttachment) -> None: ...
+
+    @abc.abstractmethod
+    def finish_destination(self, att: StorageAttachment) -> None: ...
+
+    @abc.abstractmethod
+    def release_source(self, source: StorageAttachment) -> None: ...
+
+    @staticmethod
+    def from_record(volume_id: str, instance_id: str,
+                    record: dict[str, Any]) -> StorageAttachment:
+        conn = ConnectionInfo.from_cinder(record.get("connection") or
+                                          {"driver_volume_type": "unknown"}, volume_id)
+        return StorageAttachment(volume_id, instance_id, record.get("api", "attachments"),
+                                 record.get("attachment_id"), conn,
+                                 record.get("connector") or {})
+
 
 class AttachmentsFlow(Flow):
     """attachments.create(volume, instance, connector) -> [host work] -> complete;
@@ -448,10 +471,9 @@ class AttachmentsFlow(Flow):
                 raise errors.NotAttached(
                     f"Cinder has no attachment of volume {volume_id} to {instance_id}")
             attachment_id = found.attachment_id
-        conn = ConnectionInfo.from_cinder(record.get("connection") or
-                                          {"driver_volume_type": "unknown"}, volume_id)
-        return StorageAttachment(volume_id, instance_id, self.api, attachment_id, conn,
-                                 record.get("connector") or {})
+        att = self.from_record(volume_id, instance_id, record)
+        att.api, att.attachment_id = self.api, attachment_id
+        return att
 
     def undo_begin_detach(self, att):
         return None  # nothing changed in Cinder yet
@@ -462,6 +484,29 @@ class AttachmentsFlow(Flow):
 
     def release(self, att):
         self.storage.attachment_delete(att.attachment_id)
+
+    def connect_destination(self, source, connector):
+        # Cinder accepts a second attachment for the same instance only when it is
+        # created with the connector (create-then-update is refused as a duplicate).
+        conn_dict = connector.to_dict()
+        attachment_id, raw = self.storage.attachment_create(source.volume_id,
+                                                            source.instance_id, conn_dict)
+        if raw is None:
+            self.storage.attachment_delete(attachment_id)
+            raise errors.StorageError("the storage API returned no connection info for "
+                                      "the destination attachment")
+        return StorageAttachment(source.volume_id, source.instance_id, self.api,
+                                 attachment_id, ConnectionInfo.from_cinder(
+                                     raw, source.volume_id), conn_dict)
+
+    def undo_connect_destination(self, att):
+        self.storage.attachment_delete(att.attachment_id)
+
+    def finish_destination(self, att):
+        self.storage.attachment_complete(att.attachment_id)
+
+    def release_source(self, source):
+        self.storage.attachment_delete(source.attachment_id)
 
 
 class LegacyFlow(Flow):
@@ -506,10 +551,9 @@ class LegacyFlow(Flow):
             raise errors.NotAttached(
                 f"Cinder has no attachment of volume {volume_id} to {instance_id}")
         self.storage.begin_detaching(volume_id)
-        conn = ConnectionInfo.from_cinder(record.get("connection") or
-                                          {"driver_volume_type": "unknown"}, volume_id)
-        return StorageAttachment(volume_id, instance_id, self.api, found.attachment_id,
-                                 conn, record.get("connector") or {})
+        att = self.from_record(volume_id, instance_id, record)
+        att.api, att.attachment_id = self.api, found.attachment_id
+        return att
 
     def undo_begin_detach(self, att):
         self.storage.roll_detaching(att.volume_id)
@@ -527,6 +571,23 @@ class LegacyFlow(Flow):
             # as it was; if that fails too, the undo reports it
             self.storage.initialize_connection(att.volume_id, att.connector)
             raise
+
+
+    def connect_destination(self, source, connector):
+        conn_dict = connector.to_dict()
+        raw = self.storage.initialize_connection(source.volume_id, conn_dict)
+        return StorageAttachment(source.volume_id, source.instance_id, self.api,
+                                 source.attachment_id,
+                                 ConnectionInfo.from_cinder(raw, source.volume_id), conn_dict)
+
+    def undo_connect_destination(self, att):
+        self.storage.terminate_connection(att.volume_id, att.connector)
+
+    def finish_destination(self, att):
+        return None  # the legacy volume record stays in-use throughout
+
+    def release_source(self, source):
+        self.storage.terminate_connection(source.volume_id, source.connector)
 
 
 def select_flow(storage: StorageAPI, api: str = "auto") -> Flow:

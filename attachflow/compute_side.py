@@ -316,12 +316,26 @@ class DomainRef:
     persistent: bool
 
 
+@dataclasses.dataclass(frozen=True)
+class MigrationRequest:
+    """One live migration as libvirt's migrateToURI3 takes it (always LIVE, PEER2PEER,
+    PERSIST_DEST and UNDEFINE_SOURCE)."""
+
+    dest_uri: str
+    dest_xml: str
+    persist_xml: str | None = None
+    auto_converge: bool = False
+    postcopy: bool = False
+    bandwidth_mib: int | None = None
+    copy_disks: tuple[str, ...] = ()  # local disks to copy (block migration)
+
+
 class Hypervisor(abc.ABC):
     @abc.abstractmethod
     def lookup(self, name: str) -> DomainRef: ...
 
     @abc.abstractmethod
-    def xml(self, name: str, inactive: bool = False) -> str: ...
+    def xml(self, name: str, inactive: bool = False, migratable: bool = False) -> str: ...
 
     @abc.abstractmethod
     def attach_device(self, name: str, xml: str, live: bool, config: bool) -> None: ...
@@ -355,6 +369,23 @@ class Hypervisor(abc.ABC):
 
     @abc.abstractmethod
     def undefine(self, name: str) -> None: ...
+
+    @abc.abstractmethod
+    def migrate(self, name: str, request: MigrationRequest) -> None:
+        """Run the migration; returns when it is over, raises HypervisorError if it
+        failed (libvirt then leaves the guest running on the source)."""
+
+    @abc.abstractmethod
+    def job_stats(self, name: str, completed: bool = False) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    def abort_job(self, name: str) -> None: ...
+
+    @abc.abstractmethod
+    def start_postcopy(self, name: str) -> None: ...
+
+    @abc.abstractmethod
+    def set_max_downtime(self, name: str, milliseconds: int) -> None: ...
 
     def close(self) -> None:
         pass
@@ -442,11 +473,50 @@ class LibvirtHypervisor(Hypervisor):
             name=dom.name(), uuid=dom.UUIDString(), active=bool(dom.isActive()),
             persistent=bool(dom.isPersistent())))
 
-    def xml(self, name, inactive=False):
+    def xml(self, name, inactive=False, migratable=False):
         libvirt = _libvirt()
         dom = self._dom(name)
-        flags = libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
+        flags = ((libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0)
+                 | (libvirt.VIR_DOMAIN_XML_MIGRATABLE if migratable else 0))
         return self._wrap("read XML", lambda: dom.XMLDesc(flags))
+
+    def migrate(self, name, request):
+        libvirt = _libvirt()
+        dom = self._dom(name)
+        flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER
+                 | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+        if request.auto_converge:
+            flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
+        if request.postcopy:
+            flags |= libvirt.VIR_MIGRATE_POSTCOPY
+        params: dict[str, Any] = {libvirt.VIR_MIGRATE_PARAM_DEST_XML: request.dest_xml}
+        if request.persist_xml:
+            params[libvirt.VIR_MIGRATE_PARAM_PERSIST_XML] = request.persist_xml
+        if request.bandwidth_mib:
+            params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = int(request.bandwidth_mib)
+        if request.copy_disks:
+            flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
+            params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = list(request.copy_disks)
+        self._wrap("live migration",
+                   lambda: dom.migrateToURI3(request.dest_uri, params, flags))
+
+    def job_stats(self, name, completed=False):
+        libvirt = _libvirt()
+        dom = self._dom(name)
+        flags = libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED if completed else 0
+        return dict(self._wrap("job stats", lambda: dom.jobStats(flags)))
+
+    def abort_job(self, name):
+        dom = self._dom(name)
+        self._wrap("abort job", dom.abortJob)
+
+    def start_postcopy(self, name):
+        dom = self._dom(name)
+        self._wrap("start post-copy", lambda: dom.migrateStartPostCopy(0))
+
+    def set_max_downtime(self, name, milliseconds):
+        dom = self._dom(name)
+        self._wrap("set max downtime", lambda: dom.migrateSetMaxDowntime(int(milliseconds), 0))
 
     @staticmethod
     def _flags(live: bool, config: bool) -> int:

@@ -54,6 +54,7 @@ class DiskSpec:
 class DiskInfo:
     """A disk as found in a domain's XML."""
 
+    device: str
     target_dev: str
     serial: str | None
     disk_type: str
@@ -146,6 +147,7 @@ def disks(domain_xml: str) -> list[DiskInfo]:
         serial = disk.find("serial")
         alias = disk.find("alias")
         out.append(DiskInfo(
+            device=disk.get("device", "disk"),
             target_dev=target.get("dev", "") if target is not None else "",
             serial=serial.text if serial is not None else None,
             disk_type=disk.get("type", ""),
@@ -271,3 +273,51 @@ def domain_xml(name: str, uuid: str, memory_mib: int, vcpus: int, virt_type: str
     ET.SubElement(devices, "memballoon", model="none")
     ET.register_namespace(METADATA_KEY, METADATA_NS)
     return to_string(dom)
+
+
+# -- rewriting a domain for another host (live migration) ---------------------------------
+
+def _register_namespaces(xml: str) -> None:
+    # keep the prefixes other tools chose for their metadata
+    import io
+    for _event, (prefix, uri) in ET.iterparse(io.StringIO(xml), events=("start-ns",)):
+        if prefix:
+            ET.register_namespace(prefix, uri)
+
+
+def rewrite_for_host(domain_xml: str, sources: dict[str, DiskSource],
+                     records: dict[str, dict[str, Any]]) -> str:
+    """The same domain with each volume's disk source replaced (matched by serial; target,
+    address, alias and driver kept) and attachflow's volume records replaced."""
+    _register_namespaces(domain_xml)
+    ET.register_namespace(METADATA_KEY, METADATA_NS)
+    root = _parse(domain_xml)
+    found = set()
+    for disk in root.findall("devices/disk"):
+        serial = disk.findtext("serial")
+        if serial not in sources:
+            continue
+        found.add(serial)
+        old = disk.find("source")
+        index = list(disk).index(old) if old is not None else 1
+        if old is not None:
+            disk.remove(old)
+        scratch = ET.Element("disk")
+        _source_element(scratch, sources[serial])
+        disk.insert(index, scratch[0])
+        disk.set("type", "block" if isinstance(sources[serial], BlockSource) else "network")
+    missing = set(sources) - found
+    if missing:
+        raise InputError(f"no disk with serial {', '.join(sorted(missing))} in the domain")
+    meta = root.find("metadata")
+    if meta is None:
+        meta = ET.Element("metadata")
+        root.insert(3, meta)
+    for child in list(meta):
+        if child.tag.startswith("{" + METADATA_NS + "}"):
+            meta.remove(child)
+    vols = ET.SubElement(meta, f"{{{METADATA_NS}}}volumes")
+    for volume_id in sorted(records):
+        ET.SubElement(vols, f"{{{METADATA_NS}}}volume", id=volume_id).text = json.dumps(
+            records[volume_id], sort_keys=True)
+    return ET.tostring(root, encoding="unicode")

@@ -17,6 +17,7 @@ so a flow that would fail on the real thing fails here too:
 from __future__ import annotations
 
 import dataclasses
+import threading
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from typing import Any
@@ -272,14 +273,26 @@ class _Domain:
 
 
 class FakeHypervisor(_Faults, Hypervisor):
-    def __init__(self, host_name: str = "local", target: FakeCinder | None = None):
+    """``network`` maps libvirt URIs to the hypervisors a migration can reach."""
+
+    def __init__(self, host_name: str = "local", target: FakeCinder | None = None,
+                 network: dict[str, "FakeHypervisor"] | None = None):
         self._init_faults()
         self.host_name = host_name
         self.target = target
+        self.network = network if network is not None else {}
         self.domains: dict[str, _Domain] = {}
         self.secrets: dict[str, str] = {}
         self.refuse_detach: set[str] = set()  # target devs whose guest will not let go
         self.sessions: set[tuple[str, str]] = set()  # (domain, iqn) logged in by QEMU
+        # migration: a job in flight, what the tests do while it runs, what it ended with
+        self.job: dict[str, Any] | None = None
+        self.during_migration: Any = None  # callable(fake) run while the job is active
+        self.fail_after_switch: BaseException | None = None
+        self.completed: dict[str, dict[str, Any]] = {}
+        self.max_downtime: int | None = None
+        self.postcopy_started = False
+        self._abort = threading.Event()
 
     def add_domain(self, name: str, active: bool = True, persistent: bool = True,
                    devices: tuple[str, ...] = ("vda",)) -> str:
@@ -305,7 +318,7 @@ class FakeHypervisor(_Faults, Hypervisor):
         d = self._dom(name)
         return DomainRef(d.name, d.uuid, d.active, d.persistent)
 
-    def xml(self, name, inactive=False):
+    def xml(self, name, inactive=False, migratable=False):
         d = self._dom(name)
         live = d.active and not inactive
         disks = d.live if live else d.config
@@ -445,6 +458,70 @@ class FakeHypervisor(_Faults, Hypervisor):
             del self.domains[name]
 
 
+    def migrate(self, name, request):
+        self._enter("migrate")
+        d = self._dom(name)
+        if not d.active:
+            raise errors.HypervisorError("live migration: domain is not running")
+        dest = self.network.get(request.dest_uri)
+        if dest is None:
+            raise errors.HypervisorError(f"live migration: cannot connect to "
+                                         f"{request.dest_uri}")
+        if name in dest.domains:
+            raise errors.HypervisorError(f"live migration: domain '{name}' already exists "
+                                         "on the destination")
+        self._abort.clear()
+        self.job = {"type": 2, "data_processed": 0, "data_remaining": 64 << 20,
+                    "data_total": 64 << 20, "time_elapsed": 0}
+        try:
+            if self.during_migration is not None:
+                self.during_migration(self)
+            if self._abort.is_set():
+                raise errors.HypervisorError("live migration: operation aborted: "
+                                             "migration out job: canceled by client")
+            root = ET.fromstring(request.dest_xml)
+            disks = [ET.tostring(x, encoding="unicode") for x in root.findall("devices/disk")]
+            for xml in disks:  # QEMU on the destination logs in before the switch-over
+                dest._login(name, xml)
+        finally:
+            self.job = None
+        persist = ET.fromstring(request.persist_xml or request.dest_xml)
+        moved = _Domain(name, d.uuid, active=True, persistent=True, live=disks,
+                        config=[ET.tostring(x, encoding="unicode")
+                                for x in persist.findall("devices/disk")],
+                        live_meta=domxml.domain_metadata(request.dest_xml),
+                        config_meta=domxml.domain_metadata(request.persist_xml
+                                                           or request.dest_xml))
+        dest.domains[name] = moved
+        dest.completed[name] = {"downtime": 25, "time_elapsed": 1200}
+        del self.domains[name]
+        self.sessions = {s for s in self.sessions if s[0] != name}
+        if self.fail_after_switch is not None:
+            raise self.fail_after_switch
+
+    def job_stats(self, name, completed=False):
+        self._dom(name)
+        if completed:
+            return dict(self.completed.get(name, {"type": 0}))
+        return dict(self.job or {"type": 0})
+
+    def abort_job(self, name):
+        self._enter("abort_job")
+        self._abort.set()
+
+    def wait_for_abort(self, timeout: float = 5.0) -> bool:
+        """For ``during_migration`` hooks: block like a long job until aborted."""
+        return self._abort.wait(timeout)
+
+    def start_postcopy(self, name):
+        self._enter("start_postcopy")
+        self.postcopy_started = True
+        self._abort.set()  # the fake's job ends either way
+
+    def set_max_downtime(self, name, milliseconds):
+        self.max_downtime = milliseconds
+
+
 class FakeBrick(_Faults, HostConnector):
     """os-brick on one host: sessions to targets, CHAP checked against ``target``."""
 
@@ -476,8 +553,11 @@ class FakeBrick(_Faults, HostConnector):
 
 
 def fake_host(name: str = "local", target: FakeCinder | None = None,
-              address: str = "198.18.0.11") -> ComputeHost:
-    cfg = HostConfig(name=name, address=address, hostname=name,
-                     libvirt_uri="test:///fake")
-    return ComputeHost(cfg, hypervisor=FakeHypervisor(name, target),
-                       brick=FakeBrick(name, target))
+              address: str = "198.18.0.11",
+              network: dict[str, FakeHypervisor] | None = None) -> ComputeHost:
+    """A compute host of twins; hosts sharing ``network`` can migrate to each other."""
+    uri = f"test+fake://{name}/system"
+    cfg = HostConfig(name=name, address=address, hostname=name, libvirt_uri=uri)
+    hv = FakeHypervisor(name, target, network)
+    hv.network[uri] = hv
+    return ComputeHost(cfg, hypervisor=hv, brick=FakeBrick(name, target))
