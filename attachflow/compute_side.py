@@ -671,13 +671,16 @@ class ComputeHost:
         return self._hypervisor
 
     @property
+    def runner(self) -> Runner:
+        if self._runner is None:
+            self._runner = SSHRunner(self.cfg)
+        return self._runner
+
+    @property
     def brick(self) -> HostConnector:
         if self._brick is None:
-            if self.cfg.local:
-                self._brick = BrickLocal()
-            else:
-                self._runner = self._runner or SSHRunner(self.cfg)
-                self._brick = BrickRemote(self._runner, self.cfg)
+            self._brick = BrickLocal() if self.cfg.local else BrickRemote(self.runner,
+                                                                          self.cfg)
         return self._brick
 
     def close(self) -> None:

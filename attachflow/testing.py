@@ -25,7 +25,7 @@ from typing import Any
 from attachflow import domxml, errors
 from attachflow.cinder_side import StorageAPI
 from attachflow.compute_side import ComputeHost, DomainRef, HostConfig, HostConnector, \
-    Hypervisor
+    Hypervisor, Runner
 from attachflow.model import Secret, Volume, VolumeAttachment
 
 
@@ -292,7 +292,8 @@ class FakeHypervisor(_Faults, Hypervisor):
         self.completed: dict[str, dict[str, Any]] = {}
         self.max_downtime: int | None = None
         self.postcopy_started = False
-        self._abort = threading.Event()
+        self._release = threading.Event()  # a blocked job goes on (or ends)
+        self._aborted = False
 
     def add_domain(self, name: str, active: bool = True, persistent: bool = True,
                    devices: tuple[str, ...] = ("vda",)) -> str:
@@ -470,13 +471,14 @@ class FakeHypervisor(_Faults, Hypervisor):
         if name in dest.domains:
             raise errors.HypervisorError(f"live migration: domain '{name}' already exists "
                                          "on the destination")
-        self._abort.clear()
+        self._release.clear()
+        self._aborted = False
         self.job = {"type": 2, "data_processed": 0, "data_remaining": 64 << 20,
                     "data_total": 64 << 20, "time_elapsed": 0}
         try:
             if self.during_migration is not None:
                 self.during_migration(self)
-            if self._abort.is_set():
+            if self._aborted:
                 raise errors.HypervisorError("live migration: operation aborted: "
                                              "migration out job: canceled by client")
             root = ET.fromstring(request.dest_xml)
@@ -507,16 +509,18 @@ class FakeHypervisor(_Faults, Hypervisor):
 
     def abort_job(self, name):
         self._enter("abort_job")
-        self._abort.set()
+        self._aborted = True
+        self._release.set()
 
     def wait_for_abort(self, timeout: float = 5.0) -> bool:
-        """For ``during_migration`` hooks: block like a long job until aborted."""
-        return self._abort.wait(timeout)
+        """For ``during_migration`` hooks: block like a long job until it is aborted or
+        switched to post-copy (which lets it finish)."""
+        return self._release.wait(timeout)
 
     def start_postcopy(self, name):
         self._enter("start_postcopy")
         self.postcopy_started = True
-        self._abort.set()  # the fake's job ends either way
+        self._release.set()
 
     def set_max_downtime(self, name, milliseconds):
         self.max_downtime = milliseconds
@@ -552,6 +556,22 @@ class FakeBrick(_Faults, HostConnector):
         self.sessions.pop(device_info.get("path", ""), None)
 
 
+class FakeRunner(Runner):
+    """A host's shell that answers ``true``; ``refuse`` makes it behave like an SSH
+    server that is down."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.refuse = False
+        self.commands: list[list[str]] = []
+
+    def run(self, argv, stdin=None, timeout=300):
+        if self.refuse:
+            raise errors.HostError(f"ssh root@{self.name}: Connection refused")
+        self.commands.append(list(argv))
+        return (0, b"", b"") if argv == ["true"] else (127, b"", b"command not found")
+
+
 def fake_host(name: str = "local", target: FakeCinder | None = None,
               address: str = "198.18.0.11",
               network: dict[str, FakeHypervisor] | None = None) -> ComputeHost:
@@ -560,4 +580,5 @@ def fake_host(name: str = "local", target: FakeCinder | None = None,
     cfg = HostConfig(name=name, address=address, hostname=name, libvirt_uri=uri)
     hv = FakeHypervisor(name, target, network)
     hv.network[uri] = hv
-    return ComputeHost(cfg, hypervisor=hv, brick=FakeBrick(name, target))
+    return ComputeHost(cfg, hypervisor=hv, brick=FakeBrick(name, target),
+                       runner=FakeRunner(name))

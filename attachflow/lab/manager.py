@@ -309,12 +309,18 @@ def _load_json(path: Path, default):
 # Installation
 # ---------------------------------------------------------------------------
 
+def _apt_packages() -> list[str]:
+    from attachflow.lab import guest
+    return APT_PACKAGES + [p for p in guest.PACKAGES if p not in APT_PACKAGES]
+
+
 def _missing_packages() -> list[str]:
-    cp = _run(["dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\n", *APT_PACKAGES],
+    wanted = _apt_packages()
+    cp = _run(["dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\n", *wanted],
               check=False)
     installed = {line.split()[0] for line in cp.stdout.splitlines()
                  if line.endswith(" installed")}
-    return [p for p in APT_PACKAGES if p not in installed]
+    return [p for p in wanted if p not in installed]
 
 
 def _system_accounts(echo: Callable[[str], None]) -> None:
@@ -957,6 +963,22 @@ def _peer_ssh_ok(src: str, dst: str) -> bool:
     return True
 
 
+def _guest_dir() -> Path:
+    return _p("guest")
+
+
+def _guest_build() -> None:
+    """Kernel and initramfs the lab's guests boot (see guest.py)."""
+    from attachflow.lab import guest
+    dest = _guest_dir()
+    if (dest / "vmlinuz").exists() and (dest / "initrd.img").exists():
+        return
+    try:
+        guest.build(dest)
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
+        raise LabError(f"guest image: {e}") from None
+
+
 def _write_hosts_toml() -> None:
     sdir = _p("ssh")
     lines = ["# attachflow lab compute hosts; written by `attachflow lab up`.", ""]
@@ -1098,6 +1120,7 @@ def _up(echo: Callable[[str], None]) -> None:
         _host_files(host)
     _write_hosts_toml()
     _cinder_prepare()
+    _guest_build()
 
     def storage() -> None:
         with concurrent.futures.ThreadPoolExecutor(3) as ex:
@@ -1297,6 +1320,11 @@ def status() -> dict:
     }
 
 
+def _guest_cmdline() -> str:
+    from attachflow.lab import guest
+    return guest.CMDLINE
+
+
 def env_lines() -> list[str]:
     """Shell lines that point the cinder CLI and attachflow at the lab."""
     values = [
@@ -1310,5 +1338,10 @@ def env_lines() -> list[str]:
         ("OS_VOLUME_API_VERSION", VOLUME_API_VERSION),
         ("ATTACHFLOW_HOSTS", str(hosts_file())),
         ("ATTACHFLOW_VIRT_TYPE", "qemu"),
+        # Guests boot a small kernel + initramfs (the hosts see the state
+        # dir), so hot-unplug has a guest OS to complete it.
+        ("ATTACHFLOW_BOOT_KERNEL", str(_guest_dir() / "vmlinuz")),
+        ("ATTACHFLOW_BOOT_INITRD", str(_guest_dir() / "initrd.img")),
+        ("ATTACHFLOW_BOOT_CMDLINE", _guest_cmdline()),
     ]
     return [f"export {k}={shlex.quote(v)}" for k, v in values]

@@ -1,0 +1,400 @@
+"""Live migration of a volume-backed guest to another compute host.
+
+    preflight      nothing changes: the guest runs on the source, every disk is a volume
+                   attachflow attached (or local disks are to be copied), the destination
+                   answers over SSH and libvirt and has no such domain, its connector is known
+    prepare        per volume: a destination attachment (attachments API: created with the
+                   destination's connector; legacy: initialize_connection), the destination
+                   host connected (libvirt secret or os-brick), the domain XML rewritten by
+                   serial with the records of the new attachments in its metadata
+    migrate        migrateToURI3 LIVE|PEER2PEER|PERSIST_DEST|UNDEFINE_SOURCE, no disk copy for
+                   volumes, the job watched every half second (progress, completion timeout)
+    finish         destination attachments completed, the source disconnected and its
+                   attachments deleted (legacy: terminate_connection with the source
+                   connector)
+
+Before the guest runs on the destination, any failure rolls back: the destination is
+disconnected and its attachments deleted, the source untouched, one attachment per volume
+(the source's). Once the guest runs on the destination, a failure rolls forward: the
+finishing steps are all attempted and what could not be done is reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import threading
+import time
+from typing import Any, Callable
+
+from attachflow import domxml, errors
+from attachflow.cinder_side import Flow, StorageAPI, StorageAttachment, flow_for_record
+from attachflow.compute_side import ComputeHost, MigrationRequest
+from attachflow.connectors import check_fits, get_transport
+from attachflow.connectors.base import Transport
+from attachflow.model import ConnectorProperties
+from attachflow.steps import Transaction
+
+POLL_INTERVAL = 0.5
+SECONDS_PER_GIB = 800  # completion timeout per GiB of guest memory, as Nova does
+
+
+class PreflightError(errors.InputError):
+    pass
+
+
+@dataclasses.dataclass
+class MigrationOptions:
+    auto_converge: bool = False
+    postcopy: bool = False
+    max_downtime_ms: int | None = None
+    bandwidth_mib: int | None = None
+    completion_timeout: float | None = None  # None: 800 s per GiB of memory
+    on_timeout: str = "abort"  # or "postcopy"
+    copy_local_disks: bool = False
+
+
+@dataclasses.dataclass
+class VolumePlan:
+    volume_id: str
+    target_dev: str
+    record: dict[str, Any]
+    flow: Flow
+    transport: Transport
+    source: StorageAttachment
+    source_disk: domxml.DiskInfo
+
+
+@dataclasses.dataclass
+class Plan:
+    domain: str
+    uuid: str
+    source: ComputeHost
+    destination: ComputeHost
+    volumes: list[VolumePlan]
+    local_disks: list[str]
+    connectors: dict[str, ConnectorProperties]
+    live_xml: str
+    persistent_xml: str
+    records: dict[str, dict[str, Any]]
+    memory_kib: int
+    options: MigrationOptions
+
+    def steps(self) -> list[str]:
+        out = []
+        for vol in self.volumes:
+            out.append(f"{vol.flow.api}: connection for {self.destination.name} "
+                       f"(volume {vol.volume_id}, {vol.target_dev})")
+            out.append(f"{vol.transport.name}: connect {vol.volume_id} on "
+                       f"{self.destination.name}")
+        copy = f", copying {', '.join(self.local_disks)}" if self.local_disks else ""
+        out.append(f"live migration {self.source.name} -> {self.destination.name}{copy}")
+        for vol in self.volumes:
+            out.append(f"{vol.flow.api}: complete {vol.volume_id} on {self.destination.name}, "
+                       f"disconnect {self.source.name}, release the source connection")
+        return out
+
+
+@dataclasses.dataclass
+class MigrationResult:
+    domain: str
+    source: str
+    destination: str
+    runs_on: str
+    volumes: list[str]
+    seconds: float
+    migration_seconds: float | None
+    downtime_ms: float | None
+    rolled_forward: bool
+    left_behind: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def preflight(storage: StorageAPI, source: ComputeHost, destination: ComputeHost,
+              domain: str, api: str = "auto",
+              options: MigrationOptions | None = None) -> Plan:
+    """Everything checked before anything changes; a failed check is a PreflightError."""
+    options = options or MigrationOptions()
+    if options.on_timeout not in ("abort", "postcopy"):
+        raise PreflightError(f"--on-timeout must be abort or postcopy, not "
+                             f"'{options.on_timeout}'")
+    if source.cfg.libvirt_uri == destination.cfg.libvirt_uri:
+        raise PreflightError(f"source and destination are the same host ({source.name})")
+    ref = source.hypervisor.lookup(domain)
+    if not ref.active:
+        raise PreflightError(f"domain '{domain}' is not running on {source.name}")
+    live_xml = source.hypervisor.xml(domain, migratable=True)
+    persistent_xml = source.hypervisor.xml(domain, inactive=True, migratable=True) \
+        if ref.persistent else live_xml
+    records = domxml.volume_records(domxml.domain_metadata(live_xml))
+
+    volumes: list[VolumePlan] = []
+    local: list[str] = []
+    for disk in domxml.disks(live_xml):
+        if disk.source is None and disk.disk_type in ("file", "block", ""):
+            continue  # an empty drive, nothing to move
+        if disk.serial and disk.serial in records:
+            record = records[disk.serial]
+            try:
+                transport = get_transport(record.get("transport", "native"))
+                flow = flow_for_record(storage, record, api)
+            except errors.InputError as exc:
+                raise PreflightError(f"volume {disk.serial}: {exc}") from None
+            volumes.append(VolumePlan(disk.serial, disk.target_dev, record, flow, transport,
+                                      Flow.from_record(disk.serial, ref.uuid, record), disk))
+        elif disk.device in ("cdrom", "floppy") and disk.source is None:
+            continue
+        elif options.copy_local_disks:
+            local.append(disk.target_dev)
+        else:
+            raise PreflightError(
+                f"disk {disk.target_dev} of '{domain}' is not a Cinder volume attached by "
+                "attachflow; copy it with --copy-local-disks or detach it first")
+
+    try:
+        destination.hypervisor.lookup(domain)
+    except errors.DomainNotFound:
+        pass
+    except errors.AttachflowError as exc:
+        raise PreflightError(f"destination {destination.name}: {exc}") from None
+    else:
+        raise PreflightError(f"a domain named '{domain}' already exists on "
+                             f"{destination.name}")
+    if not destination.cfg.local:
+        _check_ssh(destination)
+
+    connectors: dict[str, ConnectorProperties] = {}
+    for vol in volumes:
+        if vol.transport.name not in connectors:
+            try:
+                connectors[vol.transport.name] = vol.transport.connector_properties(
+                    destination)
+            except errors.AttachflowError as exc:
+                raise PreflightError(f"destination {destination.name} connector: {exc}") \
+                    from None
+    memory_kib = _memory_kib(live_xml)
+    return Plan(domain, ref.uuid, source, destination, volumes, local, connectors, live_xml,
+                persistent_xml, records, memory_kib, options)
+
+
+def _check_ssh(host: ComputeHost) -> None:
+    try:
+        rc, _out, err = host.runner.run(["true"], timeout=30)
+    except errors.AttachflowError as exc:
+        raise PreflightError(f"destination {host.name} does not answer over SSH: {exc}") \
+            from None
+    if rc != 0:
+        raise PreflightError(f"destination {host.name}: ssh 'true' exited {rc}: "
+                             f"{err.decode(errors='replace').strip()[:200]}")
+
+
+def _memory_kib(xml: str) -> int:
+    import xml.etree.ElementTree as ET
+    root = ET.fromstring(xml)
+    mem = root.find("currentMemory") if root.find("currentMemory") is not None \
+        else root.find("memory")
+    if mem is None or not (mem.text or "").strip().isdigit():
+        return 1 << 20
+    unit = (mem.get("unit") or "KiB").lower()
+    factor = {"b": 1 / 1024, "bytes": 1 / 1024, "kib": 1, "k": 1, "mib": 1024, "m": 1024,
+              "gib": 1 << 20, "g": 1 << 20}.get(unit, 1)
+    return int(int(mem.text) * factor)
+
+
+def destination_xml(plan: Plan, sources: dict[str, domxml.DiskSource],
+                    atts: dict[str, StorageAttachment]) -> tuple[str, str, dict]:
+    """The live and persistent XML for the destination and the records they carry."""
+    records = dict(plan.records)
+    for vol in plan.volumes:
+        att = atts[vol.volume_id]
+        records[vol.volume_id] = dict(
+            vol.record, attachment_id=att.attachment_id,
+            host=plan.destination.cfg.connector_host, connector=att.connector,
+            connection=att.connection.to_record())
+    live = domxml.rewrite_for_host(plan.live_xml, sources, records)
+    persistent = domxml.rewrite_for_host(plan.persistent_xml, sources, records)
+    return live, persistent, records
+
+
+def dry_run(plan: Plan) -> dict[str, Any]:
+    """The plan and the XML change, from what the source knows; nothing is touched. The
+    destination connection is assumed to equal the source's (same target, same CHAP
+    user), which is what Cinder's iSCSI target helpers return."""
+    sources, atts = {}, {}
+    for vol in plan.volumes:
+        connector = plan.connectors[vol.transport.name]
+        att = dataclasses.replace(vol.source, connector=connector.to_dict())
+        atts[vol.volume_id] = att
+        sources[vol.volume_id] = _predicted_source(vol, plan)
+    live, _persistent, _ = destination_xml(plan, sources, atts)
+    before = domxml.to_string(_pretty(plan.live_xml)).splitlines(keepends=True)
+    after = domxml.to_string(_pretty(live)).splitlines(keepends=True)
+    diff = "".join(difflib.unified_diff(before, after, f"{plan.source.name}/{plan.domain}.xml",
+                                        f"{plan.destination.name}/{plan.domain}.xml"))
+    return {"domain": plan.domain, "source": plan.source.name,
+            "destination": plan.destination.name, "steps": plan.steps(),
+            "volumes": [v.volume_id for v in plan.volumes], "copy_disks": plan.local_disks,
+            "xml_diff": diff}
+
+
+def _pretty(xml: str):
+    import xml.etree.ElementTree as ET
+    return ET.fromstring(xml)
+
+
+def _predicted_source(vol: VolumePlan, plan: Plan) -> domxml.DiskSource:
+    src = vol.source_disk.source
+    if isinstance(src, domxml.NetworkISCSISource):
+        from attachflow.connectors.iscsi_native import initiator_name
+        return dataclasses.replace(src, initiator_iqn=initiator_name(plan.destination))
+    return src  # a kernel path is known only once os-brick connects on the destination
+
+
+class _Monitor:
+    """Watches the migration job every half second: progress, max downtime, and the
+    completion timeout (abort, or switch to post-copy)."""
+
+    def __init__(self, plan: Plan, progress: Callable[[dict[str, Any]], None] | None):
+        self.plan = plan
+        self.progress = progress
+        self.timed_out = False
+        self.switched_to_postcopy = False
+
+    def run(self, worker: threading.Thread) -> None:
+        hv, name, opts = self.plan.source.hypervisor, self.plan.domain, self.plan.options
+        timeout = opts.completion_timeout
+        if timeout is None:
+            timeout = max(60.0, SECONDS_PER_GIB * self.plan.memory_kib / (1 << 20))
+        start = time.monotonic()
+        downtime_set = False
+        while worker.is_alive():
+            worker.join(POLL_INTERVAL)
+            if not worker.is_alive():
+                break
+            try:
+                stats = hv.job_stats(name)
+            except errors.AttachflowError:
+                continue  # the domain may be gone from the source already
+            if stats.get("type", 0) and opts.max_downtime_ms and not downtime_set:
+                try:
+                    hv.set_max_downtime(name, opts.max_downtime_ms)
+                    downtime_set = True
+                except errors.AttachflowError:
+                    pass
+            if self.progress and stats.get("type", 0):
+                self.progress({"event": "progress", "elapsed": round(time.monotonic() - start,
+                                                                      1),
+                               "processed": stats.get("data_processed", 0),
+                               "remaining": stats.get("data_remaining", 0),
+                               "total": stats.get("data_total", 0)})
+            if time.monotonic() - start > timeout and not (self.timed_out
+                                                             or self.switched_to_postcopy):
+                try:
+                    if opts.on_timeout == "postcopy":
+                        hv.start_postcopy(name)
+                        self.switched_to_postcopy = True
+                    else:
+                        hv.abort_job(name)
+                        self.timed_out = True
+                except errors.AttachflowError:
+                    pass
+
+
+def migrate(storage: StorageAPI, plan: Plan,
+            progress: Callable[[dict[str, Any]], None] | None = None) -> MigrationResult:
+    start = time.monotonic()
+    src, dst, name, opts = plan.source, plan.destination, plan.domain, plan.options
+    tx = Transaction(f"migrate {name} from {src.name} to {dst.name}")
+    atts: dict[str, StorageAttachment] = {}
+    sources: dict[str, domxml.DiskSource] = {}
+    for vol in plan.volumes:
+        connector = plan.connectors[vol.transport.name]
+        att = tx.run(f"destination connection ({vol.flow.api}) {vol.volume_id}",
+                     lambda vol=vol, connector=connector: vol.flow.connect_destination(
+                         vol.source, connector),
+                     lambda att, vol=vol: vol.flow.undo_connect_destination(att))
+        atts[vol.volume_id] = att
+        tx.run(f"check transport {vol.volume_id}",
+               lambda vol=vol, att=att: check_fits(vol.transport,
+                                                   att.connection.driver_volume_type,
+                                                   vol.volume_id))
+        sources[vol.volume_id] = tx.run(
+            f"destination connect ({vol.transport.name}) {vol.volume_id}",
+            lambda vol=vol, att=att: vol.transport.connect(dst, att.connection, plan.uuid),
+            lambda source, vol=vol, att=att: vol.transport.disconnect(
+                dst, att.connection, source, plan.uuid))
+    live, persistent, _records = tx.run("destination XML",
+                                        lambda: destination_xml(plan, sources, atts))
+    request = MigrationRequest(
+        dest_uri=dst.cfg.libvirt_uri, dest_xml=live, persist_xml=persistent,
+        auto_converge=opts.auto_converge,
+        postcopy=opts.postcopy or opts.on_timeout == "postcopy",
+        bandwidth_mib=opts.bandwidth_mib, copy_disks=tuple(plan.local_disks))
+
+    failure: list[BaseException] = []
+
+    def run():
+        try:
+            src.hypervisor.migrate(name, request)
+        except BaseException as exc:  # handed to the main thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=run, name="migration", daemon=True)
+    migration_start = time.monotonic()
+    worker.start()
+    monitor = _Monitor(plan, progress)
+    monitor.run(worker)
+    migration_seconds = time.monotonic() - migration_start
+
+    rolled_forward = False
+    if failure:
+        cause = failure[0]
+        if monitor.timed_out:
+            cause = errors.HypervisorError(
+                f"live migration did not complete within the completion timeout and was "
+                f"aborted ({cause})")
+        if not _runs_on(dst, name) or _runs_on(src, name):
+            tx.rollback("live migration", cause)
+        rolled_forward = True  # the guest already runs on the destination
+
+    left: list[str] = []
+    if rolled_forward:
+        left.append(f"live migration reported '{failure[0]}', but the guest runs on "
+                    f"{dst.name}: finished the move instead of rolling back")
+    for vol in plan.volumes:
+        att = atts[vol.volume_id]
+        for what, step in (
+                (f"complete destination attachment of {vol.volume_id}",
+                 lambda vol=vol, att=att: vol.flow.finish_destination(att)),
+                (f"disconnect {vol.volume_id} on {src.name}",
+                 lambda vol=vol: vol.transport.disconnect(
+                     src, vol.source.connection, vol.source_disk.source, plan.uuid)),
+                (f"release source connection of {vol.volume_id}",
+                 lambda vol=vol: vol.flow.release_source(vol.source))):
+            try:
+                step()
+            except errors.AttachflowError as exc:
+                left.append(f"{what}: {exc}")
+
+    stats = {}
+    try:
+        stats = dst.hypervisor.job_stats(name, completed=True)
+    except errors.AttachflowError:
+        pass
+    downtime = stats.get("downtime")
+    elapsed = stats.get("time_elapsed")
+    return MigrationResult(
+        domain=name, source=src.name, destination=dst.name, runs_on=dst.name,
+        volumes=[v.volume_id for v in plan.volumes], seconds=time.monotonic() - start,
+        migration_seconds=(elapsed / 1000.0) if elapsed else migration_seconds,
+        downtime_ms=downtime, rolled_forward=rolled_forward, left_behind=left)
+
+
+def _runs_on(host: ComputeHost, name: str) -> bool:
+    try:
+        return host.hypervisor.lookup(name).active
+    except errors.AttachflowError:
+        return False
+

@@ -1,0 +1,232 @@
+"""Live migration on the twins: the guest moves with every volume reconnected for the
+destination and released on the source; every failure before the switch-over rolls back
+to exactly one attachment per volume (the source's); a failure after it rolls forward."""
+
+import pytest
+
+from attachflow import domxml, errors, operations
+from attachflow import migrate as mig
+from attachflow.connectors import get_transport
+from attachflow.testing import FakeCinder, fake_host
+
+APIS = ["attachments", "legacy"]
+TRANSPORTS = ["native", "kernel"]
+
+
+@pytest.fixture
+def lab():
+    cinder = FakeCinder()
+    network = {}
+    a = fake_host("hosta", cinder, "198.18.0.11", network)
+    b = fake_host("hostb", cinder, "198.18.0.12", network)
+    return cinder, a, b
+
+
+def guest(lab, api, transport, volumes=2):
+    """A volume-backed guest on hosta with ``volumes`` data volumes."""
+    cinder, a, _b = lab
+    root = cinder.create_volume()
+    operations.boot(cinder, a, get_transport(transport), "vm", root, api=api)
+    data = [cinder.create_volume() for _ in range(volumes)]
+    for vol in data:
+        operations.attach(cinder, a, get_transport(transport), vol, "vm", api=api)
+    return [root] + data
+
+
+def where(lab, vols):
+    """Where the guest runs, and per volume: Cinder's attachments (by host of their
+    connector) and the status."""
+    cinder, a, b = lab
+    runs = [h.name for h in (a, b) if "vm" in h.hypervisor.domains
+            and h.hypervisor.domains["vm"].active]
+    atts = {v: sorted((att.connector or {}).get("host", "?")
+                      for att in cinder.volumes[v].attachments.values()) for v in vols}
+    return runs, atts
+
+
+def host_leftovers(host):
+    return {"secrets": dict(host.hypervisor.secrets), "sessions": dict(host.brick.sessions),
+            "qemu": set(host.hypervisor.sessions)}
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_migrate_there_and_back(lab, api, transport):
+    cinder, a, b = lab
+    vols = guest(lab, api, transport)
+    for src, dst in ((a, b), (b, a)):
+        clean_dst = host_leftovers(dst)
+        plan = mig.preflight(cinder, src, dst, "vm", api="auto")
+        result = mig.migrate(cinder, plan)
+        assert result.runs_on == dst.name and not result.left_behind
+        assert result.downtime_ms == 25 and not result.rolled_forward
+        runs, atts = where(lab, vols)
+        assert runs == [dst.name]
+        if api == "attachments":
+            assert all(hosts == [dst.name] for hosts in atts.values()), atts
+        else:
+            assert all(len(hosts) == 1 for hosts in atts.values())
+        assert all(cinder.volumes[v].status == "in-use" for v in vols)
+        # the source has nothing left of the guest
+        assert not any(v in usage for usage in src.hypervisor.secrets for v in vols)
+        assert not src.brick.sessions and not src.hypervisor.sessions
+        # the destination runs every disk, found by serial, address kept, records updated
+        records = dst.hypervisor.records("vm")
+        for v in vols:
+            disk = domxml.find_disk(dst.hypervisor.xml("vm"), v)
+            assert disk is not None
+            assert domxml.find_disk(dst.hypervisor.xml("vm", inactive=True), v) is not None
+            assert records[v]["host"] == dst.name
+        assert clean_dst != host_leftovers(dst)
+    # and detach works on the host the guest came back to
+    operations.detach(cinder, a, vols[1], "vm")
+    assert cinder.volumes[vols[1]].status == "available"
+
+
+def test_three_storage_calls_per_migrated_volume(lab):
+    cinder, a, b = lab
+    vols = guest(lab, "attachments", "native")
+    cinder.calls.clear()
+    mig.migrate(cinder, mig.preflight(cinder, a, b, "vm"))
+    assert len(cinder.calls) == 3 * len(vols)
+    assert sorted(set(cinder.calls)) == ["attachment_complete", "attachment_create",
+                                         "attachment_delete"]
+
+
+FAILURES = [
+    ("cinder", "attachment_create", 1),   # second volume's destination attachment
+    ("b_hv", "define_secret", 1),          # destination connect of the second volume
+    ("a_hv", "migrate", 0),                # libvirt refuses
+]
+
+
+@pytest.mark.parametrize("which,method,after", FAILURES)
+def test_failure_before_switch_over_rolls_back(lab, which, method, after):
+    cinder, a, b = lab
+    vols = guest(lab, "attachments", "native")
+    before = where(lab, vols), host_leftovers(a), host_leftovers(b)
+    target = {"cinder": cinder, "a_hv": a.hypervisor, "b_hv": b.hypervisor}[which]
+    target.fail(method, errors.AttachflowError(f"{method} broke"), after=after)
+    with pytest.raises(errors.OperationFailed, match=f"{method} broke") as info:
+        mig.migrate(cinder, mig.preflight(cinder, a, b, "vm"))
+    assert "could NOT undo" not in str(info.value)
+    assert (where(lab, vols), host_leftovers(a), host_leftovers(b)) == before
+
+
+def test_wrong_chap_on_destination_rolls_back(lab):
+    cinder, a, b = lab
+    vols = guest(lab, "legacy", "native", volumes=1)
+    before = where(lab, vols), host_leftovers(b)
+    real_login = b.hypervisor._login
+
+    def refuse(domain, xml):
+        raise errors.HypervisorError("iSCSI login failed: Authentication failure")
+
+    b.hypervisor._login = refuse
+    with pytest.raises(errors.OperationFailed, match="Authentication failure"):
+        mig.migrate(cinder, mig.preflight(cinder, a, b, "vm"))
+    b.hypervisor._login = real_login
+    assert (where(lab, vols), host_leftovers(b)) == before
+    assert a.hypervisor.domains["vm"].active
+
+
+def test_timeout_aborts_and_rolls_back(lab, monkeypatch):
+    monkeypatch.setattr(mig, "POLL_INTERVAL", 0.01)
+    cinder, a, b = lab
+    vols = guest(lab, "attachments", "native", volumes=1)
+    before = where(lab, vols)
+    a.hypervisor.during_migration = lambda hv: hv.wait_for_abort(5)
+    events = []
+    plan = mig.preflight(cinder, a, b, "vm",
+                         options=mig.MigrationOptions(completion_timeout=0.05))
+    with pytest.raises(errors.OperationFailed, match="completion timeout"):
+        mig.migrate(cinder, plan, progress=events.append)
+    assert "abort_job" in a.hypervisor.calls
+    assert events and events[0]["event"] == "progress" and events[0]["total"] > 0
+    assert where(lab, vols) == before
+
+
+def test_timeout_can_switch_to_postcopy(lab, monkeypatch):
+    monkeypatch.setattr(mig, "POLL_INTERVAL", 0.01)
+    cinder, a, b = lab
+    guest(lab, "attachments", "native", volumes=0)
+    a.hypervisor.during_migration = lambda hv: hv.wait_for_abort(5)
+    plan = mig.preflight(cinder, a, b, "vm", options=mig.MigrationOptions(
+        completion_timeout=0.05, on_timeout="postcopy", max_downtime_ms=300))
+    result = mig.migrate(cinder, plan)
+    assert a.hypervisor.postcopy_started and result.runs_on == "hostb"
+    assert a.hypervisor.max_downtime == 300
+
+
+def test_late_failure_rolls_forward_and_says_so(lab):
+    cinder, a, b = lab
+    vols = guest(lab, "attachments", "native", volumes=1)
+    a.hypervisor.fail_after_switch = errors.HypervisorError("connection reset in Finish")
+    result = mig.migrate(cinder, mig.preflight(cinder, a, b, "vm"))
+    assert result.rolled_forward and result.runs_on == "hostb"
+    assert "connection reset in Finish" in result.left_behind[0]
+    runs, atts = where(lab, vols)
+    assert runs == ["hostb"] and all(h == ["hostb"] for h in atts.values())
+
+
+def test_cleanup_failure_after_switch_is_reported_not_undone(lab):
+    cinder, a, b = lab
+    vols = guest(lab, "attachments", "native", volumes=1)
+    a.hypervisor.fail("undefine_secret", errors.HypervisorError("libvirtd gone"))
+    result = mig.migrate(cinder, mig.preflight(cinder, a, b, "vm"))
+    assert result.runs_on == "hostb"
+    assert any("libvirtd gone" in line for line in result.left_behind)
+    # storage was still cleaned up: one attachment per volume, hostb's
+    assert where(lab, vols)[1] == {v: ["hostb"] for v in vols}
+
+
+def test_preflight_refuses_without_changing_anything(lab):
+    cinder, a, b = lab
+    guest(lab, "attachments", "native", volumes=1)
+    cinder.calls.clear()
+    b.hypervisor.add_domain("vm-other")
+    cases = []
+    cases.append(("same host", lambda: mig.preflight(cinder, a, a, "vm")))
+    cases.append(("not found", lambda: mig.preflight(cinder, a, b, "nosuch")))
+    a.hypervisor.add_domain("stopped", active=False)
+    cases.append(("not running", lambda: mig.preflight(cinder, a, b, "stopped")))
+    a.hypervisor.add_domain("localdisk")
+    cases.append(("not a Cinder volume", lambda: mig.preflight(cinder, a, b, "localdisk")))
+    for label, call in cases:
+        with pytest.raises(errors.InputError) as info:
+            call()
+        assert info.value.exit_code == 2, label
+    b.hypervisor.add_domain("vm")
+    with pytest.raises(mig.PreflightError, match="already exists"):
+        mig.preflight(cinder, a, b, "vm")
+    del b.hypervisor.domains["vm"]
+    b.runner.refuse = True
+    with pytest.raises(mig.PreflightError, match="does not answer over SSH"):
+        mig.preflight(cinder, a, b, "vm")
+    b.runner.refuse = False
+    b.hypervisor.fail("lookup", errors.HostError("cannot connect to libvirt"))
+    with pytest.raises(mig.PreflightError, match="cannot connect to libvirt"):
+        mig.preflight(cinder, a, b, "vm")
+    assert cinder.calls == []
+
+
+def test_copy_local_disks_on_request(lab):
+    cinder, a, b = lab
+    a.hypervisor.add_domain("localdisk")
+    plan = mig.preflight(cinder, a, b, "localdisk",
+                         options=mig.MigrationOptions(copy_local_disks=True))
+    assert plan.local_disks == ["vda"]
+
+
+def test_dry_run_shows_plan_and_xml_change_and_touches_nothing(lab):
+    cinder, a, b = lab
+    vols = guest(lab, "attachments", "native", volumes=1)
+    before = where(lab, vols), host_leftovers(a), host_leftovers(b)
+    cinder.calls.clear()
+    out = mig.dry_run(mig.preflight(cinder, a, b, "vm"))
+    assert "live migration hosta -> hostb" in out["steps"]
+    diff = out["xml_diff"].splitlines()
+    assert '-          <iqn name="iqn.2024-01.dev.attachflow:hosta" />' in diff
+    assert '+          <iqn name="iqn.2024-01.dev.attachflow:hostb" />' in diff
+    assert cinder.calls == []
+    assert (where(lab, vols), host_leftovers(a), host_leftovers(b)) == before
