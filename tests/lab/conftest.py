@@ -41,7 +41,13 @@ def lab():
     for line in manager.env_lines():
         name, _, value = line.removeprefix("export ").partition("=")
         os.environ[name] = shlex.split(value)[0] if value else ""
-    os.environ["ATTACHFLOW_TRANSPORT"] = "native"
+    os.environ.setdefault("ATTACHFLOW_TRANSPORT", "native")
+    if "ATTACHFLOW_BOOT_KERNEL" not in os.environ:
+        from attachflow.lab import guest
+        image = guest.build(manager.state_dir() / "guest")
+        os.environ.update(ATTACHFLOW_BOOT_KERNEL=image["kernel"],
+                          ATTACHFLOW_BOOT_INITRD=image["initrd"],
+                          ATTACHFLOW_BOOT_CMDLINE=image["cmdline"])
     yield Lab(manager)
     os.environ.clear()
     os.environ.update(saved)
@@ -214,6 +220,75 @@ class Lab:
         finally:
             tgtadm("--op", "delete", "--user", username)
 
+    @contextlib.contextmanager
+    def account_password(self, password: str, username: str):
+        """Change a bound CHAP account's password on the live target; sessions already
+        logged in stay up, new logins need the new password. Restored from Cinder's own
+        target file afterwards."""
+        bound = [(iqn, t) for iqn, t in self.targets().items() if username in t["accounts"]]
+        original = None
+        for conf in (self.state / "cinder" / "volumes").glob("*"):
+            for line in conf.read_text().splitlines():
+                parts = line.split()
+                if parts[:2] == ["incominguser", username]:
+                    original = parts[2]
+        assert original, f"no Cinder target file names {username}"
+
+        def reset(pw):
+            for _iqn, target in bound:
+                self._tgtadm("account", "--op", "unbind", "--tid", target["tid"],
+                             "--user", username)
+            self._tgtadm("account", "--op", "delete", "--user", username)
+            self._tgtadm("account", "--op", "new", "--user", username, "--password", pw)
+            for _iqn, target in bound:
+                self._tgtadm("account", "--op", "bind", "--tid", target["tid"],
+                             "--user", username)
+
+        reset(password)
+        try:
+            yield
+        finally:
+            reset(original)
+
+    @staticmethod
+    def _tgtadm(mode: str, *args: str) -> None:
+        subprocess.run(["tgtadm", "--lld", "iscsi", "--mode", mode, *args],
+                       capture_output=True, check=False)
+
+    # -- breaking a host on purpose --------------------------------------------------------
+    def host_up(self, host: str) -> bool:
+        return self.manager.status()["components"][host]["libvirtd"]["state"] == "up"
+
+    @contextlib.contextmanager
+    def stopped(self, host: str, daemon: str):
+        """Stop one daemon of a lab host; ``up`` starts it again afterwards."""
+        pid = self.manager.status()["components"][host][daemon]["pid"]
+        assert pid, f"{daemon} on {host} is not running"
+        os.kill(pid, 15)
+        deadline = time.monotonic() + 20
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        try:
+            yield
+        finally:
+            self._conns.pop(host, None)
+            self.manager.up(echo=lambda _line: None)
+
+    def kill_qemu(self, host: str, name: str) -> None:
+        """Kill the QEMU process of domain ``name`` that runs inside ``host``."""
+        pids = subprocess.run(["ip", "netns", "pids", f"af-{host}"], capture_output=True,
+                              text=True, check=True).stdout.split()
+        for pid in pids:
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if cmdline and b"qemu-system" in cmdline[0] and \
+                    any(arg.startswith(f"guest={name},".encode()) for arg in cmdline):
+                os.kill(int(pid), 9)
+                return
+        raise AssertionError(f"no QEMU of {name} on {host}")
+
     def backing_file(self, volume_id: str) -> Path:
         target = self.target_of(volume_id)
         assert target and target["backing"], f"no exported LUN for {volume_id}"
@@ -227,10 +302,10 @@ def parse_tgt(text: str) -> dict[str, dict]:
     section = None
     for raw in text.splitlines():
         line = raw.strip()
-        m = re.match(r"^Target \d+: (\S+)$", line)
+        m = re.match(r"^Target (\d+): (\S+)$", line)
         if m:
-            current = targets.setdefault(m.group(1), {"accounts": [], "initiators": [],
-                                                      "backing": []})
+            current = targets.setdefault(m.group(2), {"tid": m.group(1), "accounts": [],
+                                                      "initiators": [], "backing": []})
             section = None
             continue
         if current is None:
