@@ -393,5 +393,12 @@ def test_env_lines_are_shell_exports(lab_up):
     assert env["ATTACHFLOW_HOSTS"] == str(manager.hosts_file())
     assert env["ATTACHFLOW_VIRT_TYPE"] == "qemu"
     assert env["OS_ENDPOINT"].endswith("/v3")
+    script = "\n".join(manager.env_lines()) + "\nenv -0\n"
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                         check=True, env={"PATH": os.environ["PATH"]}).stdout
+    evaluated = dict(item.split("=", 1) for item in out.split("\0") if "=" in item)
     for line in manager.env_lines():
-        assert re.fullmatch(r"export [A-Z_]+=\S+", line), line
+        name = line.removeprefix("export ").split("=", 1)[0]
+        assert evaluated[name] == env[name], name
+    for name in ("ATTACHFLOW_BOOT_KERNEL", "ATTACHFLOW_BOOT_INITRD"):
+        assert Path(env[name]).is_file(), name
