@@ -9,12 +9,16 @@ Layout
 * ``hosta`` and ``hostb`` each get a network namespace (``af-hosta``, veth into
   the bridge) plus a mount and UTS namespace held by a long-lived process.
   Inside: tmpfs /run, private /etc/libvirt, /var/lib/libvirt, /var/log/libvirt,
-  /var/cache/libvirt, /root/.ssh and /etc/hosts; virtlogd, libvirtd and sshd.
+  /var/cache/libvirt, /root/.ssh, /etc/hosts and /etc/iscsi/initiatorname.iscsi;
+  virtlogd, libvirtd and sshd.
 * Everything the lab writes lives under the state dir (``ATTACHFLOW_LAB_DIR``,
   default /var/lib/attachflow-lab), except: the tgt include file
   /etc/tgt/conf.d/attachflow-lab.conf (tgt-admin only reads targets.conf),
-  the netns handles under /run/netns, and mount points that did not exist.
-  ``down`` removes all of these.
+  /run/netns (handles and ip's bind mount), /run/tgtd, and mount points that
+  did not exist.  ``down`` removes all of these.  Installation (Debian
+  packages, the kvm/libvirt-qemu accounts libvirtd insists on, the Cinder
+  venv) stays.
+* Names, addresses and ports are fixed: one lab per machine.
 
 Every process the lab starts carries ``ATTACHFLOW_LAB_TAG=<state dir>`` in its
 environment, so ``down`` finds daemons that fork away from their parent
@@ -1109,7 +1113,9 @@ def up(echo: Callable[[str], None] = print) -> dict:
 def _up(echo: Callable[[str], None]) -> None:
     st = state_dir()
     st.mkdir(parents=True, exist_ok=True)
-    os.chmod(st, 0o755)
+    # Cinder's per-target tgt files hold CHAP passwords; everything here is
+    # used by root only.
+    os.chmod(st, 0o700)
     for sub in ("run", "log"):
         (st / sub).mkdir(exist_ok=True)
     echo(f"state dir {st}")
