@@ -255,6 +255,48 @@ def test_volume_attachment_gives_working_chap_credentials(lab_up, volume):
     assert not _target_block(info["target_iqn"]), "export left after the last detach"
 
 
+def test_extend_snapshot_clone_delete(lab_up, volume):
+    """The file driver's other operations, checked on the backing files."""
+    cinder = _cinder(service_role=True)
+    files = manager.state_dir() / "cinder" / "files"
+    src = files / f"volume-{volume.id}"
+    stamp = os.urandom(4096)
+    with open(src, "r+b") as f:
+        f.seek(12345678)
+        f.write(stamp)
+
+    cinder.volumes.extend(volume.id, 2)
+    assert _wait_status(cinder, volume.id, "available").size == 2
+    assert src.stat().st_size == 2 << 30
+
+    snap = cinder.volume_snapshots.create(volume.id)
+    deadline = time.monotonic() + 30
+    while (snap := cinder.volume_snapshots.get(snap.id)).status != "available":
+        assert snap.status != "error" and time.monotonic() < deadline, snap.status
+        time.sleep(0.1)
+    made = [cinder.volumes.create(3, snapshot_id=snap.id),
+            cinder.volumes.create(2, source_volid=volume.id)]
+    try:
+        for vol in made:
+            vol = _wait_status(cinder, vol.id, "available")
+            path = files / f"volume-{vol.id}"
+            assert path.stat().st_size == vol.size << 30
+            # Sparse: a few KiB written, so far less than a GiB allocated.
+            assert path.stat().st_blocks * 512 < 64 << 20
+            with open(path, "rb") as f:
+                f.seek(12345678)
+                assert f.read(len(stamp)) == stamp
+    finally:
+        for vol in made:
+            cinder.volumes.delete(vol.id)
+        cinder.volume_snapshots.delete(snap.id)
+    gone = {f"volume-{v.id}" for v in made} | {f"snapshot-{snap.id}"}
+    deadline = time.monotonic() + 30
+    while left := gone & {p.name for p in files.iterdir()}:
+        assert time.monotonic() < deadline, f"files not deleted: {sorted(left)}"
+        time.sleep(0.2)
+
+
 @pytest.mark.parametrize("host", sorted(manager.HOSTS))
 def test_virsh_through_hosts_file_uri(lab_up, host):
     cp = _virsh(host, "list", "--all")
