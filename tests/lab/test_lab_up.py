@@ -429,6 +429,21 @@ def test_second_up_is_idempotent(lab_up):
                 before["components"][host][part]["pid"], (host, part)
 
 
+def test_lab_commands(lab_up):
+    """`attachflow lab status` and `attachflow lab env`, as typed by a user."""
+    import json
+    cp = subprocess.run(["attachflow", "lab", "status"], capture_output=True, text=True,
+                        timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    st = json.loads(cp.stdout)
+    assert st["state"] == "up"
+    assert st["components"]["cinder-volume"]["service"] == "up"
+    cp = subprocess.run(["attachflow", "lab", "env"], capture_output=True, text=True,
+                        timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.splitlines() == manager.env_lines()
+
+
 def test_env_lines_are_shell_exports(lab_up):
     env = _lab_env()
     assert env["OS_AUTH_TYPE"] == "noauth"
