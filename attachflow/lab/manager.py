@@ -1093,10 +1093,14 @@ def up(echo: Callable[[str], None] = print) -> dict:
             _install(echo)
             _up(echo)
         except BaseException as e:
-            echo(f"lab up failed: {e}; tearing down")
             if fresh:
+                echo(f"lab up failed: {e}; tearing down")
                 with contextlib.suppress(Exception):
                     _down(lambda _m: None)
+            else:
+                # The lab ran before this call: leave the running parts (and
+                # their volumes) alone; `lab down` removes everything.
+                echo(f"lab up failed: {e}")
             if isinstance(e, LabError):
                 raise
             if isinstance(e, Exception):
