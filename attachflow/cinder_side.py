@@ -133,7 +133,13 @@ def make_session(cloud: str | None = None, env: Mapping[str, str] | None = None)
     verify: bool | str = not bool(_env(env, "OS_INSECURE"))
     if _env(env, "OS_CACERT"):
         verify = env["OS_CACERT"]
-    return ks_session.Session(auth=plugin, verify=verify), None
+    headers = {}
+    if auth_type == "noauth":
+        # Without a service role, Cinder asks Nova before deleting an attachment that
+        # names an instance, and fails where there is no Nova. In noauth nothing checks
+        # the role; with Keystone, the role comes from a service token.
+        headers["X-Service-Roles"] = "service"
+    return ks_session.Session(auth=plugin, verify=verify, additional_headers=headers), None
 
 
 @dataclasses.dataclass

@@ -238,7 +238,7 @@ def detach(volume, domain, timeout, host, fmt, debug, transport, api, os_cloud):
 @cli.command()
 @click.argument("name")
 @click.option("--volume", required=True, help="Cinder volume for the root disk (vda).")
-@click.option("--memory", type=click.IntRange(min=16), default=64, show_default=True,
+@click.option("--memory", type=click.IntRange(min=16), default=128, show_default=True,
               help="Memory in MiB.")
 @click.option("--vcpus", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--virt-type", type=click.Choice(["kvm", "qemu"]),

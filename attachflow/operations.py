@@ -189,7 +189,7 @@ def _strip_alias(xml: str) -> str:
 
 
 def boot(storage: StorageAPI, host: ComputeHost, transport: Transport, name: str,
-         volume_id: str, api: str = "auto", memory_mib: int = 64, vcpus: int = 1,
+         volume_id: str, api: str = "auto", memory_mib: int = 128, vcpus: int = 1,
          virt_type: str = "kvm", emulator: str | None = None,
          direct_boot: domxml.DirectBoot | None = None) -> Result:
     start = time.monotonic()
