@@ -536,15 +536,24 @@ class LegacyFlow(Flow):
         return StorageAttachment(volume_id, instance_id, self.api, None, conn, conn_dict)
 
     def undo_connect(self, att):
-        errs = []
-        for undo in (lambda: self.storage.terminate_connection(att.volume_id, att.connector),
-                     lambda: self.storage.unreserve(att.volume_id)):
-            try:
-                undo()
-            except errors.AttachflowError as exc:
-                errs.append(exc)
-        if errs:
-            raise errs[0]
+        # Cinder's legacy API removes a volume's export only on os-detach; terminate and
+        # unreserve would leave the target exported. So the undo records the attach and
+        # detaches it again, which removes the export and returns the volume to
+        # 'available'. Only if that fails does it fall back to unreserve.
+        self.storage.terminate_connection(att.volume_id, att.connector)
+        try:
+            self.storage.attach(att.volume_id, att.instance_id, "/dev/null",
+                                att.connector.get("host"), mode=att.connection.access_mode)
+        except errors.AttachflowError:
+            self.storage.unreserve(att.volume_id)
+            raise
+        found = self.storage.get_volume(att.volume_id).attachment_for(att.instance_id)
+        self.storage.begin_detaching(att.volume_id)
+        try:
+            self.storage.detach(att.volume_id, found.attachment_id if found else None)
+        except errors.AttachflowError:
+            self.storage.roll_detaching(att.volume_id)
+            raise
 
     def finish_attach(self, att, mountpoint, host_name):
         self.storage.attach(att.volume_id, att.instance_id, mountpoint, host_name,

@@ -205,7 +205,9 @@ class FakeCinder(_Faults, StorageAPI):
         self._enter("unreserve")
         vol = self._vol(volume_id)
         if vol.status == "attaching":
+            exported = vol.exported
             self._settle(vol)
+            vol.exported = exported  # unreserve leaves an export in place
 
     def initialize_connection(self, volume_id, connector):
         self._enter("initialize_connection")
@@ -214,12 +216,11 @@ class FakeCinder(_Faults, StorageAPI):
         return {"driver_volume_type": "iscsi", "data": self._conn(vol)}
 
     def terminate_connection(self, volume_id, connector):
+        # As Cinder's tgt helper: terminating does not remove the export; os-detach of
+        # the last attachment (or deleting the last attachment) does.
         self._enter("terminate_connection")
         vol = self._vol(volume_id)
         vol.legacy_connector = None
-        if not any(a.status == "attached" for a in vol.attachments.values()) or \
-                vol.status == "detaching":
-            vol.exported = False
 
     def attach(self, volume_id, instance_id, mountpoint, host_name, mode="rw"):
         self._enter("attach")
