@@ -138,6 +138,16 @@ def _host(name: str):
     return open_host(name)
 
 
+def _on_host(host: str, fmt: str, operation: Callable[[Any], Any]) -> None:
+    """Run ``operation(compute_host)``, always close the host's connections, print."""
+    compute = _host(host)
+    try:
+        result = operation(compute)
+    finally:
+        compute.close()
+    _emit(result.to_dict(), fmt)
+
+
 def _transport(name: str, multipath: bool = False):
     from attachflow.connectors import get_transport
     return get_transport(name, multipath)
@@ -198,13 +208,9 @@ def attach(volume, domain, device, multipath, detach_timeout, host, fmt, debug, 
     """
     from attachflow import operations
     tr = _transport(transport, multipath)
-    compute = _host(host)
-    try:
-        result = operations.attach(_storage(os_cloud), compute, tr, volume, domain, api=api,
-                                   device=device, detach_timeout=detach_timeout)
-    finally:
-        compute.close()
-    _emit(result.to_dict(), fmt)
+    _on_host(host, fmt, lambda compute: operations.attach(
+        _storage(os_cloud), compute, tr, volume, domain, api=api, device=device,
+        detach_timeout=detach_timeout))
 
 
 @cli.command()
@@ -224,15 +230,11 @@ def detach(volume, domain, timeout, host, fmt, debug, transport, api, os_cloud):
     metadata and used again. Running it again after a partial failure finishes the job.
     """
     from attachflow import operations
-    compute = _host(host)
     explicit = click.get_current_context().get_parameter_source("transport")
     chosen = transport if explicit == click.core.ParameterSource.COMMANDLINE else None
-    try:
-        result = operations.detach(_storage(os_cloud), compute, volume, domain, api=api,
-                                   transport_name=chosen, timeout=timeout)
-    finally:
-        compute.close()
-    _emit(result.to_dict(), fmt)
+    _on_host(host, fmt, lambda compute: operations.detach(
+        _storage(os_cloud), compute, volume, domain, api=api, transport_name=chosen,
+        timeout=timeout))
 
 
 @cli.command()
@@ -265,14 +267,9 @@ def boot(name, volume, memory, vcpus, virt_type, kernel, initrd, cmdline, host, 
         raise click.UsageError("--initrd and --cmdline need --kernel")
     direct = domxml.DirectBoot(kernel, initrd, cmdline) if kernel else None
     tr = _transport(transport)
-    compute = _host(host)
-    try:
-        result = operations.boot(_storage(os_cloud), compute, tr, name, volume, api=api,
-                                 memory_mib=memory, vcpus=vcpus, virt_type=virt_type,
-                                 direct_boot=direct)
-    finally:
-        compute.close()
-    _emit(result.to_dict(), fmt)
+    _on_host(host, fmt, lambda compute: operations.boot(
+        _storage(os_cloud), compute, tr, name, volume, api=api, memory_mib=memory,
+        vcpus=vcpus, virt_type=virt_type, direct_boot=direct))
 
 
 def _progress_printer(fmt: str):
@@ -415,7 +412,7 @@ def lab_up(fmt, debug):
     """Bring the lab up (idempotent); waits until every service is usable."""
     manager = _lab_manager()
     status = _lab_call(lambda: manager.up(echo=lambda m: click.echo(m, err=True)))
-    _emit(status, "json" if fmt == "json" else "json")
+    _emit_lab_status(status, fmt)
 
 
 @lab.command("down")
@@ -434,7 +431,21 @@ def lab_down(debug):
 def lab_status(fmt, debug):
     """Each component's state, endpoints and hosts."""
     manager = _lab_manager()
-    _emit(_lab_call(manager.status), "json")
+    _emit_lab_status(_lab_call(manager.status), fmt)
+
+
+def _emit_lab_status(status: dict[str, Any], fmt: str) -> None:
+    if fmt == "json":
+        _emit(status, "json")
+        return
+    click.echo(f"lab {status.get('state', '?')}  ({status.get('state_dir', '')})")
+    for name, comp in (status.get("components") or {}).items():
+        details = {k: v for k, v in comp.items() if k != "state" and not isinstance(v, dict)}
+        parts = [f"{k}={v}" for k, v in details.items() if v not in (None, "", [])]
+        click.echo(f"  {name:<17} {comp.get('state', '?'):<9} {' '.join(parts)}")
+        for sub, info in comp.items():
+            if isinstance(info, dict) and "state" in info:
+                click.echo(f"    {sub:<15} {info['state']}")
 
 
 @lab.command("env")
