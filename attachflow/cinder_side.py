@@ -94,20 +94,37 @@ def _env(env: Mapping[str, str], name: str) -> str | None:
     return value if value else None
 
 
+DEFAULT_TIMEOUT = 90.0  # seconds per HTTP request; Cinder's own RPC timeout is 60 s
+
+
+def _timeout(env: Mapping[str, str]) -> float:
+    value = _env(env, "ATTACHFLOW_STORAGE_TIMEOUT")
+    try:
+        return float(value) if value else DEFAULT_TIMEOUT
+    except ValueError:
+        raise errors.InputError(f"ATTACHFLOW_STORAGE_TIMEOUT '{value}' is not a number") \
+            from None
+
+
 def make_session(cloud: str | None = None, env: Mapping[str, str] | None = None):
     """A keystoneauth1 session from a clouds.yaml cloud, the OS_* variables, or noauth.
 
     noauth (labs): OS_AUTH_TYPE=noauth with OS_ENDPOINT, OS_USER_ID, OS_PROJECT_ID.
+    Every request times out after ATTACHFLOW_STORAGE_TIMEOUT seconds (default 90): a
+    storage API that stops answering must not hang an attach forever.
     """
     env = os.environ if env is None else env
     cloud = cloud or _env(env, "OS_CLOUD")
+    timeout = _timeout(env)
     if cloud:
         import openstack.config  # lazily: only this path needs clouds.yaml parsing
         try:
             region = openstack.config.OpenStackConfig().get_one(cloud=cloud)
         except Exception as exc:
             raise errors.InputError(f"cloud '{cloud}': {exc}") from None
-        return region.get_session(), region.get_endpoint("block-storage")
+        sess = region.get_session()
+        sess.timeout = timeout
+        return sess, region.get_endpoint("block-storage")
 
     from keystoneauth1 import loading, session as ks_session
     auth_type = _env(env, "OS_AUTH_TYPE") or ("noauth" if _env(env, "OS_ENDPOINT")
@@ -139,7 +156,8 @@ def make_session(cloud: str | None = None, env: Mapping[str, str] | None = None)
         # names an instance, and fails where there is no Nova. In noauth nothing checks
         # the role; with Keystone, the role comes from a service token.
         headers["X-Service-Roles"] = "service"
-    return ks_session.Session(auth=plugin, verify=verify, additional_headers=headers), None
+    return ks_session.Session(auth=plugin, verify=verify, additional_headers=headers,
+                              timeout=timeout), None
 
 
 @dataclasses.dataclass

@@ -503,7 +503,9 @@ class LibvirtHypervisor(Hypervisor):
     def job_stats(self, name, completed=False):
         libvirt = _libvirt()
         dom = self._dom(name)
-        flags = libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED if completed else 0
+        # keep the completed job's statistics for whoever reads them next
+        flags = (libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED
+                 | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED) if completed else 0
         return dict(self._wrap("job stats", lambda: dom.jobStats(flags)))
 
     def abort_job(self, name):
