@@ -21,6 +21,7 @@ finishing steps are all attempted and what could not be done is reported.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import difflib
 import threading
@@ -162,7 +163,8 @@ def preflight(storage: StorageAPI, source: ComputeHost, destination: ComputeHost
     else:
         raise PreflightError(f"a domain named '{domain}' already exists on "
                              f"{destination.name}")
-    if not destination.cfg.local:
+    if not destination.cfg.local and "+ssh" not in destination.cfg.libvirt_uri:
+        # over qemu+ssh, the libvirt lookup above already went through SSH
         _check_ssh(destination)
 
     connectors: dict[str, ConnectorProperties] = {}
@@ -363,20 +365,29 @@ def migrate(storage: StorageAPI, plan: Plan,
     if rolled_forward:
         left.append(f"live migration reported '{failure[0]}', but the guest runs on "
                     f"{dst.name}: finished the move instead of rolling back")
-    for vol in plan.volumes:
+
+    def finish(vol: VolumePlan) -> list[str]:
+        """Roll forward one volume: every step is tried, failures are reported."""
         att = atts[vol.volume_id]
+        problems = []
         for what, step in (
                 (f"complete destination attachment of {vol.volume_id}",
-                 lambda vol=vol, att=att: vol.flow.finish_destination(att)),
+                 lambda: vol.flow.finish_destination(att)),
                 (f"disconnect {vol.volume_id} on {src.name}",
-                 lambda vol=vol: vol.transport.disconnect(
-                     src, vol.source.connection, vol.source_disk.source, plan.uuid)),
+                 lambda: vol.transport.disconnect(src, vol.source.connection,
+                                                  vol.source_disk.source, plan.uuid)),
                 (f"release source connection of {vol.volume_id}",
-                 lambda vol=vol: vol.flow.release_source(vol.source))):
+                 lambda: vol.flow.release_source(vol.source))):
             try:
                 step()
             except errors.AttachflowError as exc:
-                left.append(f"{what}: {exc}")
+                problems.append(f"{what}: {exc}")
+        return problems
+
+    # The volumes are independent of each other once the guest has moved.
+    with concurrent.futures.ThreadPoolExecutor(max(1, min(8, len(plan.volumes)))) as pool:
+        for problems in pool.map(finish, plan.volumes):
+            left.extend(problems)
 
     stats = {}
     try:
