@@ -349,8 +349,8 @@ def _install(echo: Callable[[str], None]) -> None:
         echo(f"installing Debian packages: {' '.join(missing)}")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         _run(["apt-get", "update", "-q"], env=env, timeout=600)
-        _run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
-             env=env, timeout=1800)
+        # With recommends, as the lab was proven with: a slimmer set is untested.
+        _run(["apt-get", "install", "-y", "-q", *missing], env=env, timeout=1800)
     _system_accounts(echo)
     ready = VENV / ".attachflow-lab-ready"
     if not ready.exists() or ready.read_text().split() != PIP_PACKAGES:
