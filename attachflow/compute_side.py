@@ -117,6 +117,10 @@ class Runner(abc.ABC):
     def run(self, argv: list[str], stdin: bytes | None = None,
             timeout: float = 300) -> tuple[int, bytes, bytes]: ...
 
+    @abc.abstractmethod
+    def ping(self, timeout: float = 5) -> None:
+        """Raise HostError unless the host's SSH server answers right now."""
+
     def close(self) -> None:
         pass
 
@@ -168,6 +172,20 @@ class SSHRunner(Runner):
                                    f"{exc.strerror or exc}") from None
         self._client = client
         return client
+
+    def ping(self, timeout=5):
+        # A fresh TCP connection and the server's banner: cheap, and unlike a shared
+        # or pooled SSH connection it shows that sshd answers now.
+        try:
+            with socket.create_connection((self.cfg.address, self.cfg.ssh_port),
+                                          timeout=timeout) as sock:
+                banner = sock.recv(256)
+        except OSError as exc:
+            raise errors.HostError(f"ssh {self.cfg.address}:{self.cfg.ssh_port}: "
+                                   f"{exc.strerror or exc}") from None
+        if not banner.startswith(b"SSH-"):
+            raise errors.HostError(f"{self.cfg.address}:{self.cfg.ssh_port} does not speak "
+                                   "SSH")
 
     def run(self, argv, stdin=None, timeout=300):
         client = self._connect()

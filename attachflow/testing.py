@@ -566,6 +566,10 @@ class FakeRunner(Runner):
         self.refuse = False
         self.commands: list[list[str]] = []
 
+    def ping(self, timeout=5):
+        if self.refuse:
+            raise errors.HostError(f"ssh {self.name}:22: Connection refused")
+
     def run(self, argv, stdin=None, timeout=300):
         if self.refuse:
             raise errors.HostError(f"ssh root@{self.name}: Connection refused")

@@ -432,12 +432,19 @@ def test_second_up_is_idempotent(lab_up):
 def test_lab_commands(lab_up):
     """`attachflow lab status` and `attachflow lab env`, as typed by a user."""
     import json
-    cp = subprocess.run(["attachflow", "lab", "status"], capture_output=True, text=True,
-                        timeout=60)
+    cp = subprocess.run(["attachflow", "lab", "status", "-f", "json"], capture_output=True,
+                        text=True, timeout=60)
     assert cp.returncode == 0, cp.stderr
     st = json.loads(cp.stdout)
     assert st["state"] == "up"
     assert st["components"]["cinder-volume"]["service"] == "up"
+    cp = subprocess.run(["attachflow", "lab", "status"], capture_output=True, text=True,
+                        timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    table = {line.split()[0]: line.split()[1] for line in cp.stdout.splitlines()[1:]
+             if line.startswith("  ") and not line.startswith("    ")}
+    assert cp.stdout.startswith("lab up")
+    assert table["cinder-volume"] == "up" and table["hosta"] == "up"
     cp = subprocess.run(["attachflow", "lab", "env"], capture_output=True, text=True,
                         timeout=60)
     assert cp.returncode == 0, cp.stderr

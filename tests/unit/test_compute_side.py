@@ -46,6 +46,9 @@ class LoopbackRunner(Runner):
         self.brick = FakeBrick("hostb")
         self.seen = []
 
+    def ping(self, timeout=5):
+        return None
+
     def run(self, argv, stdin=None, timeout=300):
         self.seen.append((argv, stdin))
         try:

@@ -200,7 +200,7 @@ def test_preflight_refuses_without_changing_anything(lab):
     with pytest.raises(mig.PreflightError, match="already exists"):
         mig.preflight(cinder, a, b, "vm")
     del b.hypervisor.domains["vm"]
-    b.runner.refuse = True  # libvirt here is not over qemu+ssh: SSH is checked itself
+    b.runner.refuse = True
     with pytest.raises(mig.PreflightError, match="does not answer over SSH"):
         mig.preflight(cinder, a, b, "vm")
     b.runner.refuse = False
