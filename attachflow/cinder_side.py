@@ -160,11 +160,6 @@ def make_session(cloud: str | None = None, env: Mapping[str, str] | None = None)
                               timeout=timeout), None
 
 
-@dataclasses.dataclass
-class CallStats:
-    calls: list[str] = dataclasses.field(default_factory=list)
-
-
 def _translate(exc: BaseException, what: str) -> errors.AttachflowError:
     """cinderclient/keystoneauth exceptions -> attachflow's. Messages carry the server's
     text, never the request body (which may hold connector or CHAP data)."""
@@ -228,7 +223,6 @@ class CinderStorage(StorageAPI):
         self._client = client
         self.version = version
         self._sleep = sleep
-        self.calls: list[str] = []
 
     @classmethod
     def connect(cls, cloud: str | None = None, env: Mapping[str, str] | None = None,
@@ -255,7 +249,6 @@ class CinderStorage(StorageAPI):
         return cls(client, version)
 
     def _call(self, what: str, fn: Callable[[], Any], kind: str = "write") -> Any:
-        self.calls.append(what)
         start = time.monotonic()
 
         def once():

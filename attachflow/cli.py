@@ -394,14 +394,11 @@ def _lab_manager():
 
 def _lab_call(fn):
     """Lab errors are operation failures with a one-line message."""
+    from attachflow.lab.manager import LabError
     try:
         return fn()
-    except errors.AttachflowError:
-        raise
-    except RuntimeError as exc:
-        if type(exc).__name__ == "LabError":
-            raise errors.AttachflowError(f"lab: {exc}") from None
-        raise
+    except LabError as exc:
+        raise errors.AttachflowError(f"lab: {exc}") from None
 
 
 @lab.command("up")

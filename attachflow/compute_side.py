@@ -460,7 +460,7 @@ class LibvirtHypervisor(Hypervisor):
             except libvirt.libvirtError as exc:
                 raise errors.HostError(f"{self.host_name}: cannot connect to libvirt at "
                                        f"{self.uri}: {_lverr(exc)}") from None
-            if "+ssh" in self.uri or "://" in self.uri and not self.uri.startswith("qemu:///"):
+            if not self.uri.startswith("qemu:///"):  # remote: keep the link alive
                 try:
                     self._conn.setKeepAlive(5, 3)
                 except libvirt.libvirtError:

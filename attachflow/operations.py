@@ -98,7 +98,7 @@ def attach(storage: StorageAPI, host: ComputeHost, transport: Transport, volume_
            lambda _: hv.detach_device(domain, disk_xml, live=ref.active,
                                       config=ref.persistent, timeout=detach_timeout))
     found = tx.run("find disk by serial", lambda: _find_by_serial(host, ref, volume_id))
-    records = hv.records(domain, inactive=not ref.active)
+    records = domxml.volume_records(domxml.domain_metadata(live_xml or config_xml))
     new_records = dict(records)
     new_records[volume_id] = _record(att, transport, host, found.target_dev)
     tx.run("record in domain metadata", lambda: hv.save_records(ref, new_records),
@@ -129,7 +129,7 @@ def detach(storage: StorageAPI, host: ComputeHost, volume_id: str, domain: str,
     live_xml, config_xml = _domain_xmls(host, ref)
     live_disk = domxml.find_disk(live_xml, volume_id) if live_xml else None
     config_disk = domxml.find_disk(config_xml, volume_id) if config_xml else None
-    records = hv.records(domain, inactive=not ref.active)
+    records = domxml.volume_records(domxml.domain_metadata(live_xml or config_xml))
     record = records.get(volume_id) or {}
     disk = live_disk or config_disk
     if disk is None and not record:

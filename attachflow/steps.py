@@ -9,7 +9,6 @@ step fails, the undos run in reverse order; an undo that fails does not stop the
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Callable
 
 from attachflow.errors import AttachflowError, OperationFailed
@@ -22,19 +21,15 @@ class Transaction:
         self.operation = operation
         self._undo: list[tuple[str, Callable[[], Any]]] = []
         self.completed: list[str] = []
-        self.timings: dict[str, float] = {}
 
     def run(self, name: str, do: Callable[[], Any],
             undo: Callable[[Any], Any] | None = None) -> Any:
         LOG.debug("%s: step %s", self.operation, name)
-        start = time.monotonic()
         try:
             result = do()
         except BaseException as exc:
-            self.timings[name] = time.monotonic() - start
             self.rollback(name, exc)
             raise AssertionError("unreachable")  # rollback always raises
-        self.timings[name] = time.monotonic() - start
         self.completed.append(name)
         if undo is not None:
             self._undo.append((name, lambda: undo(result)))

@@ -47,9 +47,7 @@ class NativeISCSI(Transport):
             host.hypervisor.define_secret(
                 usage, conn.auth_password,
                 f"CHAP for Cinder volume {conn.volume_id}, guest {owner}")
-        if conn.portals and len(conn.portals) > 1:
-            # QEMU's initiator has no multipath; use the primary portal only.
-            pass
+        # QEMU's initiator has no multipath: the primary portal only.
         return NetworkISCSISource(iqn=conn.iqn or "", lun=conn.lun or 0,
                                   hosts=(conn.portal,), auth_username=conn.auth_username,
                                   secret_usage=usage, initiator_iqn=initiator_name(host))
