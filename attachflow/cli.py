@@ -385,16 +385,16 @@ def lab():
     """
 
 
-def _lab_manager():
+def _lab_module():
     if os.geteuid() != 0:
         raise errors.InputError("the lab needs root")
-    from attachflow.lab import manager
-    return manager
+    import attachflow.lab
+    return attachflow.lab
 
 
 def _lab_call(fn):
     """Lab errors are operation failures with a one-line message."""
-    from attachflow.lab.manager import LabError
+    from attachflow.lab import LabError
     try:
         return fn()
     except LabError as exc:
@@ -407,8 +407,8 @@ def _lab_call(fn):
 @_boundary
 def lab_up(fmt, debug):
     """Bring the lab up (idempotent); waits until every service is usable."""
-    manager = _lab_manager()
-    status = _lab_call(lambda: manager.up(echo=lambda m: click.echo(m, err=True)))
+    lab_api = _lab_module()
+    status = _lab_call(lambda: lab_api.up(echo=lambda m: click.echo(m, err=True)))
     _emit_lab_status(status, fmt)
 
 
@@ -417,8 +417,8 @@ def lab_up(fmt, debug):
 @_boundary
 def lab_down(debug):
     """Stop the lab and remove everything it created."""
-    manager = _lab_manager()
-    _lab_call(lambda: manager.down(echo=lambda m: click.echo(m, err=True)))
+    lab_api = _lab_module()
+    _lab_call(lambda: lab_api.down(echo=lambda m: click.echo(m, err=True)))
 
 
 @lab.command("status")
@@ -427,22 +427,31 @@ def lab_down(debug):
 @_boundary
 def lab_status(fmt, debug):
     """Each component's state, endpoints and hosts."""
-    manager = _lab_manager()
-    _emit_lab_status(_lab_call(manager.status), fmt)
+    lab_api = _lab_module()
+    _emit_lab_status(_lab_call(lab_api.status), fmt)
 
 
 def _emit_lab_status(status: dict[str, Any], fmt: str) -> None:
     if fmt == "json":
         _emit(status, "json")
         return
-    click.echo(f"lab {status.get('state', '?')}  ({status.get('state_dir', '')})")
+    sup = status.get("supervisor") or {}
+    click.echo(f"lab {status.get('state', '?')}  ({status.get('state_dir', '')}; "
+               f"{sup.get('processes', 0)} processes, supervisord pid {sup.get('pid')})")
+    click.echo(f"  {'COMPONENT':<17} {'STATE':<9} {'READY':>6}  {'PIDS':<16} ADDRESS")
     for name, comp in (status.get("components") or {}).items():
-        details = {k: v for k, v in comp.items() if k != "state" and not isinstance(v, dict)}
-        parts = [f"{k}={v}" for k, v in details.items() if v not in (None, "", [])]
-        click.echo(f"  {name:<17} {comp.get('state', '?'):<9} {' '.join(parts)}")
+        ready = comp.get("ready_seconds")
+        pids = ",".join(str(p) for p in (comp.get("pids") or [])[:3])
+        if len(comp.get("pids") or []) > 3:
+            pids += ",..."
+        click.echo(f"  {name:<17} {comp.get('state', '?'):<9} "
+                   f"{'' if ready is None else f'{ready:.1f}s':>6}  {pids or '-':<16} "
+                   f"{comp.get('address') or ''}")
         for sub, info in comp.items():
             if isinstance(info, dict) and "state" in info:
-                click.echo(f"    {sub:<15} {info['state']}")
+                click.echo(f"    {sub:<15} {info['state']:<9} pid {info.get('pid')}")
+        if comp.get("error"):
+            click.echo(f"    error: {comp['error']}")
 
 
 @lab.command("env")
@@ -450,8 +459,8 @@ def _emit_lab_status(status: dict[str, Any], fmt: str) -> None:
 @_boundary
 def lab_env(debug):
     """Print export lines: eval "$(attachflow lab env)"."""
-    manager = _lab_manager()
-    for line in _lab_call(manager.env_lines):
+    lab_api = _lab_module()
+    for line in _lab_call(lab_api.env_lines):
         click.echo(line)
 
 

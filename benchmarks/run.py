@@ -77,7 +77,7 @@ def timed(fn) -> float:
 
 class Bench:
     def __init__(self, reps: int):
-        from attachflow.lab import manager
+        import attachflow.lab as manager
         self.reps = reps
         self.manager = manager
         manager.up(echo=lambda line: print(f"  lab: {line}", flush=True))

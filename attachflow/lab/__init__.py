@@ -1,0 +1,217 @@
+"""One-machine lab: real Cinder, tgtd, and two libvirt/QEMU compute hosts.
+
+Layout
+------
+* The root network namespace is the storage host: bridge ``afbr0`` with 198.18.0.1/24,
+  tgtd (iSCSI portal on that address), MariaDB and RabbitMQ (private instances, own
+  sockets/ports/dirs), cinder-api/-scheduler/-volume from the venv under
+  /opt/attachflow-lab.
+* ``hosta`` and ``hostb`` each get a network namespace (``af-hosta``, veth into the
+  bridge) plus a mount and UTS namespace held by a long-lived process. Inside: tmpfs /run,
+  private /etc/libvirt, /var/lib/libvirt, /var/log/libvirt, /var/cache/libvirt,
+  /root/.ssh, /etc/hosts and /etc/iscsi/initiatorname.iscsi; virtlogd, libvirtd and sshd.
+* Each of these is a component (component.py) in a module of its own; ``COMPONENTS``
+  below lists them, and up, down and status go through that list in dependency order.
+* supervisord runs every daemon; every process the lab starts, and all they spawn, lives
+  in the cgroup ``attachflow-lab`` (supervision.py).
+* Everything the lab writes lives under the state dir (``ATTACHFLOW_LAB_DIR``, default
+  /var/lib/attachflow-lab), except: the tgt include file /etc/tgt/conf.d/attachflow-lab.conf
+  (tgt-admin only reads targets.conf), /run/netns (handles and ip's bind mount),
+  /run/tgtd, the cgroup, and mount points that did not exist. ``down`` removes all of
+  these. Installation (Debian packages, the kvm/libvirt-qemu accounts libvirtd insists on,
+  the venv) stays.
+* Names, addresses and ports are fixed (layout.py): one lab per machine.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import os
+import shlex
+import shutil
+import time
+from typing import Any, Callable
+
+from attachflow.lab.errors import LabError
+from attachflow.lab.layout import HOSTS, hosts_file, initiator_name, state_dir
+
+__all__ = ["LabError", "up", "down", "status", "env_lines", "state_dir", "hosts_file",
+           "initiator_name", "HOSTS", "components"]
+
+
+def components() -> list:
+    """Every component of the lab; adding one is adding its module and a line here."""
+    from attachflow.lab.cinder import CinderDB, CinderService
+    from attachflow.lab.computehost import ComputeHost
+    from attachflow.lab.guest import GuestImage
+    from attachflow.lab.mariadb import MariaDB
+    from attachflow.lab.network import Network
+    from attachflow.lab.rabbitmq import RabbitMQ
+    from attachflow.lab.ssh import SshKeys, SshMesh
+    from attachflow.lab.tgtd import Tgtd
+    return [
+        Network(),
+        SshKeys(),
+        GuestImage(),
+        Tgtd(),
+        MariaDB(),
+        RabbitMQ(),
+        CinderDB(),
+        CinderService("cinder-api", requires=("rabbitmq",)),
+        CinderService("cinder-scheduler", requires=("rabbitmq",)),
+        CinderService("cinder-volume", requires=("tgtd", "rabbitmq")),
+        *(ComputeHost(host) for host in HOSTS),
+        SshMesh(tuple(HOSTS)),
+    ]
+
+
+@contextlib.contextmanager
+def _locked():
+    import fasteners
+    from attachflow.lab.layout import LOCK_FILE
+    LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
+    with fasteners.InterProcessLock(str(LOCK_FILE)):
+        yield
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (network namespaces, tgtd, mounts, cgroups)")
+
+
+def _write_hosts_file(comps: list) -> None:
+    from attachflow.lab import layout
+    entries = [c.hosts_entry() for c in comps if hasattr(c, "hosts_entry")]
+    layout.write(hosts_file(), layout.render_text("hosts.toml", entries="".join(entries)))
+
+
+def up(echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Install what is missing, start the lab, wait until it is usable."""
+    from attachflow.lab import install, layout
+    from attachflow.lab.component import Lab, bring_up
+    _need_root()
+    t0 = time.monotonic()
+    with _locked():
+        comps = components()
+        lab = Lab(echo)
+        fresh = not state_dir().exists() or not lab.cgroup.populated()
+        try:
+            install.install(comps, echo)
+            st = state_dir()
+            st.mkdir(parents=True, exist_ok=True)
+            # Cinder's per-target tgt files hold CHAP passwords; everything here is used
+            # by root only.
+            os.chmod(st, 0o700)
+            layout.path("log").mkdir(exist_ok=True)
+            echo(f"state dir {st}")
+            if fresh:
+                layout.write(layout.path("ready-seconds.json"), "{}\n")
+            lab.supervisor.write_config([p for c in comps for p in c.programs()])
+            _write_hosts_file(comps)
+            lab.supervisor.ensure_running()
+            bring_up(lab, comps)
+        except BaseException as e:
+            if fresh:
+                echo(f"lab up failed: {e}; tearing down")
+                with contextlib.suppress(Exception):
+                    _down(lambda _m: None)
+            else:
+                # The lab ran before this call: leave the running parts (and their
+                # volumes) alone; `lab down` removes everything.
+                echo(f"lab up failed: {e}")
+            if isinstance(e, LabError):
+                raise
+            if isinstance(e, Exception):
+                raise LabError(f"lab up failed: {e}") from e
+            raise
+        elapsed = time.monotonic() - t0
+        if fresh:
+            layout.write(layout.path("bring-up-seconds"), f"{elapsed:.1f}\n")
+    result = status()
+    echo(f"lab up in {elapsed:.1f}s")
+    return result
+
+
+def down(echo: Callable[[str], None] = print) -> None:
+    """Stop and remove everything the lab created (the installation stays); returns only
+    once no process of the lab is left."""
+    _need_root()
+    with _locked():
+        _down(echo)
+
+
+def _down(echo: Callable[[str], None]) -> None:
+    from attachflow.lab import machine_paths
+    from attachflow.lab.component import Lab, bring_down
+    lab = Lab(echo)
+    count = len(lab.cgroup.pids())
+    if count:
+        echo(f"stopping {count} lab processes")
+    problems = bring_down(lab, components())
+    try:
+        lab.supervisor.shutdown()
+        lab.cgroup.kill()
+        lab.cgroup.remove()
+    except (LabError, OSError) as e:
+        problems.append(f"processes: {e}")
+    problems += machine_paths.remove_created()
+    st = state_dir()
+    if st.exists():
+        shutil.rmtree(st, ignore_errors=True)
+        if st.exists():
+            problems.append(f"could not remove {st}")
+    if problems:
+        raise LabError("lab down incomplete: " + "; ".join(problems))
+    echo("lab down")
+
+
+def status() -> dict[str, Any]:
+    """State of every lab component; JSON-able."""
+    from attachflow.lab import layout
+    from attachflow.lab.component import Lab
+    lab = Lab()
+    comps = components()
+    times = lab.ready_times()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        states = list(pool.map(lambda c: c.status(lab), comps))
+    out = {c.name: s.to_json(times.get(c.name), len(lab.cgroup.pids(c.name)))
+           for c, s in zip(comps, states)}
+    sup_pid = lab.supervisor.pid()
+    supervisor = {"state": "up" if sup_pid else "down", "pid": sup_pid,
+                  "config": str(lab.supervisor.conf), "cgroup": str(lab.cgroup.root),
+                  "processes": len(lab.cgroup.pids())}
+    st = state_dir()
+    all_up = sup_pid is not None and all(c["state"] == "up" for c in out.values())
+    return {
+        "state": "up" if all_up else ("down" if not st.exists() else "degraded"),
+        "state_dir": str(st),
+        "hosts_file": str(hosts_file()),
+        "cinder_endpoint": layout.cinder_endpoint(),
+        "bring_up_seconds": layout.load_json(layout.path("bring-up-seconds"), None),
+        "supervisor": supervisor,
+        "components": out,
+    }
+
+
+def env_lines() -> list[str]:
+    """Shell lines that point the cinder CLI and attachflow at the lab."""
+    from attachflow.lab import guest, layout
+    values = [
+        ("OS_AUTH_TYPE", "noauth"),
+        # The noauth plugin appends "/<project id>" to this itself.
+        ("OS_ENDPOINT", layout.cinder_endpoint()),
+        # The cinder CLI reads its --os-endpoint default from here.
+        ("CINDER_ENDPOINT", layout.cinder_endpoint()),
+        ("OS_USER_ID", layout.LAB_USER_ID),
+        ("OS_PROJECT_ID", layout.LAB_PROJECT_ID),
+        ("OS_VOLUME_API_VERSION", layout.VOLUME_API_VERSION),
+        ("ATTACHFLOW_HOSTS", str(hosts_file())),
+        ("ATTACHFLOW_VIRT_TYPE", "qemu"),
+        # Guests boot a small kernel + initramfs (the hosts see the state dir), so
+        # hot-unplug has a guest OS to complete it.
+        ("ATTACHFLOW_BOOT_KERNEL", str(guest.image_dir() / "vmlinuz")),
+        ("ATTACHFLOW_BOOT_INITRD", str(guest.image_dir() / "initrd.img")),
+        ("ATTACHFLOW_BOOT_CMDLINE", guest.CMDLINE),
+    ]
+    return [f"export {k}={shlex.quote(v)}" for k, v in values]

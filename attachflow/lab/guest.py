@@ -6,6 +6,8 @@ therefore boot Debian's kernel with a small initramfs: a static busybox whose /i
 the pseudo file systems, prints a ready marker on the serial console and sleeps. The kernel
 ejects unplugged disks itself (ACPI PCI hotplug is built in), so no module is needed. It
 boots under TCG in about ten seconds.
+
+Side effect owned: the kernel and initramfs in the state dir (component ``guest-image``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+
+from attachflow.lab import layout
+from attachflow.lab.component import Component, Lab, Status
+from attachflow.lab.errors import LabError
 
 READY_MARKER = "attachflow-guest-ready"
 CMDLINE = "console=ttyS0 quiet panic=-1"
@@ -29,15 +35,6 @@ INIT = f"""#!/bin/busybox sh
 echo {READY_MARKER} > /dev/ttyS0
 while true; do /bin/busybox sleep 3600; done
 """
-
-
-def missing_packages() -> list[str]:
-    def installed(pkg: str) -> bool:
-        out = subprocess.run(["dpkg-query", "-W", "-f=${Status}", pkg],
-                             capture_output=True, text=True).stdout
-        return out.endswith("installed") and "not-installed" not in out
-
-    return [pkg for pkg in PACKAGES if not installed(pkg)]
 
 
 def build(dest: Path) -> dict[str, str]:
@@ -60,3 +57,28 @@ def build(dest: Path) -> dict[str, str]:
                                  input=names.encode(), capture_output=True, check=True).stdout
     initrd.write_bytes(gzip.compress(archive, compresslevel=6))
     return {"kernel": str(kernel), "initrd": str(initrd), "cmdline": CMDLINE}
+
+
+def image_dir() -> Path:
+    return layout.path("guest")
+
+
+class GuestImage(Component):
+    name = "guest-image"
+    apt_packages = tuple(PACKAGES)
+
+    def up(self, lab: Lab) -> None:
+        dest = image_dir()
+        if (dest / "vmlinuz").exists() and (dest / "initrd.img").exists():
+            return
+        try:
+            build(dest)
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
+            raise LabError(f"guest image: {e}") from None
+
+    def status(self, lab: Lab) -> Status:
+        kernel, initrd = image_dir() / "vmlinuz", image_dir() / "initrd.img"
+        ok = kernel.exists() and initrd.exists()
+        return Status("up" if ok else "down",
+                      details={"kernel": str(kernel), "initrd": str(initrd),
+                               "cmdline": CMDLINE})

@@ -35,7 +35,7 @@ def pytest_collection_modifyitems(items):
 def lab():
     if os.geteuid() != 0:
         pytest.fail("the lab tests need root (they start Cinder, tgtd, libvirtd, sshd)")
-    from attachflow.lab import manager
+    import attachflow.lab as manager
     manager.up(echo=lambda line: print(line, flush=True))
     saved = dict(os.environ)
     for line in manager.env_lines():
@@ -261,13 +261,17 @@ class Lab:
 
     @contextlib.contextmanager
     def stopped(self, host: str, daemon: str):
-        """Stop one daemon of a lab host; ``up`` starts it again afterwards."""
-        pid = self.manager.status()["components"][host][daemon]["pid"]
+        """Stop one daemon of a lab host, as an operator would with supervisorctl (a
+        daemon killed behind supervisord's back is restarted); ``up`` starts it again
+        afterwards."""
+        status = self.manager.status()
+        pid = status["components"][host][daemon]["pid"]
         assert pid, f"{daemon} on {host} is not running"
-        os.kill(pid, 15)
-        deadline = time.monotonic() + 20
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        from attachflow.lab.layout import VENV
+        subprocess.run([str(VENV / "bin" / "supervisorctl"), "-c",
+                        status["supervisor"]["config"], "stop", f"{host}-{daemon}"],
+                       check=True, capture_output=True, timeout=60)
+        assert not Path(f"/proc/{pid}").exists(), f"{daemon} on {host} still runs"
         try:
             yield
         finally:

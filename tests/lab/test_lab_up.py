@@ -30,7 +30,9 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root"),
 ]
 
-from attachflow.lab import manager  # noqa: E402
+import attachflow.lab as manager  # noqa: E402
+from attachflow.lab import layout  # noqa: E402
+from leftovers import leftovers, machine_paths  # noqa: E402
 
 HOST_PARTS = ("namespaces", "virtlogd", "libvirtd", "sshd")
 
@@ -39,58 +41,18 @@ HOST_PARTS = ("namespaces", "virtlogd", "libvirtd", "sshd")
 # Fixtures and helpers
 # ---------------------------------------------------------------------------
 
-def _leftovers() -> list[str]:
-    """Everything of the lab still on the machine (empty when clean)."""
-    found = []
-    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    found += [f"netns {l.split()[0]}" for l in netns.splitlines()
-              if l.startswith(manager.NETNS_PREFIX)]
-    for link in [manager.BRIDGE] + [manager.VETH_PREFIX + h for h in manager.HOSTS]:
-        if subprocess.run(["ip", "link", "show", link], capture_output=True).returncode == 0:
-            found.append(f"link {link}")
-    found += [f"process {p}" for p in manager._tagged_pids()]
-    tgt = subprocess.run(["tgtadm", "--lld", "iscsi", "--mode", "target", "--op", "show"],
-                         capture_output=True, text=True)
-    if tgt.returncode == 0:
-        found += [l for l in tgt.stdout.splitlines() if l.startswith("Target ")]
-    for path in (manager.state_dir(), manager.TGT_INCLUDE):
-        if path.exists():
-            found.append(f"file {path}")
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if str(manager.state_dir()) in cmd or manager.RABBIT_NODE in cmd:
-            found.append(f"process {p.name}: {cmd[:80]}")
-    mounts = Path("/proc/self/mountinfo").read_text()
-    if str(manager.state_dir()) in mounts:
-        found.append("mount under the state dir")
-    return found
-
-
-def _machine_paths() -> dict[str, bool]:
-    """Paths of the machine the lab may create and must then remove again."""
-    paths = [*manager.MOUNT_POINTS, str(manager.NETNS_DIR), str(manager.TGT_RUN_DIR)]
-    state = {p: os.path.exists(p) for p in paths}
-    state["mount /run/netns"] = manager._is_mount_point(manager.NETNS_DIR)
-    return state
-
-
 @pytest.fixture(scope="session")
 def lab_up():
-    before = None if manager.state_dir().exists() else _machine_paths()
+    before = None if manager.state_dir().exists() else machine_paths()
     lines: list[str] = []
     status = manager.up(echo=lines.append)
     yield {"status": status, "log": lines}
     if os.environ.get("ATTACHFLOW_LAB_KEEP") == "1":
         return
     manager.down(echo=lambda _m: None)
-    left = _leftovers()
+    left = leftovers()
     if before is not None:
-        after = _machine_paths()
+        after = machine_paths()
         left += [f"{k}: {before[k]} before, {after[k]} after"
                  for k in before if before[k] != after[k]]
     assert not left, f"lab down left behind: {left}"
@@ -194,7 +156,7 @@ def test_status_reports_every_component_up(lab_up):
         assert comps[host]["address"] == addr
         for part in HOST_PARTS:
             assert comps[host][part]["state"] == "up", (host, part)
-    assert comps["tgtd"]["portal"] == f"{manager.STORAGE_IP}:{manager.ISCSI_PORT}"
+    assert comps["tgtd"]["portal"] == f"{layout.STORAGE_IP}:{layout.ISCSI_PORT}"
 
 
 def test_bring_up_under_a_minute(lab_up):
@@ -205,7 +167,7 @@ def test_bring_up_under_a_minute(lab_up):
 def test_cinder_volume_service_up_through_noauth(lab_up):
     services = _cinder().services.list(binary="cinder-volume")
     states = {s.host: (s.state, s.status) for s in services}
-    assert states.get(f"{manager.CINDER_HOST}@{manager.CINDER_BACKEND}") == ("up", "enabled")
+    assert states.get(f"{layout.CINDER_HOST}@{layout.CINDER_BACKEND}") == ("up", "enabled")
 
 
 def test_cinder_cli_with_lab_env(lab_up):
@@ -225,7 +187,7 @@ def test_volume_attachment_gives_working_chap_credentials(lab_up, volume):
                                     instance_id=str(uuid.uuid4()))
     info = att["connection_info"]
     assert info["driver_volume_type"] == "iscsi"
-    assert info["target_portal"] == f"{manager.STORAGE_IP}:{manager.ISCSI_PORT}"
+    assert info["target_portal"] == f"{layout.STORAGE_IP}:{layout.ISCSI_PORT}"
     assert info["target_iqn"].endswith(volume.id)
     assert info["auth_method"] == "CHAP"
     user, password = info["auth_username"], info["auth_password"]
