@@ -58,9 +58,12 @@ def components() -> list:
         MariaDB(),
         RabbitMQ(),
         CinderDB(),
-        CinderService("cinder-api", requires=("rabbitmq",)),
-        CinderService("cinder-scheduler", requires=("rabbitmq",)),
-        CinderService("cinder-volume", requires=("tgtd", "rabbitmq")),
+        CinderService("cinder-api", requires=()),
+        CinderService("cinder-scheduler", requires=()),
+        # cinder-volume reports its pools once, at start, to the schedulers that listen
+        # then: a scheduler that starts alongside can miss it and wait for the next
+        # report (a minute). A ready scheduler (a heartbeat since its start) listens.
+        CinderService("cinder-volume", requires=("tgtd", "cinder-scheduler")),
         *(ComputeHost(host) for host in HOSTS),
         SshMesh(tuple(HOSTS)),
     ]

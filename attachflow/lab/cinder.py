@@ -94,7 +94,12 @@ class CinderDB(Component):
 
 
 class CinderService(Component):
-    """One of cinder-api, cinder-scheduler, cinder-volume."""
+    """One of cinder-api, cinder-scheduler, cinder-volume.
+
+    They reconnect to RabbitMQ every second until it serves, so they start after it
+    starts, not after it is ready: their Python start-up overlaps the broker's boot."""
+
+    after = ("rabbitmq",)
 
     def __init__(self, binary: str, requires: tuple[str, ...]) -> None:
         self.name = binary

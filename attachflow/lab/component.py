@@ -50,8 +50,12 @@ class Lab:
         self._times_lock = threading.Lock()
 
     def record_ready(self, name: str, seconds: float) -> None:
+        """Keep how long a component took to become ready when it was brought up; an
+        `up` that finds it running already does not overwrite that."""
         with self._times_lock:
             times = layout.load_json(layout.path("ready-seconds.json"), {})
+            if name in times:
+                return
             times[name] = round(seconds, 2)
             layout.write(layout.path("ready-seconds.json"), _json(times))
 
@@ -77,7 +81,11 @@ class Component:
     """Base of the lab's components; subclasses override what applies to them."""
 
     name: str = ""
+    # Components that must be ready before this one starts.
     requires: tuple[str, ...] = ()
+    # Components that must have started (not necessarily be ready) before this one starts:
+    # for daemons that retry until a peer answers, so their start-up overlaps the peer's.
+    after: tuple[str, ...] = ()
     apt_packages: tuple[str, ...] = ()
     pip_packages: tuple[str, ...] = ()
     ready_timeout: float = 60.0
@@ -121,7 +129,7 @@ def ordered(components: list[Component]) -> list[Component]:
             return
         if c.name in path:
             raise LabError(f"components require each other: {' -> '.join(path + (c.name,))}")
-        for r in c.requires:
+        for r in (*c.requires, *c.after):
             if r not in by_name:
                 raise LabError(f"{c.name} requires {r}, which is not a lab component")
             visit(by_name[r], path + (c.name,))
@@ -134,6 +142,7 @@ def ordered(components: list[Component]) -> list[Component]:
 
 
 def _up_one(lab: Lab, comp: Component, t0: float) -> None:
+    lab.echo(f"[{time.monotonic() - t0:5.1f}s] {comp.name:<17} starting")
     started = time.monotonic()
     comp.up(lab)
     names = [p.name for p in comp.programs()]
@@ -152,15 +161,21 @@ def bring_up(lab: Lab, components: list[Component]) -> None:
     (or fail) and the first error is raised."""
     t0 = time.monotonic()
     pending = ordered(components)
+    started: set[str] = set()
     ready: set[str] = set()
     errors: list[Exception] = []
     running: dict[concurrent.futures.Future, str] = {}
     with concurrent.futures.ThreadPoolExecutor(max(1, len(pending))) as pool:
         while pending or running:
             if not errors:
-                for comp in [c for c in pending if all(r in ready for r in c.requires)]:
+                startable = [c for c in pending if all(r in ready for r in c.requires)
+                             and all(a in started for a in c.after)]
+                for comp in startable:
                     pending.remove(comp)
+                    started.add(comp.name)
                     running[pool.submit(_up_one, lab, comp, t0)] = comp.name
+                if startable:
+                    continue  # a start may let an `after` dependent start at once
             if not running:
                 break
             finished, _ = concurrent.futures.wait(

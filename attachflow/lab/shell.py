@@ -74,7 +74,7 @@ def wait_for(what: str, probe: Callable[[], T], timeout: float, interval: float 
             if why:
                 raise LabError(f"{what}: {why}")
         if time.monotonic() > deadline:
-            raise LabError(f"{what}: not ready after {timeout:.0f}s"
+            raise LabError(f"{what}: not ready after {timeout:g}s"
                            + (f" ({last_err})" if last_err else ""))
         time.sleep(interval)
 

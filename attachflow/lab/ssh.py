@@ -14,7 +14,7 @@ from pathlib import Path
 from attachflow.lab import layout
 from attachflow.lab.component import Component, Lab, Status
 from attachflow.lab.errors import LabError
-from attachflow.lab.shell import run, tail
+from attachflow.lab.shell import port_open, run, tail
 
 
 def host_dir(host: str) -> Path:
@@ -114,6 +114,8 @@ class SshMesh(Component):
         return True
 
     def status(self, lab: Lab) -> Status:
+        if not all(port_open(layout.HOSTS[h], 22) for h in self.hosts):
+            return Status("down", details={"pairs": [f"{a}->{b}" for a, b in self._pairs()]})
         # One direction per pair is enough to show the keys and daemons agree.
         failures = [w for a, b in self._pairs()[:1] if (w := self._check(a, b))]
         return Status("down" if failures else "up",

@@ -232,6 +232,9 @@ class Supervisor:
         if self.answering():
             self._update()
             return
+        # Daemons left without their supervisor (it was killed) would hold the ports and
+        # sockets the new ones need; they are the lab's, found in its cgroup.
+        self.cgroup.kill()
         bin_ = layout.VENV / "bin" / "supervisord"
         self.socket.unlink(missing_ok=True)
         # supervisord forks itself into the background; the child stays in the cgroup.

@@ -1,0 +1,109 @@
+"""`attachflow lab up` and `lab down` against a baseline revision of attachflow, in one run.
+
+    python3 -m benchmarks.lab_bringup --baseline REV [--reps N] [--out DIR]
+
+The baseline revision is checked out in a temporary git worktree and run from there
+(`python3 -m attachflow.cli lab up|down` with that tree on PYTHONPATH); the working tree's
+code runs the same way. Each revision gets one untimed warm-up cycle (it may install what
+it lacks), then the timed cycles alternate which revision goes first. Figures are wall
+times of the whole command, median with min and max; results go to
+DIR/lab-bringup.json and DIR/lab-bringup.md. Needs root and a machine with no lab up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.run import machine, summary
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def timed(tree: Path, *args: str) -> float:
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "attachflow.cli", "lab", *args],
+                          capture_output=True, text=True, env=env, cwd="/")
+    took = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{tree}: lab {' '.join(args)} exited {proc.returncode}: "
+                           f"{proc.stderr.strip()[-600:]}")
+    return took
+
+
+def cycle(tree: Path) -> tuple[float, float]:
+    return timed(tree, "up"), timed(tree, "down")
+
+
+def markdown(res: dict) -> str:
+    def f(s: dict) -> str:
+        return f"{s['median']:.1f} s ({s['min']:.1f}-{s['max']:.1f})"
+    m = res["machine"]
+    lines = [
+        f"# Lab bring-up: {res['current']} against {res['baseline']}", "",
+        f"{res['date']}; {m.get('cpus')} CPUs, {m.get('kernel', '')}; {res['reps']} "
+        "interleaved cycles after one warm-up cycle each; wall time of the command, "
+        "median (min-max).", "",
+        "| command | this tree | baseline | ratio |", "|---|---|---|---|",
+    ]
+    for cmd in ("up", "down"):
+        cur, base = res["current_s"][cmd], res["baseline_s"][cmd]
+        lines.append(f"| `attachflow lab {cmd}` | {f(cur)} | {f(base)} | "
+                     f"{cur['median'] / base['median']:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", required=True, help="git revision to compare with")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("benchmarks: the lab needs root", file=sys.stderr)
+        return 2
+    rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", args.baseline],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    with tempfile.TemporaryDirectory(prefix="attachflow-baseline-") as tmp:
+        base_tree = Path(tmp) / "tree"
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach",
+                        str(base_tree), rev], check=True, capture_output=True)
+        try:
+            trees = {"current": REPO, "baseline": base_tree}
+            for name, tree in trees.items():
+                print(f"warm-up: {name}", flush=True)
+                cycle(tree)
+            samples: dict[str, dict[str, list[float]]] = {
+                n: {"up": [], "down": []} for n in trees}
+            for rep in range(args.reps):
+                order = ["baseline", "current"] if rep % 2 == 0 else ["current", "baseline"]
+                for name in order:
+                    up, down = cycle(trees[name])
+                    samples[name]["up"].append(up)
+                    samples[name]["down"].append(down)
+                    print(f"rep {rep + 1} {name}: up {up:.1f} s, down {down:.1f} s",
+                          flush=True)
+        finally:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force",
+                            str(base_tree)], capture_output=True)
+    res = {"baseline": rev, "current": "working tree", "reps": args.reps,
+           "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "current_s": {c: summary(v) for c, v in samples["current"].items()},
+           "baseline_s": {c: summary(v) for c, v in samples["baseline"].items()}}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "lab-bringup.json").write_text(json.dumps(res, indent=2, sort_keys=True) + "\n")
+    (out / "lab-bringup.md").write_text(markdown(res))
+    print(markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

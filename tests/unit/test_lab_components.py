@@ -1,0 +1,195 @@
+"""The lab's machinery without the machine: dependency order, parallel bring-up and its
+failures, template filling, and the supervisord program files (the real daemons are
+exercised by tests/lab)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import attachflow.lab as lab_api
+from attachflow.lab import layout
+from attachflow.lab.component import Component, Lab, bring_up, ordered
+from attachflow.lab.errors import LabError
+from attachflow.lab.supervision import Program, Supervisor
+
+
+@pytest.fixture(autouse=True)
+def state(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATTACHFLOW_LAB_DIR", str(tmp_path / "state"))
+    (tmp_path / "state").mkdir()
+    return tmp_path / "state"
+
+
+class Recorder:
+    """What happened, in order, across the bring-up threads."""
+
+    def __init__(self):
+        self.events: list[str] = []
+        self.lock = threading.Lock()
+
+    def add(self, event: str) -> None:
+        with self.lock:
+            self.events.append(event)
+
+    def index(self, event: str) -> int:
+        return self.events.index(event)
+
+
+class Step(Component):
+    def __init__(self, name, rec, requires=(), after=(), delay=0.0, fail=False):
+        self.name, self.rec, self.requires, self.after = name, rec, requires, after
+        self.delay, self.fail = delay, fail
+        self.ready_timeout = 5
+        self.poll_interval = 0.01
+
+    def up(self, lab):
+        self.rec.add(f"start {self.name}")
+        time.sleep(self.delay)
+        if self.fail:
+            raise LabError(f"{self.name} broke")
+
+    def ready(self, lab):
+        self.rec.add(f"ready {self.name}")
+        return True
+
+
+def lab():
+    return Lab(echo=lambda _m: None)
+
+
+def test_every_component_comes_after_what_it_requires():
+    comps = lab_api.components()
+    names = [c.name for c in ordered(comps)]
+    assert sorted(names) == sorted(c.name for c in comps)
+    for comp in comps:
+        for dep in (*comp.requires, *comp.after):
+            assert names.index(dep) < names.index(comp.name), (dep, comp.name)
+
+
+def test_the_lab_has_its_components():
+    names = {c.name for c in lab_api.components()}
+    assert {"network", "tgtd", "mariadb", "rabbitmq", "cinder-api", "cinder-scheduler",
+            "cinder-volume", "guest-image", *lab_api.HOSTS} <= names
+
+
+def test_cinder_volume_starts_after_a_listening_scheduler():
+    by_name = {c.name: c for c in lab_api.components()}
+    assert "cinder-scheduler" in by_name["cinder-volume"].requires
+    assert "tgtd" in by_name["cinder-volume"].requires
+
+
+def test_a_cycle_or_unknown_requirement_is_refused():
+    rec = Recorder()
+    with pytest.raises(LabError, match="require each other: a -> b -> a"):
+        ordered([Step("a", rec, requires=("b",)), Step("b", rec, requires=("a",))])
+    with pytest.raises(LabError, match="a requires nope"):
+        ordered([Step("a", rec, requires=("nope",))])
+
+
+def test_a_component_starts_only_once_its_requirements_are_ready():
+    rec = Recorder()
+    bring_up(lab(), [Step("c", rec, requires=("a", "b")), Step("a", rec, delay=0.05),
+                     Step("b", rec, delay=0.1)])
+    assert rec.index("start c") > rec.index("ready a")
+    assert rec.index("start c") > rec.index("ready b")
+
+
+def test_independent_components_start_together():
+    rec = Recorder()
+    bring_up(lab(), [Step("a", rec, delay=0.2), Step("b", rec, delay=0.2)])
+    # Both started before either finished starting.
+    assert set(rec.events[:2]) == {"start a", "start b"}
+
+
+def test_after_means_started_not_ready():
+    rec = Recorder()
+    bring_up(lab(), [Step("broker", rec, delay=0.3), Step("svc", rec, after=("broker",))])
+    assert rec.index("start svc") < rec.index("ready broker")
+
+
+def test_a_failure_stops_dependents_and_is_raised(state):
+    rec = Recorder()
+    with pytest.raises(LabError, match="a broke"):
+        bring_up(lab(), [Step("a", rec, fail=True), Step("b", rec, delay=0.1),
+                         Step("c", rec, requires=("a",)), Step("d", rec, requires=("b",))])
+    assert "start c" not in rec.events
+    assert "start d" not in rec.events          # nothing new starts after a failure
+    assert "ready b" in rec.events              # what was starting finishes
+    times = layout.load_json(state / "ready-seconds.json", {})
+    assert set(times) == {"b"}
+
+
+def test_ready_times_are_kept_from_the_first_bring_up(state):
+    rec = Recorder()
+    bring_up(lab(), [Step("a", rec, delay=0.2)])
+    first = layout.load_json(state / "ready-seconds.json", {})["a"]
+    bring_up(lab(), [Step("a", rec)])
+    assert layout.load_json(state / "ready-seconds.json", {})["a"] == first >= 0.2
+
+
+def test_a_component_that_never_gets_ready_times_out():
+    class Never(Step):
+        def ready(self, lab):
+            raise LabError("still booting")
+    comp = Never("slow", Recorder())
+    comp.ready_timeout = 0.2
+    with pytest.raises(LabError, match=r"slow: not ready after 0.2s \(still booting\)"):
+        bring_up(lab(), [comp])
+
+
+def test_templates_fill_only_lowercase_braced_names():
+    text = layout.render_text("host/enter", host="hosta", host_dir="/s/hosts/hosta")
+    assert 'nsenter -t "$(cat /s/hosts/hosta/ns.pid)"' in text
+    assert '"$@"' in text                       # shell syntax is left alone
+    setup = layout.render_text("host/setup.sh", host="hostb", host_dir="/x")
+    assert "hostname hostb" in setup and 'echo $$ > "$H/ns.pid"' in setup
+    assert "${" not in setup.replace("$H", "")
+
+
+def test_a_missing_template_value_names_the_template():
+    with pytest.raises(LabError, match="template host/sshd_config: no value for address"):
+        layout.render_text("host/sshd_config", host="hosta", host_dir="/x")
+
+
+def test_cinder_conf_comes_from_the_layout(state):
+    text = layout.render_text("cinder.conf", database_url="mysql+pymysql://db",
+                              helper="privsep-helper")
+    assert f"my_ip = {layout.STORAGE_IP}" in text
+    assert f"osapi_volume_listen_port = {layout.CINDER_PORT}" in text
+    assert f"state_path = {state}/cinder" in text
+    assert f"transport_url = rabbit://guest:guest@127.0.0.1:{layout.RABBIT_PORT}/" in text
+    assert "connection = mysql+pymysql://db" in text
+    assert "use_chap_auth = True" in text
+
+
+class FakeCgroup:
+    def __init__(self, root: Path):
+        self.root = root
+
+    def group(self, name: str) -> Path:
+        (self.root / name).mkdir(parents=True, exist_ok=True)
+        return self.root / name
+
+
+def test_program_files_run_each_daemon_in_its_cgroup(tmp_path, state):
+    sup = Supervisor(FakeCgroup(tmp_path / "cg"))
+    sup.write_config([
+        Program("svc", ["svc-bin", "--opt", "50%"], group="comp",
+                env={"A": 'say "hi"', "B": "x"}, stop_signal="KILL", autorestart=False),
+        Program("other", ["other-bin"], group="comp2"),
+    ])
+    text = (state / "supervisor" / "programs" / "svc.conf").read_text()
+    launcher = state / "supervisor" / "in-cgroup"
+    assert f"command = {launcher} {tmp_path / 'cg' / 'comp'} svc-bin --opt 50%%" in text
+    assert 'environment = A="say \\"hi\\"",B="x"' in text
+    assert "autorestart = false" in text and "stopsignal = KILL" in text
+    assert launcher.stat().st_mode & 0o111
+    conf = (state / "supervisor" / "supervisord.conf").read_text()
+    assert f"file = {state}/supervisor/supervisor.sock" in conf
+    # A program no longer declared loses its file.
+    sup.write_config([Program("svc", ["svc-bin"], group="comp")])
+    assert not (state / "supervisor" / "programs" / "other.conf").exists()
