@@ -19,7 +19,8 @@ from typing import Any, Callable, Iterable
 from attachflow.lab import layout
 from attachflow.lab.errors import LabError
 from attachflow.lab.shell import wait_for
-from attachflow.lab.supervision import Cgroup, Program, Supervisor
+from attachflow.lab.cgroup import Cgroup
+from attachflow.lab.supervision import Program, Supervisor
 
 
 @dataclass
