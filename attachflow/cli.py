@@ -438,14 +438,12 @@ def _emit_lab_status(status: dict[str, Any], fmt: str) -> None:
     sup = status.get("supervisor") or {}
     click.echo(f"lab {status.get('state', '?')}  ({status.get('state_dir', '')}; "
                f"{sup.get('processes', 0)} processes, supervisord pid {sup.get('pid')})")
-    click.echo(f"  {'COMPONENT':<17} {'STATE':<9} {'READY':>6}  {'PIDS':<16} ADDRESS")
+    click.echo(f"  {'COMPONENT':<17} {'STATE':<9} {'READY':>6} {'PID':>7} {'PROCS':>5}  ADDRESS")
     for name, comp in (status.get("components") or {}).items():
         ready = comp.get("ready_seconds")
-        pids = ",".join(str(p) for p in (comp.get("pids") or [])[:3])
-        if len(comp.get("pids") or []) > 3:
-            pids += ",..."
         click.echo(f"  {name:<17} {comp.get('state', '?'):<9} "
-                   f"{'' if ready is None else f'{ready:.1f}s':>6}  {pids or '-':<16} "
+                   f"{'' if ready is None else f'{ready:.1f}s':>6} "
+                   f"{comp.get('pid') or '-':>7} {comp.get('processes', 0):>5}  "
                    f"{comp.get('address') or ''}")
         for sub, info in comp.items():
             if isinstance(info, dict) and "state" in info:

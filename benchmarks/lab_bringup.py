@@ -13,7 +13,6 @@ DIR/lab-bringup.json and DIR/lab-bringup.md. Needs root and a machine with no la
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.run import machine, summary
+from benchmarks.run import machine, summary, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,11 +96,7 @@ def main() -> int:
            "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "current_s": {c: summary(v) for c, v in samples["current"].items()},
            "baseline_s": {c: summary(v) for c, v in samples["baseline"].items()}}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "lab-bringup.json").write_text(json.dumps(res, indent=2, sort_keys=True) + "\n")
-    (out / "lab-bringup.md").write_text(markdown(res))
-    print(markdown(res))
+    write_results(Path(args.out), "lab-bringup", res, markdown(res))
     return 0
 
 

@@ -172,12 +172,20 @@ def _down(echo: Callable[[str], None]) -> None:
 def status() -> dict[str, Any]:
     """State of every lab component; JSON-able."""
     from attachflow.lab import layout
-    from attachflow.lab.component import Lab
+    from attachflow.lab.component import Lab, Status
     lab = Lab()
     comps = components()
     times = lab.ready_times()
+    def one(comp) -> "Status":
+        # A lab half up or half down, or a machine without the packages yet: say what
+        # could not be looked at instead of failing the whole report.
+        try:
+            return comp.status(lab)
+        except (LabError, OSError) as e:
+            return Status("unknown", details={"error": str(e)})
+
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        states = list(pool.map(lambda c: c.status(lab), comps))
+        states = list(pool.map(one, comps))
     out = {c.name: s.to_json(times.get(c.name), len(lab.cgroup.pids(c.name)))
            for c, s in zip(comps, states)}
     sup_pid = lab.supervisor.pid()

@@ -75,12 +75,12 @@ class SshKeys(Component):
         layout.render("ssh/wrapper", layout.ssh_wrapper(), 0o755,
                       key=shlex.quote(str(client_key())),
                       known_hosts=shlex.quote(str(known_hosts())),
-                      clients_cgroup=shlex.quote(str(lab.cgroup.group("ssh-clients"))),
+                      clients_cgroup=shlex.quote(str(lab.cgroup.group(self.name))),
                       mux_options=mux_options)
 
     def down(self, lab: Lab) -> list[str]:
         # Connection-sharing masters started by libvirt clients (not by supervisord).
-        lab.cgroup.kill("ssh-clients")
+        lab.cgroup.kill(self.name)
         return []
 
     def status(self, lab: Lab) -> Status:

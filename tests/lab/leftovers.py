@@ -26,12 +26,16 @@ def cgroup_dir() -> Path:
 
 
 def daemon_pids() -> dict[int, str]:
-    """pid -> command line of every running process named like a lab daemon."""
+    """pid -> command line of every running process named like a lab daemon. Zombies
+    (exited, waiting for the machine's init to reap them) run nothing and do not count."""
     found = {}
     for p in Path("/proc").iterdir():
         if not p.name.isdigit():
             continue
         try:
+            stat = (p / "stat").read_text()
+            if stat[stat.rindex(")") + 2] in "ZX":
+                continue
             comm = (p / "comm").read_text().strip()
             cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
