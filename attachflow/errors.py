@@ -18,9 +18,11 @@ the tree to one-line messages and exit codes (``exit_code``)::
     ├── HostError                        host-side connect/disconnect or the remote shell
     ├── HypervisorError                  libvirt refused or failed
     │   └── DeviceRemovalTimeout         the guest did not release a disk in time
-    └── OperationFailed                  a step of a multi-step operation failed; the steps
-                                         already done were undone (``undo_failures`` lists
-                                         what could not be)
+    ├── OperationFailed                  a step of a multi-step operation failed; the steps
+    │                                    already done were undone (``undo_failures`` lists
+    │                                    what could not be)
+    └── lab.LabError                     the local lab could not be brought up, inspected or
+                                         torn down
 
 Messages never carry secrets: connection info is parsed at the boundary into types whose
 ``repr`` masks CHAP passwords, and storage errors are re-raised without request bodies.

@@ -25,20 +25,28 @@ from benchmarks.run import machine, summary, write_results
 REPO = Path(__file__).resolve().parents[1]
 
 
-def timed(tree: Path, *args: str) -> float:
+def timed(tree: Path, command: str) -> tuple[float, str | None]:
+    """Wall time of `lab COMMAND` run from ``tree``, and its error line if it failed."""
     env = dict(os.environ, PYTHONPATH=str(tree))
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "attachflow.cli", "lab", *args],
+    proc = subprocess.run([sys.executable, "-m", "attachflow.cli", "lab", command],
                           capture_output=True, text=True, env=env, cwd="/")
     took = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"{tree}: lab {' '.join(args)} exited {proc.returncode}: "
-                           f"{proc.stderr.strip()[-600:]}")
-    return took
+    return took, (proc.stderr.strip().splitlines() or ["?"])[-1] if proc.returncode else None
 
 
-def cycle(tree: Path) -> tuple[float, float]:
-    return timed(tree, "up"), timed(tree, "down")
+def cycle(tree: Path, failures: list[str]) -> tuple[float, float]:
+    up, error = timed(tree, "up")
+    if error:
+        raise RuntimeError(f"{tree}: lab up failed: {error}")
+    down, error = timed(tree, "down")
+    if error:
+        # Counted, then cleaned up so the next cycle starts from nothing.
+        failures.append(error)
+        _, error = timed(tree, "down")
+        if error:
+            raise RuntimeError(f"{tree}: lab down failed twice: {error}")
+    return up, down
 
 
 def markdown(res: dict) -> str:
@@ -52,10 +60,15 @@ def markdown(res: dict) -> str:
         "median (min-max).", "",
         "| command | this tree | baseline | ratio |", "|---|---|---|---|",
     ]
+    fails = res["down_failures"]
     for cmd in ("up", "down"):
         cur, base = res["current_s"][cmd], res["baseline_s"][cmd]
         lines.append(f"| `attachflow lab {cmd}` | {f(cur)} | {f(base)} | "
                      f"{cur['median'] / base['median']:.2f}x |")
+    lines.append(f"| `lab down` that failed (then repeated) | {len(fails['current'])} | "
+                 f"{len(fails['baseline'])} | |")
+    for name, errors in fails.items():
+        lines += [f"- {name}: {e}" for e in errors]
     return "\n".join(lines) + "\n"
 
 
@@ -76,15 +89,16 @@ def main() -> int:
                         str(base_tree), rev], check=True, capture_output=True)
         try:
             trees = {"current": REPO, "baseline": base_tree}
+            failures: dict[str, list[str]] = {n: [] for n in trees}
             for name, tree in trees.items():
                 print(f"warm-up: {name}", flush=True)
-                cycle(tree)
+                cycle(tree, [])
             samples: dict[str, dict[str, list[float]]] = {
                 n: {"up": [], "down": []} for n in trees}
             for rep in range(args.reps):
                 order = ["baseline", "current"] if rep % 2 == 0 else ["current", "baseline"]
                 for name in order:
-                    up, down = cycle(trees[name])
+                    up, down = cycle(trees[name], failures[name])
                     samples[name]["up"].append(up)
                     samples[name]["down"].append(down)
                     print(f"rep {rep + 1} {name}: up {up:.1f} s, down {down:.1f} s",
@@ -95,7 +109,8 @@ def main() -> int:
     res = {"baseline": rev, "current": "working tree", "reps": args.reps,
            "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "current_s": {c: summary(v) for c, v in samples["current"].items()},
-           "baseline_s": {c: summary(v) for c, v in samples["baseline"].items()}}
+           "baseline_s": {c: summary(v) for c, v in samples["baseline"].items()},
+           "down_failures": failures}
     write_results(Path(args.out), "lab-bringup", res, markdown(res))
     return 0
 

@@ -493,12 +493,16 @@ def main() -> int:
         res["scale"] = bench.scale()
     finally:
         bench.cleanup()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(res, indent=2, sort_keys=True) + "\n")
-    (out / "results.md").write_text(markdown(res))
-    print(markdown(res))
+    write_results(Path(args.out), "results", res, markdown(res))
     return 0
+
+
+def write_results(out: Path, name: str, res: dict, md: str) -> None:
+    """DIR/NAME.json and DIR/NAME.md, and the table on stdout."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(res, indent=2, sort_keys=True) + "\n")
+    (out / f"{name}.md").write_text(md)
+    print(md)
 
 
 if __name__ == "__main__":

@@ -194,11 +194,37 @@ def bring_up(lab: Lab, components: list[Component]) -> None:
 
 
 def bring_down(lab: Lab, components: list[Component]) -> list[str]:
-    """Every component's ``down``, dependents first; returns what could not be undone."""
+    """Every component's ``down`` once everything that requires it is down, independent
+    ones in parallel; returns what could not be undone. (``after`` orders starts only: a
+    daemon that retries until its peer answers also stops without it.)"""
+    comps = ordered(components)
+    dependents = {c.name: {d.name for d in comps if c.name in d.requires} for c in comps}
+    done: set[str] = set()
     problems: list[str] = []
-    for comp in reversed(ordered(components)):
+    running: dict[concurrent.futures.Future, str] = {}
+
+    t0 = time.monotonic()
+
+    def down_one(comp: Component) -> list[str]:
+        started = time.monotonic()
         try:
-            problems += [f"{comp.name}: {p}" for p in comp.down(lab)]
+            problems = [f"{comp.name}: {p}" for p in comp.down(lab)]
         except (LabError, OSError) as e:
-            problems.append(f"{comp.name}: {e}")
+            problems = [f"{comp.name}: {e}"]
+        lab.echo(f"[{time.monotonic() - t0:5.1f}s] {comp.name:<17} "
+                 f"{'down' if not problems else 'NOT fully down'} "
+                 f"({time.monotonic() - started:.1f}s)")
+        return problems
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, len(comps))) as pool:
+        pending = list(reversed(comps))
+        while pending or running:
+            for comp in [c for c in pending if dependents[c.name] <= done]:
+                pending.remove(comp)
+                running[pool.submit(down_one, comp)] = comp.name
+            finished, _ = concurrent.futures.wait(
+                running, return_when=concurrent.futures.FIRST_COMPLETED)
+            for fut in finished:
+                done.add(running.pop(fut))
+                problems += fut.result()
     return problems
