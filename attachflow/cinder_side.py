@@ -22,7 +22,7 @@ import time
 from typing import Any, Callable, Mapping
 
 from attachflow import errors
-from attachflow.model import (ConnectionInfo, ConnectorProperties, Volume,
+from attachflow.model import (ConnectionInfo, ConnectorProperties, NewAttachment, Volume,
                               VolumeAttachment, masked)
 
 LOG = logging.getLogger("attachflow.cinder")
@@ -32,7 +32,8 @@ WANTED_VERSION = "3.71"
 
 
 class StorageAPI(abc.ABC):
-    """One method per Cinder call attachflow makes."""
+    """One method per Cinder call attachflow makes. What comes back is parsed here, at the
+    boundary: connection info as ``ConnectionInfo``, volumes as ``Volume``."""
 
     #: the microversion in use, as (major, minor)
     version: tuple[int, int] = (3, 0)
@@ -43,15 +44,17 @@ class StorageAPI(abc.ABC):
     # attachments API
     @abc.abstractmethod
     def attachment_create(self, volume_id: str, instance_id: str,
-                          connector: dict[str, Any] | None) -> tuple[str, dict | None]:
-        """Returns (attachment_id, raw connection_info or None without connector)."""
+                          connector: dict[str, Any] | None) -> NewAttachment:
+        """The new attachment; its connection is None when made without a connector."""
 
     @abc.abstractmethod
-    def attachment_update(self, attachment_id: str, connector: dict[str, Any]) -> dict: ...
+    def attachment_update(self, attachment_id: str, volume_id: str,
+                          connector: dict[str, Any]) -> ConnectionInfo: ...
 
     @abc.abstractmethod
-    def attachment_show(self, attachment_id: str) -> dict:
-        """The attachment's raw connection_info (with its secrets)."""
+    def attachment_show(self, attachment_id: str, volume_id: str) -> ConnectionInfo | None:
+        """The attachment's connection info (with its secrets); None without a
+        connector."""
 
     @abc.abstractmethod
     def attachment_complete(self, attachment_id: str) -> None: ...
@@ -67,7 +70,8 @@ class StorageAPI(abc.ABC):
     def unreserve(self, volume_id: str) -> None: ...
 
     @abc.abstractmethod
-    def initialize_connection(self, volume_id: str, connector: dict[str, Any]) -> dict: ...
+    def initialize_connection(self, volume_id: str,
+                              connector: dict[str, Any]) -> ConnectionInfo: ...
 
     @abc.abstractmethod
     def terminate_connection(self, volume_id: str, connector: dict[str, Any]) -> None: ...
@@ -292,17 +296,20 @@ class CinderStorage(StorageAPI):
         att = self._call(f"POST attachment volume={volume_id}",
                          lambda: self._client.attachments.create(volume_id, connector,
                                                                  instance_id))
-        return att["id"], (att.get("connection_info") or None)
+        raw = att.get("connection_info") or None
+        return NewAttachment(att["id"], ConnectionInfo.from_cinder(raw, volume_id)
+                             if raw else None)
 
-    def attachment_update(self, attachment_id, connector):
+    def attachment_update(self, attachment_id, volume_id, connector):
         att = self._call(f"PUT attachment {attachment_id}",
                          lambda: self._client.attachments.update(attachment_id, connector))
-        return att.connection_info
+        return ConnectionInfo.from_cinder(att.connection_info, volume_id)
 
-    def attachment_show(self, attachment_id):
+    def attachment_show(self, attachment_id, volume_id):
         att = self._call(f"GET attachment {attachment_id}",
                          lambda: self._client.attachments.show(attachment_id), "read")
-        return dict(getattr(att, "connection_info", None) or {})
+        raw = getattr(att, "connection_info", None)
+        return ConnectionInfo.from_cinder(raw, volume_id) if raw else None
 
     def attachment_complete(self, attachment_id):
         self._call(f"POST attachment {attachment_id} os-complete",
@@ -320,9 +327,10 @@ class CinderStorage(StorageAPI):
                    lambda: self._client.volumes.unreserve(volume_id))
 
     def initialize_connection(self, volume_id, connector):
-        return dict(self._call(
+        return ConnectionInfo.from_cinder(dict(self._call(
             f"os-initialize_connection {volume_id}",
-            lambda: self._client.volumes.initialize_connection(volume_id, connector)))
+            lambda: self._client.volumes.initialize_connection(volume_id, connector))),
+            volume_id)
 
     def terminate_connection(self, volume_id, connector):
         self._call(f"os-terminate_connection {volume_id}",
@@ -459,18 +467,18 @@ class AttachmentsFlow(Flow):
     def connect(self, volume_id, instance_id, connector, mountpoint):
         conn_dict = connector.to_dict(mountpoint=mountpoint)
         try:
-            attachment_id, raw = self.storage.attachment_create(volume_id, instance_id,
-                                                                conn_dict)
+            new = self.storage.attachment_create(volume_id, instance_id, conn_dict)
         except (errors.StorageNotFound, errors.VolumeStateError) as exc:
             raise explain_refusal(self.storage, volume_id, exc) from None
-        if raw is None:  # a server that ignores the connector on create
+        conn = new.connection
+        if conn is None:  # a server that ignores the connector on create
             try:
-                raw = self.storage.attachment_update(attachment_id, conn_dict)
+                conn = self.storage.attachment_update(new.attachment_id, volume_id,
+                                                      conn_dict)
             except Exception:
-                self.storage.attachment_delete(attachment_id)
+                self.storage.attachment_delete(new.attachment_id)
                 raise
-        conn = ConnectionInfo.from_cinder(raw, volume_id)
-        return StorageAttachment(volume_id, instance_id, self.api, attachment_id, conn,
+        return StorageAttachment(volume_id, instance_id, self.api, new.attachment_id, conn,
                                  conn_dict)
 
     def undo_connect(self, att):
@@ -496,8 +504,11 @@ class AttachmentsFlow(Flow):
         return None  # nothing changed in Cinder yet
 
     def fresh_connection(self, att):
-        return ConnectionInfo.from_cinder(self.storage.attachment_show(att.attachment_id),
-                                          att.volume_id)
+        conn = self.storage.attachment_show(att.attachment_id, att.volume_id)
+        if conn is None:
+            raise errors.StorageError(f"attachment {att.attachment_id} of volume "
+                                      f"{att.volume_id} has no connection")
+        return conn
 
     def release(self, att):
         self.storage.attachment_delete(att.attachment_id)
@@ -506,15 +517,14 @@ class AttachmentsFlow(Flow):
         # Cinder accepts a second attachment for the same instance only when it is
         # created with the connector (create-then-update is refused as a duplicate).
         conn_dict = connector.to_dict()
-        attachment_id, raw = self.storage.attachment_create(source.volume_id,
-                                                            source.instance_id, conn_dict)
-        if raw is None:
-            self.storage.attachment_delete(attachment_id)
+        new = self.storage.attachment_create(source.volume_id, source.instance_id,
+                                             conn_dict)
+        if new.connection is None:
+            self.storage.attachment_delete(new.attachment_id)
             raise errors.StorageError("the storage API returned no connection info for "
                                       "the destination attachment")
         return StorageAttachment(source.volume_id, source.instance_id, self.api,
-                                 attachment_id, ConnectionInfo.from_cinder(
-                                     raw, source.volume_id), conn_dict)
+                                 new.attachment_id, new.connection, conn_dict)
 
     def undo_connect_destination(self, att):
         self.storage.attachment_delete(att.attachment_id)
@@ -539,8 +549,7 @@ class LegacyFlow(Flow):
             raise explain_refusal(self.storage, volume_id, exc) from None
         conn_dict = connector.to_dict()
         try:
-            raw = self.storage.initialize_connection(volume_id, conn_dict)
-            conn = ConnectionInfo.from_cinder(raw, volume_id)
+            conn = self.storage.initialize_connection(volume_id, conn_dict)
         except BaseException:
             self.storage.unreserve(volume_id)
             raise
@@ -585,8 +594,7 @@ class LegacyFlow(Flow):
         self.storage.roll_detaching(att.volume_id)
 
     def fresh_connection(self, att):
-        return ConnectionInfo.from_cinder(
-            self.storage.initialize_connection(att.volume_id, att.connector), att.volume_id)
+        return self.storage.initialize_connection(att.volume_id, att.connector)
 
     def release(self, att):
         self.storage.terminate_connection(att.volume_id, att.connector)
@@ -601,10 +609,9 @@ class LegacyFlow(Flow):
 
     def connect_destination(self, source, connector):
         conn_dict = connector.to_dict()
-        raw = self.storage.initialize_connection(source.volume_id, conn_dict)
+        conn = self.storage.initialize_connection(source.volume_id, conn_dict)
         return StorageAttachment(source.volume_id, source.instance_id, self.api,
-                                 source.attachment_id,
-                                 ConnectionInfo.from_cinder(raw, source.volume_id), conn_dict)
+                                 source.attachment_id, conn, conn_dict)
 
     def undo_connect_destination(self, att):
         self.storage.terminate_connection(att.volume_id, att.connector)

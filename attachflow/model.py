@@ -220,6 +220,15 @@ class ConnectionInfo:
 
 
 @dataclasses.dataclass(frozen=True)
+class NewAttachment:
+    """An attachment the storage side just created: its id, and its connection when it
+    was created with a connector."""
+
+    attachment_id: str
+    connection: ConnectionInfo | None
+
+
+@dataclasses.dataclass(frozen=True)
 class VolumeAttachment:
     attachment_id: str
     server_id: str | None

@@ -26,7 +26,7 @@ from attachflow import domxml, errors
 from attachflow.cinder_side import StorageAPI
 from attachflow.compute_side import ComputeHost, DomainRef, HostConfig, HostConnector, \
     Hypervisor, Runner
-from attachflow.model import Secret, Volume, VolumeAttachment
+from attachflow.model import ConnectionInfo, NewAttachment, Secret, Volume, VolumeAttachment
 
 
 class _Faults:
@@ -152,25 +152,29 @@ class FakeCinder(_Faults, StorageAPI):
         vol.attachments[att.id] = att
         self._settle(vol)
         if connector:
-            return att.id, dict(self._conn(vol), driver_volume_type="iscsi",
-                                attachment_id=att.id)
-        return att.id, None
+            return NewAttachment(att.id, self._flat(vol, att))
+        return NewAttachment(att.id, None)
 
-    def attachment_update(self, attachment_id, connector):
+    def attachment_update(self, attachment_id, volume_id, connector):
         self._enter("attachment_update")
         vol, att = self._attachment(attachment_id)
         if any(a.connector for a in vol.attachments.values() if a.id != attachment_id):
             raise errors.VolumeStateError("duplicate connectors detected on volume")
         att.connector, att.status = connector, "attaching"
         self._settle(vol)
-        return dict(self._conn(vol), driver_volume_type="iscsi", attachment_id=att.id)
+        return self._flat(vol, att)
 
-    def attachment_show(self, attachment_id):
+    def attachment_show(self, attachment_id, volume_id):
         self._enter("attachment_show")
         vol, att = self._attachment(attachment_id)
         if not att.connector:
-            return {}
-        return dict(self._conn(vol), driver_volume_type="iscsi", attachment_id=att.id)
+            return None
+        return self._flat(vol, att)
+
+    def _flat(self, vol: _Volume, att: _Attachment) -> ConnectionInfo:
+        # The attachments API's flat shape, through the adapter's own parser.
+        raw = dict(self._conn(vol), driver_volume_type="iscsi", attachment_id=att.id)
+        return ConnectionInfo.from_cinder(raw, vol.id)
 
     def attachment_complete(self, attachment_id):
         self._enter("attachment_complete")
@@ -213,7 +217,9 @@ class FakeCinder(_Faults, StorageAPI):
         self._enter("initialize_connection")
         vol = self._vol(volume_id)
         vol.legacy_connector = connector
-        return {"driver_volume_type": "iscsi", "data": self._conn(vol)}
+        # The legacy nested shape, through the adapter's own parser.
+        return ConnectionInfo.from_cinder({"driver_volume_type": "iscsi",
+                                           "data": self._conn(vol)}, volume_id)
 
     def terminate_connection(self, volume_id, connector):
         # As Cinder's tgt helper: terminating does not remove the export; os-detach of

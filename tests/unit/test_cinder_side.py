@@ -128,3 +128,37 @@ def test_select_flow():
         select_flow(old, "attachments")
     with pytest.raises(errors.InputError):
         select_flow(new, "nova")
+
+
+ISCSI = {"target_portal": "198.18.0.1:3260", "target_iqn": "iqn.2010-10.org.openstack:v1",
+         "target_lun": 1, "auth_method": "CHAP", "auth_username": "user",
+         "auth_password": "pass-1234", "volume_id": "v1", "access_mode": "ro"}
+
+
+def test_connection_info_is_parsed_at_the_boundary_in_both_shapes():
+    flat = dict(ISCSI, driver_volume_type="iscsi", attachment_id="a1")
+    created = storage(att_create=Scripted({"id": "a1", "connection_info": flat}))\
+        .attachment_create("v1", "i1", {"host": "h"})
+    assert created.attachment_id == "a1"
+    assert created.connection.iqn == ISCSI["target_iqn"] and created.connection.lun == 1
+    assert created.connection.access_mode == "ro"
+    assert created.connection.auth_password.reveal() == "pass-1234"
+    assert "pass-1234" not in repr(created)
+    nested = {"driver_volume_type": "iscsi", "data": ISCSI}
+    conn = storage(vol_initialize_connection=Scripted(nested))\
+        .initialize_connection("v1", {"host": "h"})
+    assert conn == created.connection.__class__.from_cinder(nested, "v1")
+    assert conn.portal.host == "198.18.0.1" and conn.auth_username == "user"
+
+
+def test_an_attachment_without_connector_has_no_connection():
+    created = storage(att_create=Scripted({"id": "a2", "connection_info": {}}))\
+        .attachment_create("v1", "i1", None)
+    assert created.attachment_id == "a2" and created.connection is None
+    shown = storage(att_show=Scripted(types.SimpleNamespace(connection_info=None)))\
+        .attachment_show("a2", "v1")
+    assert shown is None
+    updated = storage(att_update=Scripted(types.SimpleNamespace(
+        connection_info=dict(ISCSI, driver_volume_type="iscsi"))))\
+        .attachment_update("a2", "v1", {"host": "h"})
+    assert updated.volume_id == "v1" and updated.iqn == ISCSI["target_iqn"]
