@@ -19,11 +19,14 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from attachflow import errors
 from attachflow.model import (ConnectionInfo, ConnectorProperties, NewAttachment, Volume,
                               VolumeAttachment, masked)
+
+if TYPE_CHECKING:
+    from attachflow.record import VolumeRecord
 
 LOG = logging.getLogger("attachflow.cinder")
 
@@ -378,6 +381,17 @@ class StorageAttachment:
     connection: ConnectionInfo
     connector: dict[str, Any]
 
+    @classmethod
+    def from_record(cls, rec: "VolumeRecord | None", volume_id: str,
+                    instance_id: str) -> "StorageAttachment":
+        """The attachment a domain's record describes (its connection without secrets);
+        without a record, one the flows must look up."""
+        if rec is None:
+            return cls(volume_id, instance_id, "attachments", None,
+                       ConnectionInfo("unknown", volume_id), {})
+        return cls(volume_id, instance_id, rec.api, rec.attachment_id, rec.connection,
+                   dict(rec.connector))
+
 
 def _check_attachable(volume: Volume) -> None:
     if volume.status == "available" or (volume.multiattach and volume.status == "in-use"):
@@ -426,7 +440,7 @@ class Flow(abc.ABC):
 
     @abc.abstractmethod
     def begin_detach(self, volume_id: str, instance_id: str,
-                     record: dict[str, Any]) -> StorageAttachment: ...
+                     rec: "VolumeRecord | None") -> StorageAttachment: ...
 
     @abc.abstractmethod
     def undo_begin_detach(self, att: StorageAttachment) -> None: ...
@@ -447,15 +461,6 @@ class Flow(abc.ABC):
 
     @abc.abstractmethod
     def release_source(self, source: StorageAttachment) -> None: ...
-
-    @staticmethod
-    def from_record(volume_id: str, instance_id: str,
-                    record: dict[str, Any]) -> StorageAttachment:
-        conn = ConnectionInfo.from_cinder(record.get("connection") or
-                                          {"driver_volume_type": "unknown"}, volume_id)
-        return StorageAttachment(volume_id, instance_id, record.get("api", "attachments"),
-                                 record.get("attachment_id"), conn,
-                                 record.get("connector") or {})
 
 
 class AttachmentsFlow(Flow):
@@ -487,8 +492,8 @@ class AttachmentsFlow(Flow):
     def finish_attach(self, att, mountpoint, host_name):
         self.storage.attachment_complete(att.attachment_id)
 
-    def begin_detach(self, volume_id, instance_id, record):
-        attachment_id = record.get("attachment_id")
+    def begin_detach(self, volume_id, instance_id, rec):
+        attachment_id = rec.attachment_id if rec is not None else None
         if not attachment_id:
             vol = self.storage.get_volume(volume_id)
             found = vol.attachment_for(instance_id)
@@ -496,7 +501,7 @@ class AttachmentsFlow(Flow):
                 raise errors.NotAttached(
                     f"Cinder has no attachment of volume {volume_id} to {instance_id}")
             attachment_id = found.attachment_id
-        att = self.from_record(volume_id, instance_id, record)
+        att = StorageAttachment.from_record(rec, volume_id, instance_id)
         att.api, att.attachment_id = self.api, attachment_id
         return att
 
@@ -579,14 +584,14 @@ class LegacyFlow(Flow):
         self.storage.attach(att.volume_id, att.instance_id, mountpoint, host_name,
                             mode=att.connection.access_mode)
 
-    def begin_detach(self, volume_id, instance_id, record):
+    def begin_detach(self, volume_id, instance_id, rec):
         vol = self.storage.get_volume(volume_id)
         found = vol.attachment_for(instance_id)
         if found is None:
             raise errors.NotAttached(
                 f"Cinder has no attachment of volume {volume_id} to {instance_id}")
         self.storage.begin_detaching(volume_id)
-        att = self.from_record(volume_id, instance_id, record)
+        att = StorageAttachment.from_record(rec, volume_id, instance_id)
         att.api, att.attachment_id = self.api, found.attachment_id
         return att
 
@@ -638,8 +643,8 @@ def select_flow(storage: StorageAPI, api: str = "auto") -> Flow:
     raise errors.InputError(f"unknown API '{api}' (auto, attachments or legacy)")
 
 
-def flow_for_record(storage: StorageAPI, record: dict[str, Any], api: str) -> Flow:
+def flow_for_record(storage: StorageAPI, rec: "VolumeRecord | None", api: str) -> Flow:
     """Detach through the API the volume was attached with, unless told otherwise."""
-    if api == "auto" and record.get("api") in ("attachments", "legacy"):
-        return select_flow(storage, record["api"])
+    if api == "auto" and rec is not None:
+        return select_flow(storage, rec.api)
     return select_flow(storage, api)

@@ -340,8 +340,8 @@ class MigrationRequest:
     PERSIST_DEST and UNDEFINE_SOURCE)."""
 
     dest_uri: str
-    dest_xml: str
-    persist_xml: str | None = None
+    dest: domxml.Domain
+    persist: domxml.Domain | None = None
     auto_converge: bool = False
     postcopy: bool = False
     bandwidth_mib: int | None = None
@@ -353,13 +353,16 @@ class Hypervisor(abc.ABC):
     def lookup(self, name: str) -> DomainRef: ...
 
     @abc.abstractmethod
-    def xml(self, name: str, inactive: bool = False, migratable: bool = False) -> str: ...
+    def domain(self, name: str, inactive: bool = False,
+               migratable: bool = False) -> domxml.Domain:
+        """The domain's live (or persistent, with ``inactive``) definition, parsed."""
 
     @abc.abstractmethod
-    def attach_device(self, name: str, xml: str, live: bool, config: bool) -> None: ...
+    def attach_device(self, name: str, disk: domxml.Disk, live: bool,
+                      config: bool) -> None: ...
 
     @abc.abstractmethod
-    def detach_device(self, name: str, xml: str, live: bool, config: bool,
+    def detach_device(self, name: str, disk: domxml.Disk, live: bool, config: bool,
                       timeout: float) -> None:
         """Detach; with live, wait for the guest to release it (DeviceRemoved)."""
 
@@ -374,10 +377,7 @@ class Hypervisor(abc.ABC):
     def undefine_secret(self, usage: str) -> bool: ...
 
     @abc.abstractmethod
-    def has_secret(self, usage: str) -> bool: ...
-
-    @abc.abstractmethod
-    def define_domain(self, xml: str) -> None: ...
+    def define_domain(self, domain: domxml.Domain) -> None: ...
 
     @abc.abstractmethod
     def start(self, name: str) -> None: ...
@@ -407,15 +407,6 @@ class Hypervisor(abc.ABC):
 
     def close(self) -> None:
         pass
-
-    # helpers on top of the seam
-    def records(self, name: str, inactive: bool = False) -> dict[str, dict[str, Any]]:
-        return domxml.volume_records(domxml.domain_metadata(self.xml(name, inactive)))
-
-    def save_records(self, ref: DomainRef, records: dict[str, dict[str, Any]]) -> None:
-        # None removes our element altogether: a domain with no volume keeps no trace
-        self.set_metadata(ref.name, domxml.metadata_xml(records) if records else None,
-                          live=ref.active, config=ref.persistent)
 
 
 _EVENT_LOOP = threading.Lock()
@@ -491,12 +482,12 @@ class LibvirtHypervisor(Hypervisor):
             name=dom.name(), uuid=dom.UUIDString(), active=bool(dom.isActive()),
             persistent=bool(dom.isPersistent())))
 
-    def xml(self, name, inactive=False, migratable=False):
+    def domain(self, name, inactive=False, migratable=False):
         libvirt = _libvirt()
         dom = self._dom(name)
         flags = ((libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0)
                  | (libvirt.VIR_DOMAIN_XML_MIGRATABLE if migratable else 0))
-        return self._wrap("read XML", lambda: dom.XMLDesc(flags))
+        return domxml.Domain.parse(self._wrap("read XML", lambda: dom.XMLDesc(flags)))
 
     def migrate(self, name, request):
         libvirt = _libvirt()
@@ -507,9 +498,9 @@ class LibvirtHypervisor(Hypervisor):
             flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
         if request.postcopy:
             flags |= libvirt.VIR_MIGRATE_POSTCOPY
-        params: dict[str, Any] = {libvirt.VIR_MIGRATE_PARAM_DEST_XML: request.dest_xml}
-        if request.persist_xml:
-            params[libvirt.VIR_MIGRATE_PARAM_PERSIST_XML] = request.persist_xml
+        params: dict[str, Any] = {libvirt.VIR_MIGRATE_PARAM_DEST_XML: request.dest.to_xml()}
+        if request.persist is not None:
+            params[libvirt.VIR_MIGRATE_PARAM_PERSIST_XML] = request.persist.to_xml()
         if request.bandwidth_mib:
             params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = int(request.bandwidth_mib)
         if request.copy_disks:
@@ -544,24 +535,26 @@ class LibvirtHypervisor(Hypervisor):
         return ((libvirt.VIR_DOMAIN_AFFECT_LIVE if live else 0)
                 | (libvirt.VIR_DOMAIN_AFFECT_CONFIG if config else 0))
 
-    def attach_device(self, name, xml, live, config):
+    def attach_device(self, name, disk, live, config):
         dom = self._dom(name)
+        xml = disk.to_xml()
         self._wrap("attach disk", lambda: dom.attachDeviceFlags(xml, self._flags(live,
                                                                                   config)))
 
-    def detach_device(self, name, xml, live, config, timeout):
+    def detach_device(self, name, disk, live, config, timeout):
         libvirt = _libvirt()
         dom = self._dom(name)
+        xml = disk.to_xml()
         if config:
             self._wrap("detach disk (persistent)",
                        lambda: dom.detachDeviceFlags(xml, self._flags(False, True)))
         if not live:
             return
-        target = domxml.disks(f"<domain><devices>{xml}</devices></domain>")[0].target_dev
-        alias = None
-        for disk in domxml.disks(dom.XMLDesc(0)):
-            if disk.target_dev == target:
-                alias = disk.alias
+        target = disk.target_dev
+        alias = disk.alias
+        if alias is None:  # a disk as built, not as libvirt shows it: ask for its alias
+            found = [d for d in self._live_disks(dom) if d.target_dev == target]
+            alias = found[0].alias if found else None
         removed = threading.Event()
 
         def on_removed(_conn, _dom, dev_alias, _opaque):
@@ -585,7 +578,10 @@ class LibvirtHypervisor(Hypervisor):
                             f"detach disk on {self.host_name}: {_lverr(exc)}") from None
                 wait_until = min(deadline, time.monotonic() + attempt_wait)
                 while time.monotonic() < wait_until:
-                    if removed.wait(0.1) or not self._disk_present(dom, target):
+                    # The event says it at once; the XML, read at most once a second,
+                    # covers an event lost with a reconnecting link.
+                    if removed.wait(min(1.0, max(0.0, wait_until - time.monotonic()))) \
+                            or not self._disk_present(dom, target):
                         return
                 if time.monotonic() >= deadline:
                     raise errors.DeviceRemovalTimeout(
@@ -597,8 +593,11 @@ class LibvirtHypervisor(Hypervisor):
                 pass
 
     @staticmethod
-    def _disk_present(dom, target: str) -> bool:
-        return any(d.target_dev == target for d in domxml.disks(dom.XMLDesc(0)))
+    def _live_disks(dom) -> list[domxml.Disk]:
+        return domxml.Domain.parse(dom.XMLDesc(0)).disks
+
+    def _disk_present(self, dom, target: str) -> bool:
+        return any(d.target_dev == target for d in self._live_disks(dom))
 
     def set_metadata(self, name, metadata, live, config):
         libvirt = _libvirt()
@@ -633,10 +632,8 @@ class LibvirtHypervisor(Hypervisor):
         self._wrap("undefine secret", secret.undefine)
         return True
 
-    def has_secret(self, usage):
-        return self._secret(usage) is not None
-
-    def define_domain(self, xml):
+    def define_domain(self, domain):
+        xml = domain.to_xml(pretty=True)
         self._wrap("define domain", lambda: self.conn.defineXML(xml))
 
     def start(self, name):

@@ -1,21 +1,27 @@
-"""Libvirt XML as small data objects: disks, secrets, the volume record in a domain's
-metadata, and a minimal volume-backed domain. Pure functions, no libvirt calls: what they
-produce can be printed, diffed and compared with golden files before anything is applied.
+"""Libvirt XML as small round-trip types: a ``Domain`` parsed once per fetch, its ``Disk``
+devices, secrets, and a minimal volume-backed domain. Each type keeps the element it was
+parsed from, unknown children included, and writes it back as it found it apart from
+what was changed (the way virt-manager's virtinst works). Pure: no libvirt calls, so what
+these produce can be printed, diffed and compared with golden files before anything is
+applied. The only module of attachflow that handles XML.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import json
+import io
 import string
 import xml.etree.ElementTree as ET
-from typing import Any
+from typing import Iterable, Mapping
 
 from attachflow.errors import InputError
 from attachflow.model import Portal
 
+# attachflow's element in a domain's <metadata>: what record.py keeps there.
 METADATA_NS = "https://attachflow.dev/xmlns/volumes/1"
 METADATA_KEY = "attachflow"
+ET.register_namespace(METADATA_KEY, METADATA_NS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +48,7 @@ DiskSource = BlockSource | NetworkISCSISource
 
 @dataclasses.dataclass(frozen=True)
 class DiskSpec:
+    """What attachflow asks for when it builds a disk."""
     source: DiskSource
     target_dev: str
     serial: str
@@ -50,24 +57,24 @@ class DiskSpec:
     discard: bool = False
 
 
-@dataclasses.dataclass(frozen=True)
-class DiskInfo:
-    """A disk as found in a domain's XML."""
-
-    device: str
-    target_dev: str
-    serial: str | None
-    disk_type: str
-    source: DiskSource | None
-    alias: str | None
-    xml: str
+def _parse(xml: str) -> ET.Element:
+    try:
+        return ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise InputError(f"malformed XML: {exc}") from None
 
 
-def _source_element(parent: ET.Element, source: DiskSource) -> None:
+def _to_string(elem: ET.Element, pretty: bool = True) -> str:
+    if pretty:
+        elem = copy.deepcopy(elem)
+        ET.indent(elem, space="  ")
+    return ET.tostring(elem, encoding="unicode") + ("\n" if pretty else "")
+
+
+def _source_element(source: DiskSource) -> ET.Element:
     if isinstance(source, BlockSource):
-        ET.SubElement(parent, "source", dev=source.path)
-        return
-    src = ET.SubElement(parent, "source", protocol="iscsi", name=f"{source.iqn}/{source.lun}")
+        return ET.Element("source", dev=source.path)
+    src = ET.Element("source", protocol="iscsi", name=f"{source.iqn}/{source.lun}")
     for portal in source.hosts:
         ET.SubElement(src, "host", name=portal.host, port=str(portal.port))
     if source.initiator_iqn:
@@ -75,47 +82,7 @@ def _source_element(parent: ET.Element, source: DiskSource) -> None:
     if source.auth_username:
         auth = ET.SubElement(src, "auth", username=source.auth_username)
         ET.SubElement(auth, "secret", type="iscsi", usage=source.secret_usage or "")
-
-
-def disk_element(spec: DiskSpec) -> ET.Element:
-    block = isinstance(spec.source, BlockSource)
-    disk = ET.Element("disk", type="block" if block else "network", device="disk")
-    driver = {"name": "qemu", "type": "raw", "cache": "none"}
-    if block:
-        driver["io"] = "native"
-    if spec.discard:
-        driver["discard"] = "unmap"
-    ET.SubElement(disk, "driver", driver)
-    _source_element(disk, spec.source)
-    ET.SubElement(disk, "target", dev=spec.target_dev, bus=spec.bus)
-    if spec.readonly:
-        ET.SubElement(disk, "readonly")
-    ET.SubElement(disk, "serial").text = spec.serial
-    return disk
-
-
-def to_string(elem: ET.Element) -> str:
-    ET.indent(elem, space="  ")
-    return ET.tostring(elem, encoding="unicode") + "\n"
-
-
-def disk_xml(spec: DiskSpec) -> str:
-    return to_string(disk_element(spec))
-
-
-def secret_xml(usage: str, description: str) -> str:
-    secret = ET.Element("secret", ephemeral="no", private="yes")
-    ET.SubElement(secret, "description").text = description
-    usage_el = ET.SubElement(secret, "usage", type="iscsi")
-    ET.SubElement(usage_el, "target").text = usage
-    return to_string(secret)
-
-
-def _parse(xml: str) -> ET.Element:
-    try:
-        return ET.fromstring(xml)
-    except ET.ParseError as exc:
-        raise InputError(f"malformed XML: {exc}") from None
+    return src
 
 
 def _parse_source(disk: ET.Element) -> DiskSource | None:
@@ -139,29 +106,225 @@ def _parse_source(disk: ET.Element) -> DiskSource | None:
     return None
 
 
-def disks(domain_xml: str) -> list[DiskInfo]:
-    root = _parse(domain_xml)
-    out = []
-    for disk in root.findall("devices/disk"):
-        target = disk.find("target")
-        serial = disk.find("serial")
-        alias = disk.find("alias")
-        out.append(DiskInfo(
-            device=disk.get("device", "disk"),
-            target_dev=target.get("dev", "") if target is not None else "",
-            serial=serial.text if serial is not None else None,
-            disk_type=disk.get("type", ""),
-            source=_parse_source(disk),
-            alias=alias.get("name") if alias is not None else None,
-            xml=ET.tostring(disk, encoding="unicode")))
-    return out
+class Disk:
+    """One ``<disk>`` device, parsed once; unknown children are kept."""
+
+    def __init__(self, element: ET.Element):
+        self._el = element
+        target = element.find("target")
+        alias = element.find("alias")
+        self.device = element.get("device", "disk")
+        self.disk_type = element.get("type", "")
+        self.target_dev = target.get("dev", "") if target is not None else ""
+        self.serial = element.findtext("serial")
+        self.alias = alias.get("name") if alias is not None else None
+        self.source = _parse_source(element)
+
+    @classmethod
+    def build(cls, spec: DiskSpec) -> "Disk":
+        block = isinstance(spec.source, BlockSource)
+        disk = ET.Element("disk", type="block" if block else "network", device="disk")
+        driver = {"name": "qemu", "type": "raw", "cache": "none"}
+        if block:
+            driver["io"] = "native"
+        if spec.discard:
+            driver["discard"] = "unmap"
+        ET.SubElement(disk, "driver", driver)
+        disk.append(_source_element(spec.source))
+        ET.SubElement(disk, "target", dev=spec.target_dev, bus=spec.bus)
+        if spec.readonly:
+            ET.SubElement(disk, "readonly")
+        ET.SubElement(disk, "serial").text = spec.serial
+        return cls(disk)
+
+    @classmethod
+    def parse(cls, xml: str) -> "Disk":
+        return cls(_parse(xml))
+
+    @property
+    def readonly(self) -> bool:
+        return self._el.find("readonly") is not None
+
+    def without_alias(self) -> "Disk":
+        """The same disk without the alias libvirt gave it: libvirt refuses to hot-plug a
+        device that carries a non-user alias."""
+        el = copy.deepcopy(self._el)
+        for alias in el.findall("alias"):
+            el.remove(alias)
+        return Disk(el)
+
+    def with_source(self, source: DiskSource) -> "Disk":
+        """The same disk (target, address, alias, driver kept) with another source."""
+        el = copy.deepcopy(self._el)
+        old = el.find("source")
+        index = list(el).index(old) if old is not None else 1
+        if old is not None:
+            el.remove(old)
+        el.insert(index, _source_element(source))
+        el.set("type", "block" if isinstance(source, BlockSource) else "network")
+        return Disk(el)
+
+    def with_alias(self, alias: str) -> "Disk":
+        """The disk as libvirt shows it once QEMU runs it, with its device alias."""
+        el = self.without_alias().element()
+        ET.SubElement(el, "alias", name=alias)
+        return Disk(el)
+
+    def element(self) -> ET.Element:
+        return copy.deepcopy(self._el)
+
+    def to_xml(self) -> str:
+        return _to_string(self._el)
+
+    def __repr__(self) -> str:
+        return f"Disk({self.target_dev}, serial={self.serial}, {self.disk_type})"
 
 
-def find_disk(domain_xml: str, serial: str) -> DiskInfo | None:
-    for disk in disks(domain_xml):
-        if disk.serial == serial:
-            return disk
-    return None
+def disk_xml(spec: DiskSpec) -> str:
+    return Disk.build(spec).to_xml()
+
+
+def secret_xml(usage: str, description: str) -> str:
+    secret = ET.Element("secret", ephemeral="no", private="yes")
+    ET.SubElement(secret, "description").text = description
+    usage_el = ET.SubElement(secret, "usage", type="iscsi")
+    ET.SubElement(usage_el, "target").text = usage
+    return _to_string(secret)
+
+
+_MEMORY_UNITS = {"b": 1 / 1024, "bytes": 1 / 1024, "kib": 1, "k": 1, "mib": 1024, "m": 1024,
+                 "gib": 1 << 20, "g": 1 << 20}
+
+
+class Domain:
+    """A domain's XML, parsed once per fetch; everything is kept for writing it back."""
+
+    def __init__(self, root: ET.Element, source_xml: str | None = None):
+        self._root = root
+        self._source_xml = source_xml
+        self.name = root.findtext("name") or ""
+        self.uuid = root.findtext("uuid") or ""
+        self.disks = [Disk(el) for el in root.findall("devices/disk")]
+
+    @classmethod
+    def parse(cls, xml: str) -> "Domain":
+        # Keep the prefixes other tools chose for their metadata when writing back.
+        try:
+            for _event, (prefix, uri) in ET.iterparse(io.StringIO(xml), events=("start-ns",)):
+                if prefix:
+                    ET.register_namespace(prefix, uri)
+        except ET.ParseError as exc:
+            raise InputError(f"malformed XML: {exc}") from None
+        return cls(_parse(xml), xml)
+
+    def disk(self, serial: str) -> Disk | None:
+        for disk in self.disks:
+            if disk.serial == serial:
+                return disk
+        return None
+
+    def device_names(self) -> set[str]:
+        return {d.target_dev for d in self.disks}
+
+    @property
+    def memory_kib(self) -> int:
+        mem = self._root.find("currentMemory")
+        if mem is None:
+            mem = self._root.find("memory")
+        if mem is None or not (mem.text or "").strip().isdigit():
+            return 1 << 20
+        factor = _MEMORY_UNITS.get((mem.get("unit") or "KiB").lower(), 1)
+        return int(int(mem.text) * factor)
+
+    # -- attachflow's metadata (read and written by record.py only) ---------------------
+    def volume_entries(self) -> dict[str, str]:
+        """volume id -> the JSON text of its record, from attachflow's metadata."""
+        meta = self._root.find("metadata")
+        vols = meta.find(f"{{{METADATA_NS}}}volumes") if meta is not None else None
+        if vols is None:
+            return {}
+        return {v.get("id"): v.text or "{}" for v in vols.findall(f"{{{METADATA_NS}}}volume")
+                if v.get("id")}
+
+    def with_changes(self, sources: Mapping[str, DiskSource] | None = None,
+                     volume_entries: Mapping[str, str] | None = None) -> "Domain":
+        """A copy with the disks of the given serials pointed at new sources (targets,
+        addresses, aliases and drivers kept) and attachflow's metadata replaced."""
+        root = copy.deepcopy(self._root)
+        devices = root.find("devices")
+        wanted = dict(sources or {})
+        for index, el in enumerate(list(devices) if devices is not None else []):
+            serial = el.findtext("serial") if el.tag == "disk" else None
+            if serial in wanted:
+                devices.remove(el)
+                devices.insert(index, Disk(el).with_source(wanted.pop(serial)).element())
+        if wanted:
+            raise InputError(f"no disk with serial {', '.join(sorted(wanted))} in the domain")
+        if volume_entries is not None:
+            _set_volume_entries(root, volume_entries)
+        return Domain(root)
+
+    def to_xml(self, pretty: bool = False) -> str:
+        if not pretty and self._source_xml is not None:
+            return self._source_xml
+        return _to_string(self._root, pretty)
+
+
+def _volumes_element(entries: Mapping[str, str]) -> ET.Element:
+    vols = ET.Element(f"{{{METADATA_NS}}}volumes")
+    for volume_id in sorted(entries):
+        ET.SubElement(vols, f"{{{METADATA_NS}}}volume", id=volume_id).text = entries[volume_id]
+    return vols
+
+
+def _set_volume_entries(root: ET.Element, entries: Mapping[str, str]) -> None:
+    meta = root.find("metadata")
+    if meta is None:
+        meta = ET.Element("metadata")
+        root.insert(3, meta)
+    for child in list(meta):
+        if child.tag.startswith("{" + METADATA_NS + "}"):
+            meta.remove(child)
+    if entries:
+        meta.append(_volumes_element(entries))
+
+
+def volume_metadata_xml(entries: Mapping[str, str]) -> str | None:
+    """attachflow's metadata element as libvirt's setMetadata takes it (None: remove it;
+    a domain with no volume keeps no trace)."""
+    if not entries:
+        return None
+    vols = ET.Element("volumes")
+    for volume_id in sorted(entries):
+        ET.SubElement(vols, "volume", id=volume_id).text = entries[volume_id]
+    return ET.tostring(vols, encoding="unicode")
+
+
+def parse_volume_metadata(xml: str | None) -> dict[str, str]:
+    """The inverse of ``volume_metadata_xml``."""
+    if not xml:
+        return {}
+    return {v.get("id"): v.text or "{}" for v in _parse(xml).iter()
+            if v.tag.endswith("volume") and v.get("id")}
+
+
+def assemble(name: str, uuid: str, disks: Iterable[Disk], volume_entries: Mapping[str, str],
+             virt_type: str = "qemu") -> Domain:
+    """A bare domain of these disks and records, as libvirt shows a definition."""
+    dom = ET.Element("domain", type=virt_type)
+    ET.SubElement(dom, "name").text = name
+    ET.SubElement(dom, "uuid").text = uuid
+    if volume_entries:
+        ET.SubElement(dom, "metadata").append(_volumes_element(volume_entries))
+    devices = ET.SubElement(dom, "devices")
+    for disk in disks:
+        devices.append(disk.element())
+    return Domain(dom)
+
+
+def find_disk(domain_xml: str, serial: str) -> Disk | None:
+    """The disk with ``serial`` in a domain's XML (for scripts and checks)."""
+    return Domain.parse(domain_xml).disk(serial)
 
 
 def device_names(prefix: str = "vd"):
@@ -174,50 +337,12 @@ def device_names(prefix: str = "vd"):
             yield prefix + a + b
 
 
-def next_free_device(*domain_xmls: str, prefix: str = "vd") -> str:
-    taken = {d.target_dev for xml in domain_xmls for d in disks(xml)}
+def next_free_device(domains: Iterable[Domain], prefix: str = "vd") -> str:
+    taken = {name for dom in domains for name in dom.device_names()}
     for name in device_names(prefix):
         if name not in taken:
             return name
     raise InputError(f"no free {prefix}X device name left")
-
-
-# -- the volume records kept in the domain's own metadata ------------------------------
-# Keeping them in the domain means the state travels with the guest (live migration
-# copies metadata) and detach needs no local database: what was attached, through which
-# API and attachment, and the non-secret part of its connection info.
-
-def volume_records(metadata_xml: str | None) -> dict[str, dict[str, Any]]:
-    if not metadata_xml:
-        return {}
-    root = _parse(metadata_xml)
-    out = {}
-    for vol in root.iter():
-        if vol.tag.endswith("volume") and vol.get("id"):
-            out[vol.get("id")] = json.loads(vol.text or "{}")
-    return out
-
-
-def metadata_xml(records: dict[str, dict[str, Any]]) -> str:
-    root = ET.Element("volumes")
-    for volume_id in sorted(records):
-        ET.SubElement(root, "volume", id=volume_id).text = json.dumps(
-            records[volume_id], sort_keys=True)
-    return ET.tostring(root, encoding="unicode")
-
-
-def domain_metadata(domain_xml: str) -> str | None:
-    root = _parse(domain_xml)
-    meta = root.find("metadata")
-    if meta is None:
-        return None
-    for child in meta:
-        if child.tag.startswith("{" + METADATA_NS + "}"):
-            # Drop the namespace so volume_records sees plain tags.
-            for el in child.iter():
-                el.tag = el.tag.split("}", 1)[-1]
-            return ET.tostring(child, encoding="unicode")
-    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,20 +359,18 @@ def console_log(name: str) -> str:
     return f"/var/log/libvirt/qemu/{name}-console.log"
 
 
-def domain_xml(name: str, uuid: str, memory_mib: int, vcpus: int, virt_type: str,
-               disk: DiskSpec, records: dict[str, dict[str, Any]],
-               emulator: str | None = None, direct_boot: DirectBoot | None = None) -> str:
+def build_domain(name: str, uuid: str, memory_mib: int, vcpus: int, virt_type: str,
+                 disk: Disk, volume_entries: Mapping[str, str],
+                 emulator: str | None = None, direct_boot: DirectBoot | None = None
+                 ) -> Domain:
     """A minimal volume-backed domain: the volume is vda; ACPI on machine 'pc' so that
     virtio disks can be hot-plugged (and unplugged: the guest OS ejects them); the
     serial console is logged to /var/log/libvirt/qemu/NAME-console.log."""
     dom = ET.Element("domain", type=virt_type)
     ET.SubElement(dom, "name").text = name
     ET.SubElement(dom, "uuid").text = uuid
-    meta = ET.SubElement(dom, "metadata")
-    vols = ET.SubElement(meta, f"{{{METADATA_NS}}}volumes")
-    for volume_id in sorted(records):
-        ET.SubElement(vols, f"{{{METADATA_NS}}}volume", id=volume_id).text = json.dumps(
-            records[volume_id], sort_keys=True)
+    if volume_entries:
+        ET.SubElement(dom, "metadata").append(_volumes_element(volume_entries))
     ET.SubElement(dom, "memory", unit="MiB").text = str(memory_mib)
     ET.SubElement(dom, "vcpu").text = str(vcpus)
     os_el = ET.SubElement(dom, "os")
@@ -267,57 +390,13 @@ def domain_xml(name: str, uuid: str, memory_mib: int, vcpus: int, virt_type: str
     devices = ET.SubElement(dom, "devices")
     if emulator:
         ET.SubElement(devices, "emulator").text = emulator
-    devices.append(disk_element(disk))
+    devices.append(disk.element())
     serial = ET.SubElement(devices, "serial", type="pty")
     ET.SubElement(serial, "log", file=console_log(name), append="off")
     ET.SubElement(devices, "memballoon", model="none")
-    ET.register_namespace(METADATA_KEY, METADATA_NS)
-    return to_string(dom)
+    return Domain(dom)
 
 
-# -- rewriting a domain for another host (live migration) ---------------------------------
-
-def _register_namespaces(xml: str) -> None:
-    # keep the prefixes other tools chose for their metadata
-    import io
-    for _event, (prefix, uri) in ET.iterparse(io.StringIO(xml), events=("start-ns",)):
-        if prefix:
-            ET.register_namespace(prefix, uri)
-
-
-def rewrite_for_host(domain_xml: str, sources: dict[str, DiskSource],
-                     records: dict[str, dict[str, Any]]) -> str:
-    """The same domain with each volume's disk source replaced (matched by serial; target,
-    address, alias and driver kept) and attachflow's volume records replaced."""
-    _register_namespaces(domain_xml)
-    ET.register_namespace(METADATA_KEY, METADATA_NS)
-    root = _parse(domain_xml)
-    found = set()
-    for disk in root.findall("devices/disk"):
-        serial = disk.findtext("serial")
-        if serial not in sources:
-            continue
-        found.add(serial)
-        old = disk.find("source")
-        index = list(disk).index(old) if old is not None else 1
-        if old is not None:
-            disk.remove(old)
-        scratch = ET.Element("disk")
-        _source_element(scratch, sources[serial])
-        disk.insert(index, scratch[0])
-        disk.set("type", "block" if isinstance(sources[serial], BlockSource) else "network")
-    missing = set(sources) - found
-    if missing:
-        raise InputError(f"no disk with serial {', '.join(sorted(missing))} in the domain")
-    meta = root.find("metadata")
-    if meta is None:
-        meta = ET.Element("metadata")
-        root.insert(3, meta)
-    for child in list(meta):
-        if child.tag.startswith("{" + METADATA_NS + "}"):
-            meta.remove(child)
-    vols = ET.SubElement(meta, f"{{{METADATA_NS}}}volumes")
-    for volume_id in sorted(records):
-        ET.SubElement(vols, f"{{{METADATA_NS}}}volume", id=volume_id).text = json.dumps(
-            records[volume_id], sort_keys=True)
-    return ET.tostring(root, encoding="unicode")
+def pretty(xml: str) -> str:
+    """Indented XML, for showing a change as a diff."""
+    return _to_string(_parse(xml))

@@ -28,12 +28,13 @@ import threading
 import time
 from typing import Any, Callable
 
-from attachflow import domxml, errors
-from attachflow.cinder_side import Flow, StorageAPI, StorageAttachment, flow_for_record
+from attachflow import domxml, errors, record
+from attachflow.cinder_side import StorageAPI, StorageAttachment, flow_for_record, Flow
 from attachflow.compute_side import ComputeHost, MigrationRequest
 from attachflow.connectors import check_fits, get_transport
 from attachflow.connectors.base import Transport
 from attachflow.model import ConnectorProperties
+from attachflow.record import VolumeRecord
 from attachflow.steps import Transaction
 
 POLL_INTERVAL = 0.5
@@ -59,11 +60,11 @@ class MigrationOptions:
 class VolumePlan:
     volume_id: str
     target_dev: str
-    record: dict[str, Any]
+    record: VolumeRecord
     flow: Flow
     transport: Transport
     source: StorageAttachment
-    source_disk: domxml.DiskInfo
+    source_disk: domxml.Disk
 
 
 @dataclasses.dataclass
@@ -75,11 +76,14 @@ class Plan:
     volumes: list[VolumePlan]
     local_disks: list[str]
     connectors: dict[str, ConnectorProperties]
-    live_xml: str
-    persistent_xml: str
-    records: dict[str, dict[str, Any]]
-    memory_kib: int
+    live: domxml.Domain
+    persistent: domxml.Domain
+    records: dict[str, VolumeRecord]
     options: MigrationOptions
+
+    @property
+    def memory_kib(self) -> int:
+        return self.live.memory_kib
 
     def steps(self) -> list[str]:
         out = []
@@ -126,25 +130,29 @@ def preflight(storage: StorageAPI, source: ComputeHost, destination: ComputeHost
     ref = source.hypervisor.lookup(domain)
     if not ref.active:
         raise PreflightError(f"domain '{domain}' is not running on {source.name}")
-    live_xml = source.hypervisor.xml(domain, migratable=True)
-    persistent_xml = source.hypervisor.xml(domain, inactive=True, migratable=True) \
-        if ref.persistent else live_xml
-    records = domxml.volume_records(domxml.domain_metadata(live_xml))
+    live = source.hypervisor.domain(domain, migratable=True)
+    persistent = source.hypervisor.domain(domain, inactive=True, migratable=True) \
+        if ref.persistent else live
+    try:
+        records = record.read(live)
+    except errors.InputError as exc:
+        raise PreflightError(str(exc)) from None
 
     volumes: list[VolumePlan] = []
     local: list[str] = []
-    for disk in domxml.disks(live_xml):
+    for disk in live.disks:
         if disk.source is None and disk.disk_type in ("file", "block", ""):
             continue  # an empty drive, nothing to move
         if disk.serial and disk.serial in records:
-            record = records[disk.serial]
+            rec = records[disk.serial]
             try:
-                transport = get_transport(record.get("transport", "native"))
-                flow = flow_for_record(storage, record, api)
+                transport = get_transport(rec.transport)
+                flow = flow_for_record(storage, rec, api)
             except errors.InputError as exc:
                 raise PreflightError(f"volume {disk.serial}: {exc}") from None
-            volumes.append(VolumePlan(disk.serial, disk.target_dev, record, flow, transport,
-                                      Flow.from_record(disk.serial, ref.uuid, record), disk))
+            volumes.append(VolumePlan(
+                disk.serial, disk.target_dev, rec, flow, transport,
+                StorageAttachment.from_record(rec, disk.serial, ref.uuid), disk))
         elif disk.device in ("cdrom", "floppy") and disk.source is None:
             continue
         elif options.copy_local_disks:
@@ -175,9 +183,8 @@ def preflight(storage: StorageAPI, source: ComputeHost, destination: ComputeHost
             except errors.AttachflowError as exc:
                 raise PreflightError(f"destination {destination.name} connector: {exc}") \
                     from None
-    memory_kib = _memory_kib(live_xml)
-    return Plan(domain, ref.uuid, source, destination, volumes, local, connectors, live_xml,
-                persistent_xml, records, memory_kib, options)
+    return Plan(domain, ref.uuid, source, destination, volumes, local, connectors, live,
+                persistent, records, options)
 
 
 def _check_ssh(host: ComputeHost) -> None:
@@ -190,32 +197,18 @@ def _check_ssh(host: ComputeHost) -> None:
             from None
 
 
-def _memory_kib(xml: str) -> int:
-    import xml.etree.ElementTree as ET
-    root = ET.fromstring(xml)
-    mem = root.find("currentMemory") if root.find("currentMemory") is not None \
-        else root.find("memory")
-    if mem is None or not (mem.text or "").strip().isdigit():
-        return 1 << 20
-    unit = (mem.get("unit") or "KiB").lower()
-    factor = {"b": 1 / 1024, "bytes": 1 / 1024, "kib": 1, "k": 1, "mib": 1024, "m": 1024,
-              "gib": 1 << 20, "g": 1 << 20}.get(unit, 1)
-    return int(int(mem.text) * factor)
-
-
-def destination_xml(plan: Plan, sources: dict[str, domxml.DiskSource],
-                    atts: dict[str, StorageAttachment]) -> tuple[str, str, dict]:
-    """The live and persistent XML for the destination and the records they carry."""
+def destination_definitions(plan: Plan, sources: dict[str, domxml.DiskSource],
+                            atts: dict[str, StorageAttachment]
+                            ) -> tuple[domxml.Domain, domxml.Domain]:
+    """The live and persistent definitions for the destination: each volume's disk on
+    its destination source, and records of the destination attachments."""
     records = dict(plan.records)
+    host = plan.destination.cfg.connector_host
     for vol in plan.volumes:
-        att = atts[vol.volume_id]
-        records[vol.volume_id] = dict(
-            vol.record, attachment_id=att.attachment_id,
-            host=plan.destination.cfg.connector_host, connector=att.connector,
-            connection=att.connection.to_record())
-    live = domxml.rewrite_for_host(plan.live_xml, sources, records)
-    persistent = domxml.rewrite_for_host(plan.persistent_xml, sources, records)
-    return live, persistent, records
+        records[vol.volume_id] = vol.record.moved_to(atts[vol.volume_id], host)
+    entries = record.entries(records)
+    return (plan.live.with_changes(sources, entries),
+            plan.persistent.with_changes(sources, entries))
 
 
 def dry_run(plan: Plan) -> dict[str, Any]:
@@ -227,29 +220,17 @@ def dry_run(plan: Plan) -> dict[str, Any]:
         connector = plan.connectors[vol.transport.name]
         att = dataclasses.replace(vol.source, connector=connector.to_dict())
         atts[vol.volume_id] = att
-        sources[vol.volume_id] = _predicted_source(vol, plan)
-    live, _persistent, _ = destination_xml(plan, sources, atts)
-    before = domxml.to_string(_pretty(plan.live_xml)).splitlines(keepends=True)
-    after = domxml.to_string(_pretty(live)).splitlines(keepends=True)
+        sources[vol.volume_id] = vol.transport.predicted_source(vol.source_disk.source,
+                                                                plan.destination)
+    live, _persistent = destination_definitions(plan, sources, atts)
+    before = domxml.pretty(plan.live.to_xml()).splitlines(keepends=True)
+    after = domxml.pretty(live.to_xml()).splitlines(keepends=True)
     diff = "".join(difflib.unified_diff(before, after, f"{plan.source.name}/{plan.domain}.xml",
                                         f"{plan.destination.name}/{plan.domain}.xml"))
     return {"domain": plan.domain, "source": plan.source.name,
             "destination": plan.destination.name, "steps": plan.steps(),
             "volumes": [v.volume_id for v in plan.volumes], "copy_disks": plan.local_disks,
             "xml_diff": diff}
-
-
-def _pretty(xml: str):
-    import xml.etree.ElementTree as ET
-    return ET.fromstring(xml)
-
-
-def _predicted_source(vol: VolumePlan, plan: Plan) -> domxml.DiskSource:
-    src = vol.source_disk.source
-    if isinstance(src, domxml.NetworkISCSISource):
-        from attachflow.connectors.iscsi_native import initiator_name
-        return dataclasses.replace(src, initiator_iqn=initiator_name(plan.destination))
-    return src  # a kernel path is known only once os-brick connects on the destination
 
 
 class _Monitor:
@@ -325,10 +306,10 @@ def migrate(storage: StorageAPI, plan: Plan,
             lambda vol=vol, att=att: vol.transport.connect(dst, att.connection, plan.uuid),
             lambda source, vol=vol, att=att: vol.transport.disconnect(
                 dst, att.connection, source, plan.uuid))
-    live, persistent, _records = tx.run("destination XML",
-                                        lambda: destination_xml(plan, sources, atts))
+    live, persistent = tx.run("destination XML",
+                              lambda: destination_definitions(plan, sources, atts))
     request = MigrationRequest(
-        dest_uri=dst.cfg.libvirt_uri, dest_xml=live, persist_xml=persistent,
+        dest_uri=dst.cfg.libvirt_uri, dest=live, persist=persistent,
         auto_converge=opts.auto_converge,
         postcopy=opts.postcopy or opts.on_timeout == "postcopy",
         bandwidth_mib=opts.bandwidth_mib, copy_disks=tuple(plan.local_disks))

@@ -114,6 +114,14 @@ class Portal:
         return f"{host}:{self.port}"
 
 
+# Fields of connection_info that ConnectionInfo models; the rest travels in ``data``.
+_MODELLED = frozenset({
+    "driver_volume_type", "volume_id", "access_mode", "discard", "encrypted",
+    "attachment_id", "target_portal", "target_iqn", "target_lun", "target_portals",
+    "target_iqns", "target_luns", "auth_method", "auth_username", "auth_password",
+    "discovery_auth_method", "discovery_auth_username", "discovery_auth_password"})
+
+
 @dataclasses.dataclass(frozen=True)
 class ConnectionInfo:
     """Cinder's connection_info for one volume on one host, parsed and typed.
@@ -146,10 +154,24 @@ class ConnectionInfo:
         data}``) or flat (attachments API: fields beside ``driver_volume_type``)."""
         if not isinstance(raw, dict) or "driver_volume_type" not in raw:
             raise InputError("storage returned connection info without driver_volume_type")
-        dvt = str(raw["driver_volume_type"])
         data = raw.get("data") if isinstance(raw.get("data"), dict) else {
             k: v for k, v in raw.items() if k != "driver_volume_type"}
-        attachment_id = raw.get("attachment_id") or data.get("attachment_id")
+        return cls._parse(str(raw["driver_volume_type"]), data, volume_id,
+                          raw.get("attachment_id") or data.get("attachment_id"))
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any], volume_id: str) -> "ConnectionInfo":
+        """Parse the secret-free flat form ``to_record`` wrote; a record without one (an
+        attachment made by another tool) has an ``unknown`` connection."""
+        if not data:
+            return cls("unknown", volume_id)
+        fields = {k: v for k, v in data.items() if k != "driver_volume_type"}
+        return cls._parse(str(data.get("driver_volume_type") or "unknown"), fields,
+                          volume_id, fields.get("attachment_id"))
+
+    @classmethod
+    def _parse(cls, dvt: str, data: dict[str, Any], volume_id: str,
+               attachment_id: str | None) -> "ConnectionInfo":
         common = dict(driver_volume_type=dvt,
                       volume_id=str(data.get("volume_id") or volume_id),
                       access_mode=str(data.get("access_mode") or "rw"),
@@ -157,7 +179,7 @@ class ConnectionInfo:
                       encrypted=bool(data.get("encrypted", False)),
                       attachment_id=attachment_id,
                       data=tuple(sorted((k, MASK if is_secret_key(k) else v)
-                                        for k, v in data.items())))
+                                        for k, v in data.items() if k not in _MODELLED)))
         if dvt != "iscsi":
             return cls(**common)
         try:
@@ -174,7 +196,7 @@ class ConnectionInfo:
 
         def secret(key: str) -> Secret | None:
             value = data.get(key)
-            return Secret(str(value)) if value else None
+            return Secret(str(value)) if value and value != MASK else None
 
         return cls(portal=portal, iqn=iqn, lun=lun, portals=portals,
                    auth_method=data.get("auth_method"),
@@ -185,9 +207,12 @@ class ConnectionInfo:
                    discovery_auth_password=secret("discovery_auth_password"),
                    **common)
 
+    def without_secrets(self) -> "ConnectionInfo":
+        return dataclasses.replace(self, auth_password=None, discovery_auth_password=None)
+
     def to_record(self) -> dict[str, Any]:
         """The flat, secret-free form kept in the domain's metadata; parses back with
-        ``from_cinder``."""
+        ``from_record``."""
         out = {k: v for k, v in self.to_brick().items() if not is_secret_key(k)}
         out["driver_volume_type"] = self.driver_volume_type
         return out

@@ -11,12 +11,12 @@ import time
 import uuid as uuidlib
 from typing import Any
 
-from attachflow import domxml, errors
-from attachflow.cinder_side import Flow, StorageAPI, StorageAttachment, flow_for_record, \
-    select_flow
+from attachflow import domxml, errors, record
+from attachflow.cinder_side import Flow, StorageAPI, flow_for_record, select_flow
 from attachflow.compute_side import ComputeHost, DomainRef
 from attachflow.connectors import check_fits, get_transport
 from attachflow.connectors.base import Transport
+from attachflow.record import VolumeRecord
 from attachflow.steps import Transaction
 
 DEVICE_RE = re.compile(r"^vd[a-z]{1,2}$")
@@ -40,13 +40,6 @@ class Result:
         return dataclasses.asdict(self)
 
 
-def _record(att: StorageAttachment, transport: Transport, host: ComputeHost,
-            device: str) -> dict[str, Any]:
-    return {"api": att.api, "attachment_id": att.attachment_id, "transport": transport.name,
-            "host": host.cfg.connector_host, "device": device, "connector": att.connector,
-            "connection": att.connection.to_record()}
-
-
 def _connect_steps(tx: Transaction, flow: Flow, transport: Transport, host: ComputeHost,
                    volume_id: str, instance_id: str, device: str):
     """The first half of every attach: storage connect, transport check, host connect."""
@@ -65,9 +58,11 @@ def _connect_steps(tx: Transaction, flow: Flow, transport: Transport, host: Comp
     return att, spec
 
 
-def _domain_xmls(host: ComputeHost, ref: DomainRef) -> tuple[str | None, str | None]:
-    live = host.hypervisor.xml(ref.name) if ref.active else None
-    config = host.hypervisor.xml(ref.name, inactive=True) if ref.persistent else None
+def _definitions(host: ComputeHost, ref: DomainRef
+                 ) -> tuple[domxml.Domain | None, domxml.Domain | None]:
+    """The live and the persistent definition, each fetched and parsed once."""
+    live = host.hypervisor.domain(ref.name) if ref.active else None
+    config = host.hypervisor.domain(ref.name, inactive=True) if ref.persistent else None
     return live, config
 
 
@@ -78,31 +73,32 @@ def attach(storage: StorageAPI, host: ComputeHost, transport: Transport, volume_
     hv = host.hypervisor
     flow = select_flow(storage, api)
     ref = hv.lookup(domain)
-    live_xml, config_xml = _domain_xmls(host, ref)
-    xmls = [x for x in (live_xml, config_xml) if x]
-    if any(domxml.find_disk(x, volume_id) for x in xmls):
+    live, config = _definitions(host, ref)
+    definitions = [d for d in (live, config) if d is not None]
+    if any(d.disk(volume_id) for d in definitions):
         raise errors.VolumeStateError(f"volume {volume_id} is already attached to {domain}")
     if device is not None:
         if not DEVICE_RE.match(device):
             raise errors.InputError(f"device '{device}' is not a virtio disk name (vdb, vdc, ...)")
-        if any(d.target_dev == device for x in xmls for d in domxml.disks(x)):
+        if any(device in d.device_names() for d in definitions):
             raise errors.DeviceInUse(f"device {device} is already in use in {domain}")
     else:
-        device = domxml.next_free_device(*xmls)
+        device = domxml.next_free_device(definitions)
+    records = record.read(live or config)
 
     tx = Transaction(f"attach {volume_id} to {domain}")
     att, spec = _connect_steps(tx, flow, transport, host, volume_id, ref.uuid, device)
-    disk_xml = domxml.disk_xml(spec)
-    tx.run("guest attach", lambda: hv.attach_device(domain, disk_xml, live=ref.active,
+    disk = domxml.Disk.build(spec)
+    tx.run("guest attach", lambda: hv.attach_device(domain, disk, live=ref.active,
                                                     config=ref.persistent),
-           lambda _: hv.detach_device(domain, disk_xml, live=ref.active,
+           lambda _: hv.detach_device(domain, disk, live=ref.active,
                                       config=ref.persistent, timeout=detach_timeout))
     found = tx.run("find disk by serial", lambda: _find_by_serial(host, ref, volume_id))
-    records = domxml.volume_records(domxml.domain_metadata(live_xml or config_xml))
     new_records = dict(records)
-    new_records[volume_id] = _record(att, transport, host, found.target_dev)
-    tx.run("record in domain metadata", lambda: hv.save_records(ref, new_records),
-           lambda _: hv.save_records(ref, records))
+    new_records[volume_id] = VolumeRecord.for_attachment(
+        att, transport.name, host.cfg.connector_host, found.target_dev)
+    tx.run("record in domain metadata", lambda: record.save(hv, ref, new_records),
+           lambda _: record.save(hv, ref, records))
     tx.run(f"storage complete ({flow.api})",
            lambda: flow.finish_attach(att, f"/dev/{found.target_dev}",
                                       host.cfg.connector_host))
@@ -110,10 +106,9 @@ def attach(storage: StorageAPI, host: ComputeHost, transport: Transport, volume_
                   transport.name, att.attachment_id, time.monotonic() - start, tx.completed)
 
 
-def _find_by_serial(host: ComputeHost, ref: DomainRef, volume_id: str) -> domxml.DiskInfo:
+def _find_by_serial(host: ComputeHost, ref: DomainRef, volume_id: str) -> domxml.Disk:
     # libvirt may choose another name than the one asked for: trust the serial.
-    xml = host.hypervisor.xml(ref.name, inactive=not ref.active)
-    disk = domxml.find_disk(xml, volume_id)
+    disk = host.hypervisor.domain(ref.name, inactive=not ref.active).disk(volume_id)
     if disk is None:
         raise errors.HypervisorError(
             f"disk with serial {volume_id} not found in {ref.name} after attach")
@@ -126,25 +121,27 @@ def detach(storage: StorageAPI, host: ComputeHost, volume_id: str, domain: str,
     start = time.monotonic()
     hv = host.hypervisor
     ref = hv.lookup(domain)
-    live_xml, config_xml = _domain_xmls(host, ref)
-    live_disk = domxml.find_disk(live_xml, volume_id) if live_xml else None
-    config_disk = domxml.find_disk(config_xml, volume_id) if config_xml else None
-    records = domxml.volume_records(domxml.domain_metadata(live_xml or config_xml))
-    record = records.get(volume_id) or {}
+    live, config = _definitions(host, ref)
+    live_disk = live.disk(volume_id) if live is not None else None
+    config_disk = config.disk(volume_id) if config is not None else None
+    records = record.read(live or config)
+    rec = records.get(volume_id)
     disk = live_disk or config_disk
-    if disk is None and not record:
+    if disk is None and rec is None:
         raise errors.NotAttached(f"volume {volume_id} is not attached to {domain}")
-    name = record.get("transport") or _transport_of(disk) or transport_name or "native"
-    if transport_name and record.get("transport") and transport_name != record["transport"]:
+    if transport_name and rec is not None and transport_name != rec.transport:
         raise errors.TransportMismatch(
-            f"volume {volume_id} was attached with transport '{record['transport']}', "
+            f"volume {volume_id} was attached with transport '{rec.transport}', "
             f"not '{transport_name}'")
+    # A disk attachflow did not record (attached by another tool): its type says how.
+    name = rec.transport if rec is not None else \
+        record.transport_of_disk(disk) or transport_name or "native"
     transport = get_transport(name)
-    flow = flow_for_record(storage, record, api)
+    flow = flow_for_record(storage, rec, api)
 
     tx = Transaction(f"detach {volume_id} from {domain}")
     att = tx.run(f"storage begin detach ({flow.api})",
-                 lambda: flow.begin_detach(volume_id, ref.uuid, record),
+                 lambda: flow.begin_detach(volume_id, ref.uuid, rec),
                  flow.undo_begin_detach)
     if att.connection.driver_volume_type == "unknown" and transport.name == "kernel":
         # attached by another tool: ask the storage side where the volume lives
@@ -153,15 +150,15 @@ def detach(storage: StorageAPI, host: ComputeHost, volume_id: str, domain: str,
     # that keeps the disk gets its persistent definition back too.
     if config_disk is not None:
         tx.run("guest detach (persistent)",
-               lambda: hv.detach_device(domain, config_disk.xml, live=False, config=True,
+               lambda: hv.detach_device(domain, config_disk, live=False, config=True,
                                         timeout=timeout),
-               lambda _: hv.attach_device(domain, _strip_alias(config_disk.xml),
+               lambda _: hv.attach_device(domain, config_disk.without_alias(),
                                           live=False, config=True))
     if live_disk is not None:
         tx.run("guest detach (live)",
-               lambda: hv.detach_device(domain, live_disk.xml, live=True, config=False,
+               lambda: hv.detach_device(domain, live_disk, live=True, config=False,
                                         timeout=timeout),
-               lambda _: hv.attach_device(domain, _strip_alias(live_disk.xml), live=True,
+               lambda _: hv.attach_device(domain, live_disk.without_alias(), live=True,
                                           config=False))
     source = disk.source if disk is not None else None
     tx.run(f"host disconnect ({transport.name})",
@@ -169,23 +166,13 @@ def detach(storage: StorageAPI, host: ComputeHost, volume_id: str, domain: str,
            lambda _: transport.connect(host, flow.fresh_connection(att), ref.uuid))
     if volume_id in records:
         remaining = {k: v for k, v in records.items() if k != volume_id}
-        tx.run("remove record from domain metadata", lambda: hv.save_records(ref, remaining),
-               lambda _: hv.save_records(ref, records))
+        tx.run("remove record from domain metadata",
+               lambda: record.save(hv, ref, remaining),
+               lambda _: record.save(hv, ref, records))
     tx.run(f"storage release ({flow.api})", lambda: flow.release(att))
     return Result("detach", volume_id, domain, host.name, disk.target_dev if disk else None,
                   flow.api, transport.name, att.attachment_id, time.monotonic() - start,
                   tx.completed)
-
-
-def _transport_of(disk: domxml.DiskInfo | None) -> str | None:
-    if disk is None:
-        return None
-    return {"network": "native", "block": "kernel"}.get(disk.disk_type)
-
-
-def _strip_alias(xml: str) -> str:
-    # libvirt refuses hot-plugging a device that carries a non-user alias
-    return re.sub(r"\s*<alias name=['\"][^'\"]*['\"]\s*/>", "", xml)
 
 
 def boot(storage: StorageAPI, host: ComputeHost, transport: Transport, name: str,
@@ -211,11 +198,13 @@ def boot(storage: StorageAPI, host: ComputeHost, transport: Transport, name: str
 
     tx = Transaction(f"boot {name} from {volume_id}")
     att, spec = _connect_steps(tx, flow, transport, host, volume_id, instance_id, "vda")
-    record = _record(att, transport, host, "vda")
-    xml = domxml.domain_xml(name, instance_id, memory_mib, vcpus, virt_type, spec,
-                            {volume_id: record}, emulator=emulator,
-                            direct_boot=direct_boot)
-    tx.run("define domain", lambda: hv.define_domain(xml), lambda _: hv.undefine(name))
+    rec = VolumeRecord.for_attachment(att, transport.name, host.cfg.connector_host, "vda")
+    definition = domxml.build_domain(name, instance_id, memory_mib, vcpus, virt_type,
+                                     domxml.Disk.build(spec),
+                                     record.entries({volume_id: rec}), emulator=emulator,
+                                     direct_boot=direct_boot)
+    tx.run("define domain", lambda: hv.define_domain(definition),
+           lambda _: hv.undefine(name))
     tx.run("start domain", lambda: hv.start(name), lambda _: hv.destroy(name))
     tx.run(f"storage complete ({flow.api})",
            lambda: flow.finish_attach(att, "/dev/vda", host.cfg.connector_host))

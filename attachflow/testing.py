@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import threading
 import uuid as uuidlib
-import xml.etree.ElementTree as ET
 from typing import Any
 
 from attachflow import domxml, errors
@@ -273,10 +272,10 @@ class _Domain:
     uuid: str
     active: bool
     persistent: bool
-    live: list[str] = dataclasses.field(default_factory=list)
-    config: list[str] = dataclasses.field(default_factory=list)
-    live_meta: str | None = None
-    config_meta: str | None = None
+    live: list[domxml.Disk] = dataclasses.field(default_factory=list)
+    config: list[domxml.Disk] = dataclasses.field(default_factory=list)
+    live_meta: dict[str, str] = dataclasses.field(default_factory=dict)
+    config_meta: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 class FakeHypervisor(_Faults, Hypervisor):
@@ -307,12 +306,12 @@ class FakeHypervisor(_Faults, Hypervisor):
         uuid = str(uuidlib.uuid4())
         dom = _Domain(name, uuid, active, persistent)
         for dev in devices:
-            xml = domxml.disk_xml(domxml.DiskSpec(domxml.BlockSource(f"/images/{name}-{dev}"),
-                                                  dev, f"local-{dev}"))
+            disk = domxml.Disk.build(domxml.DiskSpec(
+                domxml.BlockSource(f"/images/{name}-{dev}"), dev, f"local-{dev}"))
             if persistent:
-                dom.config.append(xml)
+                dom.config.append(disk)
             if active:
-                dom.live.append(xml)
+                dom.live.append(disk)
         self.domains[name] = dom
         return uuid
 
@@ -326,35 +325,17 @@ class FakeHypervisor(_Faults, Hypervisor):
         d = self._dom(name)
         return DomainRef(d.name, d.uuid, d.active, d.persistent)
 
-    def xml(self, name, inactive=False, migratable=False):
+    def domain(self, name, inactive=False, migratable=False):
         d = self._dom(name)
         live = d.active and not inactive
-        disks = d.live if live else d.config
-        meta = d.live_meta if live else d.config_meta
-        body = "".join(self._with_alias(x, i) if live else x for i, x in enumerate(disks))
-        meta_xml = ""
-        if meta:
-            inner = meta.replace("<volumes>", f'<af:volumes xmlns:af="{domxml.METADATA_NS}">',
-                                 1).replace("</volumes>", "</af:volumes>")
-            inner = inner.replace("<volume ", "<af:volume ").replace("</volume>",
-                                                                     "</af:volume>")
-            meta_xml = f"<metadata>{inner}</metadata>"
-        return (f"<domain type='qemu'><name>{d.name}</name><uuid>{d.uuid}</uuid>{meta_xml}"
-                f"<devices>{body}</devices></domain>")
+        disks = [x.with_alias(f"virtio-disk{i}") for i, x in enumerate(d.live)] if live \
+            else d.config
+        # Through the XML, as libvirt hands it over.
+        return domxml.Domain.parse(domxml.assemble(
+            d.name, d.uuid, disks, d.live_meta if live else d.config_meta).to_xml())
 
-    @staticmethod
-    def _with_alias(xml: str, index: int) -> str:
-        el = ET.fromstring(xml)
-        ET.SubElement(el, "alias", name=f"virtio-disk{index}")
-        return ET.tostring(el, encoding="unicode")
-
-    @staticmethod
-    def _target(xml: str) -> str:
-        return domxml.disks(f"<domain><devices>{xml}</devices></domain>")[0].target_dev
-
-    def _login(self, domain: str, xml: str) -> None:
-        info = domxml.disks(f"<domain><devices>{xml}</devices></domain>")[0]
-        src = info.source
+    def _login(self, domain: str, disk: domxml.Disk) -> None:
+        src = disk.source
         if not isinstance(src, domxml.NetworkISCSISource):
             return
         if src.secret_usage and src.secret_usage not in self.secrets:
@@ -372,48 +353,52 @@ class FakeHypervisor(_Faults, Hypervisor):
                     "Authentication failure")
         self.sessions.add((domain, src.iqn))
 
-    def attach_device(self, name, xml, live, config):
+    def attach_device(self, name, disk, live, config):
         self._enter("attach_device")
         d = self._dom(name)
         if live and not d.active:
             raise errors.HypervisorError("attach disk: domain is not running")
-        dev = self._target(xml)
+        if disk.alias is not None and disk.alias.startswith("virtio-disk"):
+            raise errors.HypervisorError("attach disk: non-user device alias "
+                                         f"'{disk.alias}' is not allowed")
+        # Stored as the device was given (libvirt keeps what it was told).
+        disk = domxml.Disk.parse(disk.to_xml())
+        dev = disk.target_dev
         for disks, wanted in ((d.live, live), (d.config, config)):
-            if wanted and any(self._target(x) == dev for x in disks):
+            if wanted and any(x.target_dev == dev for x in disks):
                 raise errors.HypervisorError(f"attach disk: target {dev} already exists")
         if live:
-            self._login(name, xml)
-            d.live.append(xml)
+            self._login(name, disk)
+            d.live.append(disk)
         if config:
-            d.config.append(xml)
+            d.config.append(disk)
 
-    def detach_device(self, name, xml, live, config, timeout):
+    def detach_device(self, name, disk, live, config, timeout):
         self._enter("detach_device")
         d = self._dom(name)
-        dev = self._target(xml)
+        dev = disk.target_dev
         for disks, wanted, where in ((d.config, config, "persistent"),
                                      (d.live, live, "live")):
             if not wanted:
                 continue
-            match = [x for x in disks if self._target(x) == dev]
+            match = [x for x in disks if x.target_dev == dev]
             if not match:
                 raise errors.HypervisorError(f"detach disk: disk {dev} not found ({where})")
             if where == "live" and dev in self.refuse_detach:
                 raise errors.DeviceRemovalTimeout(
                     f"guest '{name}' did not release {dev} within {timeout:.0f} s")
             disks.remove(match[0])
-            if where == "live":
-                src = domxml.disks(f"<domain><devices>{match[0]}</devices></domain>")[0].source
-                if isinstance(src, domxml.NetworkISCSISource):
-                    self.sessions.discard((name, src.iqn))
+            if where == "live" and isinstance(match[0].source, domxml.NetworkISCSISource):
+                self.sessions.discard((name, match[0].source.iqn))
 
     def set_metadata(self, name, metadata, live, config):
         self._enter("set_metadata")
         d = self._dom(name)
+        entries = domxml.parse_volume_metadata(metadata)
         if live:
-            d.live_meta = metadata
+            d.live_meta = entries
         if config:
-            d.config_meta = metadata
+            d.config_meta = dict(entries)
 
     def define_secret(self, usage, value: Secret, description):
         self._enter("define_secret")
@@ -426,28 +411,26 @@ class FakeHypervisor(_Faults, Hypervisor):
         self._enter("undefine_secret")
         return self.secrets.pop(usage, None) is not None
 
-    def has_secret(self, usage):
-        return usage in self.secrets
-
-    def define_domain(self, xml):
+    def define_domain(self, domain):
         self._enter("define_domain")
-        root = ET.fromstring(xml)
-        name, uuid = root.findtext("name"), root.findtext("uuid")
-        if name in self.domains:
-            raise errors.HypervisorError(f"define domain: domain '{name}' already exists")
-        dom = _Domain(name, uuid, active=False, persistent=True)
-        dom.config = [ET.tostring(x, encoding="unicode") for x in root.findall("devices/disk")]
-        dom.config_meta = domxml.domain_metadata(xml)
-        self.domains[name] = dom
+        # Through the XML, as libvirt receives it.
+        domain = domxml.Domain.parse(domain.to_xml(pretty=True))
+        if domain.name in self.domains:
+            raise errors.HypervisorError(
+                f"define domain: domain '{domain.name}' already exists")
+        dom = _Domain(domain.name, domain.uuid, active=False, persistent=True)
+        dom.config = list(domain.disks)
+        dom.config_meta = domain.volume_entries()
+        self.domains[domain.name] = dom
 
     def start(self, name):
         self._enter("start")
         d = self._dom(name)
         if d.active:
             raise errors.HypervisorError("start domain: already running")
-        for xml in d.config:
-            self._login(name, xml)
-        d.active, d.live, d.live_meta = True, list(d.config), d.config_meta
+        for disk in d.config:
+            self._login(name, disk)
+        d.active, d.live, d.live_meta = True, list(d.config), dict(d.config_meta)
 
     def destroy(self, name):
         self._enter("destroy")
@@ -488,19 +471,16 @@ class FakeHypervisor(_Faults, Hypervisor):
             if self._aborted:
                 raise errors.HypervisorError("live migration: operation aborted: "
                                              "migration out job: canceled by client")
-            root = ET.fromstring(request.dest_xml)
-            disks = [ET.tostring(x, encoding="unicode") for x in root.findall("devices/disk")]
-            for xml in disks:  # QEMU on the destination logs in before the switch-over
-                dest._login(name, xml)
+            live = domxml.Domain.parse(request.dest.to_xml())
+            for disk in live.disks:  # QEMU on the destination logs in before the switch-over
+                dest._login(name, disk)
         finally:
             self.job = None
-        persist = ET.fromstring(request.persist_xml or request.dest_xml)
-        moved = _Domain(name, d.uuid, active=True, persistent=True, live=disks,
-                        config=[ET.tostring(x, encoding="unicode")
-                                for x in persist.findall("devices/disk")],
-                        live_meta=domxml.domain_metadata(request.dest_xml),
-                        config_meta=domxml.domain_metadata(request.persist_xml
-                                                           or request.dest_xml))
+        persist = domxml.Domain.parse((request.persist or request.dest).to_xml())
+        moved = _Domain(name, d.uuid, active=True, persistent=True,
+                        live=[x.without_alias() for x in live.disks],
+                        config=list(persist.disks), live_meta=live.volume_entries(),
+                        config_meta=persist.volume_entries())
         dest.domains[name] = moved
         dest.completed[name] = {"downtime": 25, "time_elapsed": 1200}
         del self.domains[name]

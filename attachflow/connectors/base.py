@@ -31,3 +31,9 @@ class Transport(abc.ABC):
     def disconnect(self, host: ComputeHost, conn: ConnectionInfo, source: DiskSource | None,
                    owner: str) -> None:
         """Undo ``connect``; a connection already gone counts as done."""
+
+    @abc.abstractmethod
+    def predicted_source(self, source: DiskSource | None,
+                         destination: ComputeHost) -> DiskSource | None:
+        """What ``connect`` on ``destination`` would return for the volume that is
+        ``source`` here, as far as it can be known without connecting (a dry run)."""

@@ -43,3 +43,7 @@ class KernelISCSI(Transport):
         device_info = {"type": "block", "path": source.path} if isinstance(
             source, BlockSource) else {}
         host.brick.disconnect(self.protocol, conn.to_brick(), device_info, self.multipath)
+
+    def predicted_source(self, source, destination):
+        # The device path is known only once os-brick connects on the destination.
+        return source

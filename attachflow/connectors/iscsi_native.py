@@ -8,6 +8,8 @@ shows which host a session belongs to.
 
 from __future__ import annotations
 
+import dataclasses
+
 from attachflow import errors
 from attachflow.compute_side import ComputeHost
 from attachflow.connectors.base import Transport
@@ -56,3 +58,10 @@ class NativeISCSI(Transport):
         usage = (source.secret_usage if isinstance(source, NetworkISCSISource) else None) \
             or secret_usage(conn.volume_id, owner)
         host.hypervisor.undefine_secret(usage)
+
+    def predicted_source(self, source, destination):
+        # The same target and CHAP user (what Cinder's target helpers return for a second
+        # host); only the initiator is the destination's.
+        if isinstance(source, NetworkISCSISource):
+            return dataclasses.replace(source, initiator_iqn=initiator_name(destination))
+        return source

@@ -5,7 +5,7 @@ at every step that can fail."""
 
 import pytest
 
-from attachflow import domxml, errors, operations
+from attachflow import errors, operations, record
 from attachflow.connectors import get_transport
 from attachflow.testing import FakeCinder
 
@@ -20,8 +20,9 @@ def snapshot(cinder, host):
         "volumes": {v.id: (v.status, sorted((a.instance_id, a.status)
                                             for a in v.attachments.values()), v.exported)
                     for v in cinder.volumes.values()},
-        "domains": {d.name: (d.active, sorted(d.live), sorted(d.config), d.live_meta,
-                             d.config_meta) for d in hv.domains.values()},
+        "domains": {d.name: (d.active, sorted(x.to_xml() for x in d.live),
+                             sorted(x.to_xml() for x in d.config), dict(d.live_meta),
+                             dict(d.config_meta)) for d in hv.domains.values()},
         "secrets": dict(hv.secrets),
         "qemu_sessions": set(hv.sessions),
         "host_sessions": dict(brick.sessions),
@@ -44,8 +45,8 @@ def test_attach_then_detach_leaves_nothing(cinder, host, api, transport):
 
     assert res.device == "vdb"
     assert in_use_by(cinder, vol) == ("in-use", [(uuid, "attached")])
-    live = domxml.find_disk(host.hypervisor.xml("vm1"), vol)
-    persistent = domxml.find_disk(host.hypervisor.xml("vm1", inactive=True), vol)
+    live = host.hypervisor.domain("vm1").disk(vol)
+    persistent = host.hypervisor.domain("vm1", inactive=True).disk(vol)
     assert live and persistent and live.target_dev == "vdb"
     if transport == "native":
         assert live.disk_type == "network"
@@ -56,9 +57,10 @@ def test_attach_then_detach_leaves_nothing(cinder, host, api, transport):
         assert live.disk_type == "block"
         assert list(host.brick.sessions.values()) == [cinder.iqn(vol)]
         assert not host.hypervisor.secrets
-    record = host.hypervisor.records("vm1")[vol]
-    assert record["api"] == api and record["transport"] == transport
-    assert "auth_password" not in record["connection"]
+    rec = record.read(host.hypervisor.domain("vm1"))[vol]
+    assert rec.api == api and rec.transport == transport and rec.device == "vdb"
+    assert "auth_password" not in rec.to_json()["connection"]
+    assert rec.connection.auth_password is None
 
     res = operations.detach(cinder, host, vol, "vm1", api="auto")
     assert res.api == api and res.transport == transport
@@ -102,7 +104,7 @@ def test_shut_off_domain_gets_persistent_disk_only(cinder, host):
     vol = cinder.create_volume()
     operations.attach(cinder, host, get_transport("native"), vol, "vm1")
     dom = host.hypervisor.domains["vm1"]
-    assert dom.live == [] and domxml.find_disk(host.hypervisor.xml("vm1", True), vol)
+    assert dom.live == [] and host.hypervisor.domain("vm1", inactive=True).disk(vol)
     operations.detach(cinder, host, vol, "vm1")
     assert cinder.volumes[vol].status == "available"
     assert len(dom.config) == 1
@@ -232,7 +234,7 @@ def test_failed_undo_is_reported(cinder, host):
     assert info.value.exit_code == 1
     # everything else was still undone
     assert cinder.volumes[vol].status == "available"
-    assert domxml.find_disk(host.hypervisor.xml("vm1"), vol) is None
+    assert host.hypervisor.domain("vm1").disk(vol) is None
 
 
 DETACH_FAILURES = {
@@ -259,9 +261,9 @@ def test_detach_undoes_everything_when_any_step_fails(cinder, host, api, transpo
         # the disk is back where it was (live XML gets re-plugged at the end of the list)
         for key in ("volumes", "secrets", "host_sessions", "qemu_sessions"):
             assert after[key] == before[key], (method, key)
-        assert domxml.find_disk(host.hypervisor.xml("vm1"), vol)
-        assert domxml.find_disk(host.hypervisor.xml("vm1", inactive=True), vol)
-        assert vol in host.hypervisor.records("vm1")
+        assert host.hypervisor.domain("vm1").disk(vol)
+        assert host.hypervisor.domain("vm1", inactive=True).disk(vol)
+        assert vol in record.read(host.hypervisor.domain("vm1"))
         # and a second detach now succeeds and leaves nothing
         operations.detach(cinder, host, vol, "vm1")
         assert cinder.volumes[vol].status == "available"
@@ -275,7 +277,7 @@ def test_guest_that_keeps_the_disk_times_out_and_volume_stays_attached(cinder, h
     with pytest.raises(errors.OperationFailed, match="did not release vdb"):
         operations.detach(cinder, host, vol, "vm1", timeout=5)
     assert cinder.volumes[vol].status == "in-use"
-    assert domxml.find_disk(host.hypervisor.xml("vm1", inactive=True), vol)
+    assert host.hypervisor.domain("vm1", inactive=True).disk(vol)
     assert len(host.hypervisor.secrets) == 1
 
 
@@ -289,10 +291,10 @@ def test_boot_volume_backed_domain(cinder, host, api, transport):
                           virt_type="qemu")
     dom = host.hypervisor.domains["vm9"]
     assert dom.active and res.device == "vda"
-    disk = domxml.find_disk(host.hypervisor.xml("vm9"), vol)
+    disk = host.hypervisor.domain("vm9").disk(vol)
     assert disk.target_dev == "vda"
     assert in_use_by(cinder, vol) == ("in-use", [(dom.uuid, "attached")])
-    assert host.hypervisor.records("vm9")[vol]["api"] == api
+    assert record.read(host.hypervisor.domain("vm9"))[vol].api == api
     # a second volume can then be attached and detached
     data = cinder.create_volume()
     assert operations.attach(cinder, host, get_transport(transport), data, "vm9",

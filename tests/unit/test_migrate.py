@@ -4,7 +4,7 @@ to exactly one attachment per volume (the source's); a failure after it rolls fo
 
 import pytest
 
-from attachflow import domxml, errors, operations
+from attachflow import errors, operations, record
 from attachflow import migrate as mig
 from attachflow.connectors import get_transport
 from attachflow.testing import FakeCinder, fake_host
@@ -71,12 +71,12 @@ def test_migrate_there_and_back(lab, api, transport):
         assert not any(v in usage for usage in src.hypervisor.secrets for v in vols)
         assert not src.brick.sessions and not src.hypervisor.sessions
         # the destination runs every disk, found by serial, address kept, records updated
-        records = dst.hypervisor.records("vm")
+        records = record.read(dst.hypervisor.domain("vm"))
         for v in vols:
-            disk = domxml.find_disk(dst.hypervisor.xml("vm"), v)
+            disk = dst.hypervisor.domain("vm").disk(v)
             assert disk is not None
-            assert domxml.find_disk(dst.hypervisor.xml("vm", inactive=True), v) is not None
-            assert records[v]["host"] == dst.name
+            assert dst.hypervisor.domain("vm", inactive=True).disk(v) is not None
+            assert records[v].host == dst.name
         assert clean_dst != host_leftovers(dst)
     # and detach works on the host the guest came back to
     operations.detach(cinder, a, vols[1], "vm")

@@ -1,0 +1,84 @@
+"""The volume record kept in a domain's metadata: its JSON form, defaults, and the
+operations that write it."""
+
+import json
+
+import pytest
+
+from attachflow import domxml, errors, operations, record
+from attachflow.cinder_side import StorageAttachment
+from attachflow.connectors import get_transport
+from attachflow.model import ConnectionInfo, Portal
+from attachflow.record import VolumeRecord
+
+RAW = {"driver_volume_type": "iscsi", "target_portal": "198.18.0.1:3260",
+       "target_iqn": "iqn.2010-10.org.openstack:volume-v1", "target_lun": 1,
+       "auth_method": "CHAP", "auth_username": "user", "auth_password": "secret-pw",
+       "access_mode": "ro", "discard": True}
+
+
+def attachment(attachment_id="a1", api="attachments", host="hosta"):
+    return StorageAttachment("v1", "guest-uuid", api, attachment_id,
+                             ConnectionInfo.from_cinder(RAW, "v1"),
+                             {"host": host, "initiator": "iqn.x:" + host})
+
+
+def test_json_round_trip_keeps_everything_but_the_secret():
+    rec = VolumeRecord.for_attachment(attachment(), "native", "hosta", "vdb")
+    data = rec.to_json()
+    assert "secret-pw" not in json.dumps(data)
+    again = VolumeRecord.from_json("v1", json.loads(json.dumps(data)))
+    assert again == rec
+    assert again.connection.portal == Portal("198.18.0.1", 3260)
+    assert again.connection.lun == 1 and again.connection.access_mode == "ro"
+    assert again.connection.discard and again.connection.auth_password is None
+    assert again.connector == {"host": "hosta", "initiator": "iqn.x:hosta"}
+
+
+def test_a_move_keeps_the_volume_and_device_and_takes_the_new_connection():
+    rec = VolumeRecord.for_attachment(attachment(), "kernel", "hosta", "vdc")
+    moved = rec.moved_to(attachment("a2", host="hostb"), "hostb")
+    assert (moved.volume_id, moved.device, moved.transport, moved.api) == \
+        ("v1", "vdc", "kernel", "attachments")
+    assert moved.attachment_id == "a2" and moved.host == "hostb"
+    assert moved.connector["host"] == "hostb"
+
+
+def _disk(disk_type: str) -> domxml.Disk:
+    source = domxml.BlockSource("/dev/sdx") if disk_type == "block" else \
+        domxml.NetworkISCSISource("iqn.t", 1, (Portal("198.18.0.1", 3260),))
+    return domxml.Disk.build(domxml.DiskSpec(source, "vdd", "v1"))
+
+
+def test_defaults_of_records_written_without_a_field():
+    assert VolumeRecord.from_json("v1", {"attachment_id": "a1"}, _disk("block")).api \
+        == "attachments"
+    assert VolumeRecord.from_json("v1", {}, _disk("block")).api == "legacy"
+    assert VolumeRecord.from_json("v1", {}, _disk("block")).transport == "kernel"
+    assert VolumeRecord.from_json("v1", {}, _disk("network")).transport == "native"
+    no_conn = VolumeRecord.from_json("v1", {"transport": "native"})
+    assert no_conn.connection.driver_volume_type == "unknown"
+    with pytest.raises(errors.InputError, match="names no transport"):
+        VolumeRecord.from_json("v1", {})
+
+
+def test_records_read_from_and_written_to_the_domain():
+    rec = VolumeRecord.for_attachment(attachment(), "native", "hosta", "vdb")
+    dom = domxml.assemble("vm", "u", [_disk("network")], record.entries({"v1": rec}))
+    assert record.read(domxml.Domain.parse(dom.to_xml())) == {"v1": rec}
+    assert record.metadata_xml({}) is None  # no volume, no trace
+    broken = domxml.assemble("vm", "u", [], {"v1": "not json"})
+    with pytest.raises(errors.InputError, match="record of volume v1 is not JSON"):
+        record.read(broken)
+
+
+def test_detaching_one_volume_keeps_the_records_of_the_others(cinder, host):
+    host.hypervisor.add_domain("vm1")
+    vols = [cinder.create_volume() for _ in range(3)]
+    for vol in vols:
+        operations.attach(cinder, host, get_transport("native"), vol, "vm1")
+    before = record.read(host.hypervisor.domain("vm1"))
+    operations.detach(cinder, host, vols[1], "vm1")
+    for inactive in (False, True):
+        after = record.read(host.hypervisor.domain("vm1", inactive=inactive))
+        assert after == {v: before[v] for v in (vols[0], vols[2])}
