@@ -20,7 +20,19 @@ INITIATOR_PREFIX = "iqn.2024-01.dev.attachflow"
 
 
 def secret_usage(volume_id: str, owner: str) -> str:
-    return f"attachflow/{volume_id}/{owner}"
+    """The usage name of the secret for this volume and guest (its UUID).
+
+    libvirt's schema allows any character but '/' and newline in an iSCSI secret's usage
+    target and in a disk's ``<secret usage=...>`` (``objectName``), hence the dashes.
+    """
+    return f"attachflow-{volume_id}-{owner}"
+
+
+def secret_usages(volume_id: str, owner: str) -> tuple[str, ...]:
+    """Every usage name the secret for this volume and guest may have: the current one,
+    then ``attachflow/VOLUME/GUEST`` of guests attached by earlier versions (libvirt took
+    it without validating, its schema refuses it)."""
+    return (secret_usage(volume_id, owner), f"attachflow/{volume_id}/{owner}")
 
 
 def initiator_name(host: ComputeHost) -> str:
@@ -55,9 +67,11 @@ class NativeISCSI(Transport):
                                   secret_usage=usage, initiator_iqn=initiator_name(host))
 
     def disconnect(self, host, conn, source, owner):
-        usage = (source.secret_usage if isinstance(source, NetworkISCSISource) else None) \
-            or secret_usage(conn.volume_id, owner)
-        host.hypervisor.undefine_secret(usage)
+        # The disk names its secret, whichever name it was defined under; without that
+        # name, every name it may have.
+        named = source.secret_usage if isinstance(source, NetworkISCSISource) else None
+        for usage in (named,) if named else secret_usages(conn.volume_id, owner):
+            host.hypervisor.undefine_secret(usage)
 
     def predicted_source(self, source, destination):
         # The same target and CHAP user (what Cinder's target helpers return for a second

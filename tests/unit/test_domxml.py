@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 
 from attachflow import domxml
+from attachflow.connectors.iscsi_native import secret_usage
 from attachflow.model import Portal
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 NATIVE = domxml.NetworkISCSISource(
     iqn="iqn.2010-10.org.openstack:volume-0b1c", lun=1, hosts=(Portal("198.18.0.1", 3260),),
-    auth_username="chapuser", secret_usage="attachflow/0b1c/4f2e",
+    auth_username="chapuser", secret_usage=secret_usage("0b1c", "4f2e"),
     initiator_iqn="iqn.2024-01.dev.attachflow:hosta")
 BLOCK = domxml.BlockSource("/dev/disk/by-path/ip-198.18.0.1:3260-iscsi-iqn.2010-10.org."
                            "openstack:volume-0b1c-lun-1")
@@ -32,7 +33,7 @@ def test_disk_xml(name, source):
 
 
 def test_secret_xml():
-    golden("secret.xml", domxml.secret_xml("attachflow/0b1c/4f2e", "CHAP for 0b1c"))
+    golden("secret.xml", domxml.secret_xml(secret_usage("0b1c", "4f2e"), "CHAP for 0b1c"))
 
 
 def test_domain_xml():

@@ -5,8 +5,9 @@ at every step that can fail."""
 
 import pytest
 
-from attachflow import errors, operations, record
-from attachflow.connectors import get_transport
+from attachflow import domxml, errors, operations, record
+from attachflow.connectors import get_transport, iscsi_native
+from attachflow.model import ConnectionInfo, Secret
 from attachflow.testing import FakeCinder
 
 APIS = ["attachments", "legacy"]
@@ -166,6 +167,54 @@ def test_multiattach_volume_attaches_to_two_domains(cinder, host):
     operations.detach(cinder, host, vol, "vm1")
     assert cinder.volumes[vol].status == "in-use"
     assert len(host.hypervisor.secrets) == 1
+
+
+# -- the native transport's libvirt secret --------------------------------------------------
+
+def old_secret_usage(volume_id, owner):
+    """The usage name versions before the schema-valid one gave the secret."""
+    return f"attachflow/{volume_id}/{owner}"
+
+
+def test_secret_usage_names_volume_and_guest_without_a_slash():
+    assert iscsi_native.secret_usage("v1", "g1") == "attachflow-v1-g1"
+    assert iscsi_native.secret_usages("v1", "g1") == ("attachflow-v1-g1",
+                                                      old_secret_usage("v1", "g1"))
+
+
+def test_detach_removes_the_secret_of_a_guest_attached_by_an_earlier_version(
+        cinder, host, monkeypatch):
+    uuid = host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+    with monkeypatch.context() as earlier:
+        earlier.setattr(iscsi_native, "secret_usage", old_secret_usage)
+        operations.attach(cinder, host, get_transport("native"), vol, "vm1")
+    assert list(host.hypervisor.secrets) == [old_secret_usage(vol, uuid)]
+    operations.detach(cinder, host, vol, "vm1")
+    assert not host.hypervisor.secrets
+    assert cinder.volumes[vol].status == "available"
+
+
+@pytest.mark.parametrize("name", [iscsi_native.secret_usage, old_secret_usage])
+def test_native_disconnect_without_the_disk_removes_the_secret_by_either_name(host, name):
+    hv = host.hypervisor
+    hv.define_secret(name("v1", "g1"), Secret("pw"), "CHAP")
+    hv.define_secret(iscsi_native.secret_usage("v2", "g1"), Secret("pw"), "CHAP")
+    conn = ConnectionInfo(driver_volume_type="iscsi", volume_id="v1")
+    get_transport("native").disconnect(host, conn, None, "g1")
+    assert list(hv.secrets) == [iscsi_native.secret_usage("v2", "g1")]
+
+
+def test_native_disconnect_removes_the_secret_the_disk_names(host):
+    hv = host.hypervisor
+    for usage in ("named-by-the-disk", iscsi_native.secret_usage("v1", "g1")):
+        hv.define_secret(usage, Secret("pw"), "CHAP")
+    source = domxml.NetworkISCSISource(iqn="iqn.2010-10.org.openstack:volume-v1", lun=1,
+                                       hosts=(), auth_username="u",
+                                       secret_usage="named-by-the-disk")
+    conn = ConnectionInfo(driver_volume_type="iscsi", volume_id="v1")
+    get_transport("native").disconnect(host, conn, source, "g1")
+    assert list(hv.secrets) == [iscsi_native.secret_usage("v1", "g1")]
 
 
 # -- undo at every failing step -------------------------------------------------------------

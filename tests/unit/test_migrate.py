@@ -6,7 +6,7 @@ import pytest
 
 from attachflow import errors, operations, record
 from attachflow import migrate as mig
-from attachflow.connectors import get_transport
+from attachflow.connectors import get_transport, iscsi_native
 from attachflow.testing import FakeCinder, fake_host
 
 APIS = ["attachments", "legacy"]
@@ -81,6 +81,22 @@ def test_migrate_there_and_back(lab, api, transport):
     # and detach works on the host the guest came back to
     operations.detach(cinder, a, vols[1], "vm")
     assert cinder.volumes[vols[1]].status == "available"
+
+
+def test_migrate_a_guest_attached_by_an_earlier_version(lab, monkeypatch):
+    """Its secrets carry the old usage name: the source's go, the destination's are new."""
+    cinder, a, b = lab
+    with monkeypatch.context() as earlier:
+        earlier.setattr(iscsi_native, "secret_usage",
+                        lambda volume_id, owner: f"attachflow/{volume_id}/{owner}")
+        vols = guest(lab, "attachments", "native")
+    uuid = a.hypervisor.domains["vm"].uuid
+    assert sorted(a.hypervisor.secrets) == sorted(f"attachflow/{v}/{uuid}" for v in vols)
+    result = mig.migrate(cinder, mig.preflight(cinder, a, b, "vm", api="auto"))
+    assert result.runs_on == "hostb" and not result.left_behind
+    assert not a.hypervisor.secrets
+    assert sorted(b.hypervisor.secrets) == sorted(iscsi_native.secret_usage(v, uuid)
+                                                  for v in vols)
 
 
 def test_three_storage_calls_per_migrated_volume(lab):
