@@ -20,7 +20,7 @@ import click
 
 from attachflow import errors
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_FAILED = 1  # an unexpected error; AttachflowError carries its own exit code
 
 HOST_HELP = ("Compute host that runs the domain: 'local' (this machine, qemu:///system) or "
              "a name from the hosts file ($ATTACHFLOW_HOSTS, default "

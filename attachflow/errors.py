@@ -11,7 +11,8 @@ the tree to one-line messages and exit codes (``exit_code``)::
     │   ├── VolumeStateError             the volume is not in a state the operation needs
     │   ├── DeviceInUse                  the requested target device is taken
     │   ├── NotAttached                  the volume is not attached to that domain
-    │   └── TransportMismatch            connection type and requested transport do not fit
+    │   ├── TransportMismatch            connection type and requested transport do not fit
+    │   └── PreflightError               a live migration's check failed before any change
     ├── StorageError                     the storage API failed (HTTP, connection)
     │   ├── StorageNotFound              404 from the storage API
     │   └── StorageUnavailable           connection refused, timeouts, 5xx
@@ -67,6 +68,10 @@ class DeviceInUse(InputError):
 
 
 class NotAttached(InputError):
+    pass
+
+
+class PreflightError(InputError):
     pass
 
 

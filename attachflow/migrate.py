@@ -41,8 +41,8 @@ POLL_INTERVAL = 0.5
 SECONDS_PER_GIB = 800  # completion timeout per GiB of guest memory, as Nova does
 
 
-class PreflightError(errors.InputError):
-    pass
+# Kept importable from here, where its checks are.
+PreflightError = errors.PreflightError
 
 
 @dataclasses.dataclass
