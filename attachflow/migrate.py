@@ -41,10 +41,6 @@ POLL_INTERVAL = 0.5
 SECONDS_PER_GIB = 800  # completion timeout per GiB of guest memory, as Nova does
 
 
-# Kept importable from here, where its checks are.
-PreflightError = errors.PreflightError
-
-
 @dataclasses.dataclass
 class MigrationOptions:
     auto_converge: bool = False
@@ -123,20 +119,20 @@ def preflight(storage: StorageAPI, source: ComputeHost, destination: ComputeHost
     """Everything checked before anything changes; a failed check is a PreflightError."""
     options = options or MigrationOptions()
     if options.on_timeout not in ("abort", "postcopy"):
-        raise PreflightError(f"--on-timeout must be abort or postcopy, not "
+        raise errors.PreflightError(f"--on-timeout must be abort or postcopy, not "
                              f"'{options.on_timeout}'")
     if source.cfg.libvirt_uri == destination.cfg.libvirt_uri:
-        raise PreflightError(f"source and destination are the same host ({source.name})")
+        raise errors.PreflightError(f"source and destination are the same host ({source.name})")
     ref = source.hypervisor.lookup(domain)
     if not ref.active:
-        raise PreflightError(f"domain '{domain}' is not running on {source.name}")
+        raise errors.PreflightError(f"domain '{domain}' is not running on {source.name}")
     live = source.hypervisor.domain(domain, migratable=True)
     persistent = source.hypervisor.domain(domain, inactive=True, migratable=True) \
         if ref.persistent else live
     try:
         records = record.read(live)
     except errors.InputError as exc:
-        raise PreflightError(str(exc)) from None
+        raise errors.PreflightError(str(exc)) from None
 
     volumes: list[VolumePlan] = []
     local: list[str] = []
@@ -149,7 +145,7 @@ def preflight(storage: StorageAPI, source: ComputeHost, destination: ComputeHost
                 transport = get_transport(rec.transport)
                 flow = flow_for_record(storage, rec, api)
             except errors.InputError as exc:
-                raise PreflightError(f"volume {disk.serial}: {exc}") from None
+                raise errors.PreflightError(f"volume {disk.serial}: {exc}") from None
             volumes.append(VolumePlan(
                 disk.serial, disk.target_dev, rec, flow, transport,
                 StorageAttachment.from_record(rec, disk.serial, ref.uuid), disk))
@@ -158,7 +154,7 @@ def preflight(storage: StorageAPI, source: ComputeHost, destination: ComputeHost
         elif options.copy_local_disks:
             local.append(disk.target_dev)
         else:
-            raise PreflightError(
+            raise errors.PreflightError(
                 f"disk {disk.target_dev} of '{domain}' is not a Cinder volume attached by "
                 "attachflow; copy it with --copy-local-disks or detach it first")
 
@@ -167,9 +163,9 @@ def preflight(storage: StorageAPI, source: ComputeHost, destination: ComputeHost
     except errors.DomainNotFound:
         pass
     except errors.AttachflowError as exc:
-        raise PreflightError(f"destination {destination.name}: {exc}") from None
+        raise errors.PreflightError(f"destination {destination.name}: {exc}") from None
     else:
-        raise PreflightError(f"a domain named '{domain}' already exists on "
+        raise errors.PreflightError(f"a domain named '{domain}' already exists on "
                              f"{destination.name}")
     if not destination.cfg.local:
         _check_ssh(destination)
@@ -181,7 +177,7 @@ def preflight(storage: StorageAPI, source: ComputeHost, destination: ComputeHost
                 connectors[vol.transport.name] = vol.transport.connector_properties(
                     destination)
             except errors.AttachflowError as exc:
-                raise PreflightError(f"destination {destination.name} connector: {exc}") \
+                raise errors.PreflightError(f"destination {destination.name} connector: {exc}") \
                     from None
     return Plan(domain, ref.uuid, source, destination, volumes, local, connectors, live,
                 persistent, records, options)
@@ -193,7 +189,7 @@ def _check_ssh(host: ComputeHost) -> None:
     try:
         host.runner.ping()
     except errors.AttachflowError as exc:
-        raise PreflightError(f"destination {host.name} does not answer over SSH: {exc}") \
+        raise errors.PreflightError(f"destination {host.name} does not answer over SSH: {exc}") \
             from None
 
 

@@ -213,15 +213,15 @@ def test_preflight_refuses_without_changing_anything(lab):
             call()
         assert info.value.exit_code == 2, label
     b.hypervisor.add_domain("vm")
-    with pytest.raises(mig.PreflightError, match="already exists"):
+    with pytest.raises(errors.PreflightError, match="already exists"):
         mig.preflight(cinder, a, b, "vm")
     del b.hypervisor.domains["vm"]
     b.runner.refuse = True
-    with pytest.raises(mig.PreflightError, match="does not answer over SSH"):
+    with pytest.raises(errors.PreflightError, match="does not answer over SSH"):
         mig.preflight(cinder, a, b, "vm")
     b.runner.refuse = False
     b.hypervisor.fail("lookup", errors.HostError("cannot connect to libvirt"))
-    with pytest.raises(mig.PreflightError, match="cannot connect to libvirt"):
+    with pytest.raises(errors.PreflightError, match="cannot connect to libvirt"):
         mig.preflight(cinder, a, b, "vm")
     assert cinder.calls == []
 
