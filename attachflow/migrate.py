@@ -34,7 +34,7 @@ from attachflow.compute_side import ComputeHost, MigrationRequest
 from attachflow.connectors import check_fits, get_transport
 from attachflow.connectors.base import Transport
 from attachflow.model import ConnectorProperties
-from attachflow.steps import Transaction
+from attachflow.steps import Problems, Transaction
 
 POLL_INTERVAL = 0.5
 SECONDS_PER_GIB = 800  # completion timeout per GiB of guest memory, as Nova does
@@ -364,10 +364,10 @@ def migrate(storage: StorageAPI, plan: Plan,
         left.append(f"live migration reported '{failure[0]}', but the guest runs on "
                     f"{dst.name}: finished the move instead of rolling back")
 
-    def finish(vol: VolumePlan) -> list[str]:
+    def finish(vol: VolumePlan) -> Problems:
         """Roll forward one volume: every step is tried, failures are reported."""
         att = atts[vol.volume_id]
-        problems = []
+        problems = Problems()
         for what, step in (
                 (f"complete destination attachment of {vol.volume_id}",
                  lambda: vol.flow.finish_destination(att)),
@@ -379,13 +379,13 @@ def migrate(storage: StorageAPI, plan: Plan,
             try:
                 step()
             except errors.AttachflowError as exc:
-                problems.append(f"{what}: {exc}")
+                problems.add(what, exc)
         return problems
 
     # The volumes are independent of each other once the guest has moved.
     with concurrent.futures.ThreadPoolExecutor(max(1, min(8, len(plan.volumes)))) as pool:
         for problems in pool.map(finish, plan.volumes):
-            left.extend(problems)
+            left.extend(problems.lines())
 
     stats = {}
     try:

@@ -180,6 +180,26 @@ def test_cleanup_failure_after_switch_is_reported_not_undone(lab):
     assert where(lab, vols)[1] == {v: ["hostb"] for v in vols}
 
 
+def test_everything_left_behind_is_reported_one_line_each_in_volume_order(lab):
+    cinder, a, b = lab
+    vols = guest(lab, "attachments", "native", volumes=2)
+    a.hypervisor.fail_after_switch = errors.HypervisorError("connection reset in Finish")
+    # every volume fails the same two steps: the order does not depend on which of the
+    # volumes, finished side by side, gets to the fake first
+    a.hypervisor.fail("undefine_secret", errors.HypervisorError("libvirtd gone"),
+                      times=len(vols))
+    cinder.fail("attachment_delete", errors.StorageUnavailable("cinder away"),
+                times=len(vols))
+    result = mig.migrate(cinder, mig.preflight(cinder, a, b, "vm"))
+    assert result.rolled_forward and result.runs_on == "hostb"
+    expected = ["live migration reported 'connection reset in Finish', but the guest runs "
+                "on hostb: finished the move instead of rolling back"]
+    for vol in vols:
+        expected += [f"disconnect {vol} on hosta: libvirtd gone",
+                     f"release source connection of {vol}: cinder away"]
+    assert result.left_behind == expected
+
+
 def test_preflight_refuses_without_changing_anything(lab):
     cinder, a, b = lab
     guest(lab, "attachments", "native", volumes=1)
