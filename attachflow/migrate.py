@@ -33,11 +33,9 @@ from attachflow.cinder_side import Flow, StorageAPI, StorageAttachment, flow_for
 from attachflow.compute_side import ComputeHost, MigrationRequest
 from attachflow.connectors import check_fits, get_transport
 from attachflow.connectors.base import Transport
+from attachflow.migration_monitor import Monitor, completion_timeout
 from attachflow.model import ConnectorProperties
 from attachflow.steps import Problems, Transaction
-
-POLL_INTERVAL = 0.5
-SECONDS_PER_GIB = 800  # completion timeout per GiB of guest memory, as Nova does
 
 
 class PreflightError(errors.InputError):
@@ -252,56 +250,6 @@ def _predicted_source(vol: VolumePlan, plan: Plan) -> domxml.DiskSource:
     return src  # a kernel path is known only once os-brick connects on the destination
 
 
-class _Monitor:
-    """Watches the migration job every half second: progress, max downtime, and the
-    completion timeout (abort, or switch to post-copy)."""
-
-    def __init__(self, plan: Plan, progress: Callable[[dict[str, Any]], None] | None):
-        self.plan = plan
-        self.progress = progress
-        self.timed_out = False
-        self.switched_to_postcopy = False
-
-    def run(self, worker: threading.Thread) -> None:
-        hv, name, opts = self.plan.source.hypervisor, self.plan.domain, self.plan.options
-        timeout = opts.completion_timeout
-        if timeout is None:
-            timeout = max(60.0, SECONDS_PER_GIB * self.plan.memory_kib / (1 << 20))
-        start = time.monotonic()
-        downtime_set = False
-        while worker.is_alive():
-            worker.join(POLL_INTERVAL)
-            if not worker.is_alive():
-                break
-            try:
-                stats = hv.job_stats(name)
-            except errors.AttachflowError:
-                continue  # the domain may be gone from the source already
-            if stats.get("type", 0) and opts.max_downtime_ms and not downtime_set:
-                try:
-                    hv.set_max_downtime(name, opts.max_downtime_ms)
-                    downtime_set = True
-                except errors.AttachflowError:
-                    pass
-            if self.progress and stats.get("type", 0):
-                self.progress({"event": "progress", "elapsed": round(time.monotonic() - start,
-                                                                      1),
-                               "processed": stats.get("data_processed", 0),
-                               "remaining": stats.get("data_remaining", 0),
-                               "total": stats.get("data_total", 0)})
-            if time.monotonic() - start > timeout and not (self.timed_out
-                                                             or self.switched_to_postcopy):
-                try:
-                    if opts.on_timeout == "postcopy":
-                        hv.start_postcopy(name)
-                        self.switched_to_postcopy = True
-                    else:
-                        hv.abort_job(name)
-                        self.timed_out = True
-                except errors.AttachflowError:
-                    pass
-
-
 def migrate(storage: StorageAPI, plan: Plan,
             progress: Callable[[dict[str, Any]], None] | None = None) -> MigrationResult:
     start = time.monotonic()
@@ -344,7 +292,10 @@ def migrate(storage: StorageAPI, plan: Plan,
     worker = threading.Thread(target=run, name="migration", daemon=True)
     migration_start = time.monotonic()
     worker.start()
-    monitor = _Monitor(plan, progress)
+    monitor = Monitor(src.hypervisor, name,
+                      completion_timeout(plan.memory_kib, opts.completion_timeout),
+                      on_timeout=opts.on_timeout, max_downtime_ms=opts.max_downtime_ms,
+                      progress=progress)
     monitor.run(worker)
     migration_seconds = time.monotonic() - migration_start
 

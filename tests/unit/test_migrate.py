@@ -6,6 +6,7 @@ import pytest
 
 from attachflow import domxml, errors, operations
 from attachflow import migrate as mig
+from attachflow import migration_monitor
 from attachflow.connectors import get_transport
 from attachflow.testing import FakeCinder, fake_host
 
@@ -131,7 +132,7 @@ def test_wrong_chap_on_destination_rolls_back(lab):
 
 
 def test_timeout_aborts_and_rolls_back(lab, monkeypatch):
-    monkeypatch.setattr(mig, "POLL_INTERVAL", 0.01)
+    monkeypatch.setattr(migration_monitor, "POLL_INTERVAL", 0.01)
     cinder, a, b = lab
     vols = guest(lab, "attachments", "native", volumes=1)
     before = where(lab, vols)
@@ -147,7 +148,7 @@ def test_timeout_aborts_and_rolls_back(lab, monkeypatch):
 
 
 def test_timeout_can_switch_to_postcopy(lab, monkeypatch):
-    monkeypatch.setattr(mig, "POLL_INTERVAL", 0.01)
+    monkeypatch.setattr(migration_monitor, "POLL_INTERVAL", 0.01)
     cinder, a, b = lab
     guest(lab, "attachments", "native", volumes=0)
     a.hypervisor.during_migration = lambda hv: hv.wait_for_abort(5)
