@@ -33,12 +33,10 @@ from attachflow.cinder_side import StorageAPI, StorageAttachment, flow_for_recor
 from attachflow.compute_side import ComputeHost, MigrationRequest
 from attachflow.connectors import check_fits, get_transport
 from attachflow.connectors.base import Transport
+from attachflow.migration_monitor import Monitor, completion_timeout
 from attachflow.model import ConnectorProperties
 from attachflow.record import VolumeRecord
-from attachflow.steps import Transaction
-
-POLL_INTERVAL = 0.5
-SECONDS_PER_GIB = 800  # completion timeout per GiB of guest memory, as Nova does
+from attachflow.steps import Problems, Transaction
 
 
 @dataclasses.dataclass
@@ -229,54 +227,17 @@ def dry_run(plan: Plan) -> dict[str, Any]:
             "xml_diff": diff}
 
 
-class _Monitor:
-    """Watches the migration job every half second: progress, max downtime, and the
-    completion timeout (abort, or switch to post-copy)."""
+def _pretty(xml: str):
+    import xml.etree.ElementTree as ET
+    return ET.fromstring(xml)
 
-    def __init__(self, plan: Plan, progress: Callable[[dict[str, Any]], None] | None):
-        self.plan = plan
-        self.progress = progress
-        self.timed_out = False
-        self.switched_to_postcopy = False
 
-    def run(self, worker: threading.Thread) -> None:
-        hv, name, opts = self.plan.source.hypervisor, self.plan.domain, self.plan.options
-        timeout = opts.completion_timeout
-        if timeout is None:
-            timeout = max(60.0, SECONDS_PER_GIB * self.plan.memory_kib / (1 << 20))
-        start = time.monotonic()
-        downtime_set = False
-        while worker.is_alive():
-            worker.join(POLL_INTERVAL)
-            if not worker.is_alive():
-                break
-            try:
-                stats = hv.job_stats(name)
-            except errors.AttachflowError:
-                continue  # the domain may be gone from the source already
-            if stats.get("type", 0) and opts.max_downtime_ms and not downtime_set:
-                try:
-                    hv.set_max_downtime(name, opts.max_downtime_ms)
-                    downtime_set = True
-                except errors.AttachflowError:
-                    pass
-            if self.progress and stats.get("type", 0):
-                self.progress({"event": "progress", "elapsed": round(time.monotonic() - start,
-                                                                      1),
-                               "processed": stats.get("data_processed", 0),
-                               "remaining": stats.get("data_remaining", 0),
-                               "total": stats.get("data_total", 0)})
-            if time.monotonic() - start > timeout and not (self.timed_out
-                                                             or self.switched_to_postcopy):
-                try:
-                    if opts.on_timeout == "postcopy":
-                        hv.start_postcopy(name)
-                        self.switched_to_postcopy = True
-                    else:
-                        hv.abort_job(name)
-                        self.timed_out = True
-                except errors.AttachflowError:
-                    pass
+def _predicted_source(vol: VolumePlan, plan: Plan) -> domxml.DiskSource:
+    src = vol.source_disk.source
+    if isinstance(src, domxml.NetworkISCSISource):
+        from attachflow.connectors.iscsi_native import initiator_name
+        return dataclasses.replace(src, initiator_iqn=initiator_name(plan.destination))
+    return src  # a kernel path is known only once os-brick connects on the destination
 
 
 def migrate(storage: StorageAPI, plan: Plan,
@@ -321,7 +282,10 @@ def migrate(storage: StorageAPI, plan: Plan,
     worker = threading.Thread(target=run, name="migration", daemon=True)
     migration_start = time.monotonic()
     worker.start()
-    monitor = _Monitor(plan, progress)
+    monitor = Monitor(src.hypervisor, name,
+                      completion_timeout(plan.memory_kib, opts.completion_timeout),
+                      on_timeout=opts.on_timeout, max_downtime_ms=opts.max_downtime_ms,
+                      progress=progress)
     monitor.run(worker)
     migration_seconds = time.monotonic() - migration_start
 
@@ -341,10 +305,10 @@ def migrate(storage: StorageAPI, plan: Plan,
         left.append(f"live migration reported '{failure[0]}', but the guest runs on "
                     f"{dst.name}: finished the move instead of rolling back")
 
-    def finish(vol: VolumePlan) -> list[str]:
+    def finish(vol: VolumePlan) -> Problems:
         """Roll forward one volume: every step is tried, failures are reported."""
         att = atts[vol.volume_id]
-        problems = []
+        problems = Problems()
         for what, step in (
                 (f"complete destination attachment of {vol.volume_id}",
                  lambda: vol.flow.finish_destination(att)),
@@ -356,13 +320,13 @@ def migrate(storage: StorageAPI, plan: Plan,
             try:
                 step()
             except errors.AttachflowError as exc:
-                problems.append(f"{what}: {exc}")
+                problems.add(what, exc)
         return problems
 
     # The volumes are independent of each other once the guest has moved.
     with concurrent.futures.ThreadPoolExecutor(max(1, min(8, len(plan.volumes)))) as pool:
         for problems in pool.map(finish, plan.volumes):
-            left.extend(problems)
+            left.extend(problems.lines())
 
     stats = {}
     try:

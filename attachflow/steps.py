@@ -4,16 +4,49 @@ A ``Transaction`` runs named steps; each successful step may register its undo. 
 step fails, the undos run in reverse order; an undo that fails does not stop the others
 (errors are collected, as os-brick's ExceptionChainer does) and is named in the
 ``OperationFailed`` that is raised, so the operator knows exactly what is left.
+
+``Problems`` is that collection: ``(what, error)`` pairs in the order they happened,
+rendered as one ``"what: error"`` line each. Steps that must all be attempted whatever
+happens (undoing, or finishing a move that cannot be undone) report through it.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from attachflow.errors import AttachflowError, OperationFailed
 
 LOG = logging.getLogger("attachflow.steps")
+
+
+class Problems:
+    """What could not be done: ``(what, error)`` pairs, kept in order."""
+
+    def __init__(self) -> None:
+        self._pairs: list[tuple[str, BaseException]] = []
+
+    def add(self, what: str, exc: BaseException) -> None:
+        self._pairs.append((what, exc))
+
+    def extend(self, other: Problems) -> None:
+        self._pairs.extend(other.pairs())
+
+    def pairs(self) -> list[tuple[str, BaseException]]:
+        return list(self._pairs)
+
+    def lines(self) -> list[str]:
+        """One line per problem: ``"what: error"``."""
+        return [f"{what}: {exc}" for what, exc in self._pairs]
+
+    def __iter__(self) -> Iterator[tuple[str, BaseException]]:
+        return iter(self.pairs())
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def __bool__(self) -> bool:
+        return bool(self._pairs)
 
 
 class Transaction:
@@ -40,13 +73,14 @@ class Transaction:
             LOG.warning("%s interrupted at %s; undoing", self.operation, failed_step)
         if not self._undo and isinstance(cause, AttachflowError):
             raise cause  # nothing had changed yet: the error speaks for itself
-        failures: list[tuple[str, BaseException]] = []
+        failures = Problems()
         for name, undo in reversed(self._undo):
             LOG.debug("%s: undo %s", self.operation, name)
             try:
                 undo()
             except Exception as exc:  # collect, keep undoing the rest
                 LOG.debug("%s: undo %s failed: %s", self.operation, name, exc)
-                failures.append((name, exc))
+                failures.add(name, exc)
         self._undo.clear()
-        raise OperationFailed(self.operation, failed_step, cause, failures) from cause
+        raise OperationFailed(self.operation, failed_step, cause, failures.pairs()) \
+            from cause

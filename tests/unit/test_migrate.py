@@ -6,6 +6,7 @@ import pytest
 
 from attachflow import errors, operations, record
 from attachflow import migrate as mig
+from attachflow import migration_monitor
 from attachflow.connectors import get_transport, iscsi_native
 from attachflow.testing import FakeCinder, fake_host
 
@@ -147,7 +148,7 @@ def test_wrong_chap_on_destination_rolls_back(lab):
 
 
 def test_timeout_aborts_and_rolls_back(lab, monkeypatch):
-    monkeypatch.setattr(mig, "POLL_INTERVAL", 0.01)
+    monkeypatch.setattr(migration_monitor, "POLL_INTERVAL", 0.01)
     cinder, a, b = lab
     vols = guest(lab, "attachments", "native", volumes=1)
     before = where(lab, vols)
@@ -163,7 +164,7 @@ def test_timeout_aborts_and_rolls_back(lab, monkeypatch):
 
 
 def test_timeout_can_switch_to_postcopy(lab, monkeypatch):
-    monkeypatch.setattr(mig, "POLL_INTERVAL", 0.01)
+    monkeypatch.setattr(migration_monitor, "POLL_INTERVAL", 0.01)
     cinder, a, b = lab
     guest(lab, "attachments", "native", volumes=0)
     a.hypervisor.during_migration = lambda hv: hv.wait_for_abort(5)
@@ -194,6 +195,26 @@ def test_cleanup_failure_after_switch_is_reported_not_undone(lab):
     assert any("libvirtd gone" in line for line in result.left_behind)
     # storage was still cleaned up: one attachment per volume, hostb's
     assert where(lab, vols)[1] == {v: ["hostb"] for v in vols}
+
+
+def test_everything_left_behind_is_reported_one_line_each_in_volume_order(lab):
+    cinder, a, b = lab
+    vols = guest(lab, "attachments", "native", volumes=2)
+    a.hypervisor.fail_after_switch = errors.HypervisorError("connection reset in Finish")
+    # every volume fails the same two steps: the order does not depend on which of the
+    # volumes, finished side by side, gets to the fake first
+    a.hypervisor.fail("undefine_secret", errors.HypervisorError("libvirtd gone"),
+                      times=len(vols))
+    cinder.fail("attachment_delete", errors.StorageUnavailable("cinder away"),
+                times=len(vols))
+    result = mig.migrate(cinder, mig.preflight(cinder, a, b, "vm"))
+    assert result.rolled_forward and result.runs_on == "hostb"
+    expected = ["live migration reported 'connection reset in Finish', but the guest runs "
+                "on hostb: finished the move instead of rolling back"]
+    for vol in vols:
+        expected += [f"disconnect {vol} on hosta: libvirtd gone",
+                     f"release source connection of {vol}: cinder away"]
+    assert result.left_behind == expected
 
 
 def test_preflight_refuses_without_changing_anything(lab):
