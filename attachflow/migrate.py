@@ -227,24 +227,39 @@ def dry_run(plan: Plan) -> dict[str, Any]:
             "xml_diff": diff}
 
 
-def _pretty(xml: str):
-    import xml.etree.ElementTree as ET
-    return ET.fromstring(xml)
-
-
-def _predicted_source(vol: VolumePlan, plan: Plan) -> domxml.DiskSource:
-    src = vol.source_disk.source
-    if isinstance(src, domxml.NetworkISCSISource):
-        from attachflow.connectors.iscsi_native import initiator_name
-        return dataclasses.replace(src, initiator_iqn=initiator_name(plan.destination))
-    return src  # a kernel path is known only once os-brick connects on the destination
-
-
 def migrate(storage: StorageAPI, plan: Plan,
             progress: Callable[[dict[str, Any]], None] | None = None) -> MigrationResult:
+    """Move the guest: connect the destination, run the watched job, settle (roll back
+    while the guest still runs on the source, forward once it runs on the destination),
+    and finish every volume."""
     start = time.monotonic()
-    src, dst, name, opts = plan.source, plan.destination, plan.domain, plan.options
-    tx = Transaction(f"migrate {name} from {src.name} to {dst.name}")
+    tx = Transaction(f"migrate {plan.domain} from {plan.source.name} to "
+                     f"{plan.destination.name}")
+    atts, request = _connect_destination(tx, plan)
+    job = _run_watched_job(plan, request, progress)
+    left = Problems()
+    if job.failure is not None:
+        _settle(tx, plan, job)
+        left.add("live migration", errors.HypervisorError(
+            f"reported '{job.failure}', but the guest runs on {plan.destination.name}: "
+            "finished the move instead of rolling back"))
+    left.extend(_finish_volumes(plan, atts))
+    return _result(plan, job, start, left)
+
+
+@dataclasses.dataclass(frozen=True)
+class JobOutcome:
+    """How the migration job ended, as the source saw it."""
+    failure: BaseException | None
+    timed_out: bool
+    seconds: float
+
+
+def _connect_destination(tx: Transaction, plan: Plan
+                         ) -> tuple[dict[str, StorageAttachment], MigrationRequest]:
+    """Phase 1: per volume a destination connection on the storage side and the
+    destination host connected; then the request with the destination's definitions."""
+    dst, opts = plan.destination, plan.options
     atts: dict[str, StorageAttachment] = {}
     sources: dict[str, domxml.DiskSource] = {}
     for vol in plan.volumes:
@@ -265,48 +280,55 @@ def migrate(storage: StorageAPI, plan: Plan,
                 dst, att.connection, source, plan.uuid))
     live, persistent = tx.run("destination XML",
                               lambda: destination_definitions(plan, sources, atts))
-    request = MigrationRequest(
+    return atts, MigrationRequest(
         dest_uri=dst.cfg.libvirt_uri, dest=live, persist=persistent,
         auto_converge=opts.auto_converge,
         postcopy=opts.postcopy or opts.on_timeout == "postcopy",
         bandwidth_mib=opts.bandwidth_mib, copy_disks=tuple(plan.local_disks))
 
+
+def _run_watched_job(plan: Plan, request: MigrationRequest,
+                     progress: Callable[[dict[str, Any]], None] | None) -> JobOutcome:
+    """Phase 2: migrateToURI3 in a worker thread, the monitor polling it meanwhile."""
     failure: list[BaseException] = []
 
     def run():
         try:
-            src.hypervisor.migrate(name, request)
+            plan.source.hypervisor.migrate(plan.domain, request)
         except BaseException as exc:  # handed to the main thread
             failure.append(exc)
 
+    opts = plan.options
     worker = threading.Thread(target=run, name="migration", daemon=True)
-    migration_start = time.monotonic()
+    started = time.monotonic()
     worker.start()
-    monitor = Monitor(src.hypervisor, name,
+    monitor = Monitor(plan.source.hypervisor, plan.domain,
                       completion_timeout(plan.memory_kib, opts.completion_timeout),
                       on_timeout=opts.on_timeout, max_downtime_ms=opts.max_downtime_ms,
                       progress=progress)
     monitor.run(worker)
-    migration_seconds = time.monotonic() - migration_start
+    return JobOutcome(failure[0] if failure else None, monitor.timed_out,
+                      time.monotonic() - started)
 
-    rolled_forward = False
-    if failure:
-        cause = failure[0]
-        if monitor.timed_out:
-            cause = errors.HypervisorError(
-                f"live migration did not complete within the completion timeout and was "
-                f"aborted ({cause})")
-        if not _runs_on(dst, name) or _runs_on(src, name):
-            tx.rollback("live migration", cause)
-        rolled_forward = True  # the guest already runs on the destination
 
-    left: list[str] = []
-    if rolled_forward:
-        left.append(f"live migration reported '{failure[0]}', but the guest runs on "
-                    f"{dst.name}: finished the move instead of rolling back")
+def _settle(tx: Transaction, plan: Plan, job: JobOutcome) -> None:
+    """Phase 3, after a failed job: where the guest runs decides. Still on the source (or
+    on neither): roll back, which raises. On the destination: go on and finish."""
+    cause = job.failure
+    if job.timed_out:
+        cause = errors.HypervisorError(
+            f"live migration did not complete within the completion timeout and was "
+            f"aborted ({cause})")
+    if not _runs_on(plan.destination, plan.domain) or _runs_on(plan.source, plan.domain):
+        tx.rollback("live migration", cause)
+
+
+def _finish_volumes(plan: Plan, atts: dict[str, StorageAttachment]) -> Problems:
+    """Phase 4, roll forward: per volume, complete the destination attachment, disconnect
+    the source and release its connection. Every step is tried; failures are collected."""
+    src = plan.source
 
     def finish(vol: VolumePlan) -> Problems:
-        """Roll forward one volume: every step is tried, failures are reported."""
         att = atts[vol.volume_id]
         problems = Problems()
         for what, step in (
@@ -323,23 +345,28 @@ def migrate(storage: StorageAPI, plan: Plan,
                 problems.add(what, exc)
         return problems
 
+    out = Problems()
     # The volumes are independent of each other once the guest has moved.
     with concurrent.futures.ThreadPoolExecutor(max(1, min(8, len(plan.volumes)))) as pool:
         for problems in pool.map(finish, plan.volumes):
-            left.extend(problems.lines())
+            out.extend(problems)
+    return out
 
-    stats = {}
+
+def _result(plan: Plan, job: JobOutcome, start: float, left: Problems) -> MigrationResult:
+    stats: dict[str, Any] = {}
     try:
-        stats = dst.hypervisor.job_stats(name, completed=True)
+        stats = plan.destination.hypervisor.job_stats(plan.domain, completed=True)
     except errors.AttachflowError:
         pass
-    downtime = stats.get("downtime")
     elapsed = stats.get("time_elapsed")
     return MigrationResult(
-        domain=name, source=src.name, destination=dst.name, runs_on=dst.name,
-        volumes=[v.volume_id for v in plan.volumes], seconds=time.monotonic() - start,
-        migration_seconds=(elapsed / 1000.0) if elapsed else migration_seconds,
-        downtime_ms=downtime, rolled_forward=rolled_forward, left_behind=left)
+        domain=plan.domain, source=plan.source.name, destination=plan.destination.name,
+        runs_on=plan.destination.name, volumes=[v.volume_id for v in plan.volumes],
+        seconds=time.monotonic() - start,
+        migration_seconds=(elapsed / 1000.0) if elapsed else job.seconds,
+        downtime_ms=stats.get("downtime"), rolled_forward=job.failure is not None,
+        left_behind=left.lines())
 
 
 def _runs_on(host: ComputeHost, name: str) -> bool:

@@ -209,8 +209,8 @@ def test_everything_left_behind_is_reported_one_line_each_in_volume_order(lab):
                 times=len(vols))
     result = mig.migrate(cinder, mig.preflight(cinder, a, b, "vm"))
     assert result.rolled_forward and result.runs_on == "hostb"
-    expected = ["live migration reported 'connection reset in Finish', but the guest runs "
-                "on hostb: finished the move instead of rolling back"]
+    expected = ["live migration: reported 'connection reset in Finish', but the guest "
+                "runs on hostb: finished the move instead of rolling back"]
     for vol in vols:
         expected += [f"disconnect {vol} on hosta: libvirtd gone",
                      f"release source connection of {vol}: cinder away"]
