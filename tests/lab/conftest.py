@@ -161,6 +161,18 @@ class Lab:
         path = self.host_path(host, f"/var/log/libvirt/qemu/{name}.log")
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def log_after(self, host: str, name: str, before: str, wanted: str, count: int = 1,
+                  timeout: float = 15) -> str:
+        """What QEMU logged for ``name`` since ``before``, once it holds ``count`` lines
+        with ``wanted`` (qemu-io reports on QEMU's stderr, which virtlogd writes out a
+        moment after the monitor command returns)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.qemu_log(host, name)[len(before):]
+            if log.count(wanted) >= count or time.monotonic() > deadline:
+                return log
+            time.sleep(0.1)
+
     def host_path(self, host: str, path: str) -> Path:
         """A file of a lab host, seen from the root namespace."""
         for inside, outside in (("/var/log/libvirt/", "var-log-libvirt/"),

@@ -57,7 +57,7 @@ def check_runs_on(lab, dom, vols, patterns, host, other):
     log_before = lab.qemu_log(host, dom)
     for vol, pattern in patterns.items():
         lab.qemu_io(host, dom, vol, f"read -P {pattern} 0 1M")
-    log = lab.qemu_log(host, dom)[len(log_before):]
+    log = lab.log_after(host, dom, log_before, "read 1048576/1048576 bytes", len(patterns))
     assert log.count("read 1048576/1048576 bytes") == len(patterns), log
     assert "Pattern verification failed" not in log
 
