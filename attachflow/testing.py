@@ -23,10 +23,12 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from attachflow import domxml, errors
+from attachflow.brick import HostConnector
 from attachflow.cinder_side import StorageAPI
-from attachflow.compute_side import ComputeHost, DomainRef, HostConfig, HostConnector, \
-    Hypervisor, Runner
+from attachflow.compute_side import ComputeHost, DomainRef, Hypervisor
+from attachflow.hosts import HostConfig
 from attachflow.model import Secret, Volume, VolumeAttachment
+from attachflow.remote import Runner
 
 
 class _Faults:
