@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import abc
 import os
+import select
 import shlex
 import socket
+import time
 
 from attachflow import errors
 from attachflow.hosts import HostConfig
@@ -68,12 +70,9 @@ class SSHRunner(Runner):
                                                         socket.timeout)),
                 stop=tenacity.stop_after_attempt(3), wait=tenacity.wait_fixed(0.5),
                 reraise=True)(connect)
-        except paramiko.SSHException as exc:
-            raise errors.HostError(f"ssh {self.cfg.ssh_user}@{self.cfg.address}: {exc}") \
-                from None
-        except OSError as exc:
+        except (paramiko.SSHException, OSError, EOFError) as exc:
             raise errors.HostError(f"ssh {self.cfg.ssh_user}@{self.cfg.address}: "
-                                   f"{exc.strerror or exc}") from None
+                                   f"{_describe(exc)}") from None
         self._client = client
         return client
 
@@ -93,16 +92,102 @@ class SSHRunner(Runner):
 
     def run(self, argv, stdin=None, timeout=300):
         client = self._connect()
-        command = " ".join(shlex.quote(a) for a in argv)
-        chan_in, chan_out, chan_err = client.exec_command(command, timeout=timeout)
-        if stdin is not None:
-            chan_in.write(stdin)
-        chan_in.channel.shutdown_write()
-        out = chan_out.read()
-        err = chan_err.read()
-        return chan_out.channel.recv_exit_status(), out, err
+        import paramiko
+        command = shlex.join(argv)
+        # argv never carries secrets (they go on stdin), so the message may name it
+        where = f"ssh {self.cfg.ssh_user}@{self.cfg.address}: {' '.join(command.split())}"
+        deadline = time.monotonic() + timeout
+        chan = None
+        try:
+            # Held until the end: paramiko's stdin file sends EOF when it is collected.
+            files = client.exec_command(command, timeout=timeout)
+            chan = files[0].channel
+            return _exchange(chan, stdin or b"", deadline)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            # paramiko says "Timeout opening channel." when the same deadline expires
+            if isinstance(exc, TimeoutError) or time.monotonic() >= deadline:
+                raise errors.HostError(f"{where}: timed out after {timeout:g} s") from None
+            raise errors.HostError(f"{where}: {_describe(exc)}") from None
+        finally:
+            if chan is not None:
+                _close_quietly(chan)
 
     def close(self):
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+_CHUNK = 32768
+# The longest wait for something the channel's file descriptor does not signal: room in
+# the window for more stdin, or the exit status once the output has ended.
+_SHORT_WAIT = 0.01
+
+
+def _exchange(chan, stdin: bytes, deadline: float) -> tuple[int, bytes, bytes]:
+    """Feed ``stdin`` to the command on ``chan`` and collect its stdout and stderr, both
+    at once, until it has ended them and exited; TimeoutError once ``deadline`` passes.
+
+    Reading one stream to its end before the other would stall as soon as the command
+    fills the SSH window with the other, and writing all of stdin before reading would
+    stall a command that answers as it reads. Only calls that cannot block are made:
+    recv when data is buffered, send when the window has room.
+    """
+    out, err = bytearray(), bytearray()
+    sent = 0
+    if not stdin:
+        chan.shutdown_write()
+    while True:
+        if time.monotonic() >= deadline:
+            raise TimeoutError
+        # Data arrives before the EOF that follows it: once EOF is seen, empty buffers
+        # mean both streams are complete.
+        ended = chan.eof_received or chan.closed
+        busy = False
+        if chan.recv_ready():
+            out += chan.recv(_CHUNK)
+            busy = True
+        if chan.recv_stderr_ready():
+            err += chan.recv_stderr(_CHUNK)
+            busy = True
+        if ended and not busy and chan.exit_status_ready():
+            break
+        if sent < len(stdin) and chan.send_ready():
+            try:
+                sent += chan.send(stdin[sent:sent + _CHUNK])
+            except OSError:
+                if not chan.closed:
+                    raise
+                sent = len(stdin)  # the command is gone; its exit status tells the rest
+            else:
+                busy = True
+                if sent == len(stdin):
+                    chan.shutdown_write()
+        if busy:
+            continue
+        left = max(0.0, deadline - time.monotonic())
+        if ended:
+            # the descriptor stays readable after EOF: sleep, do not select
+            time.sleep(min(left, _SHORT_WAIT))
+        else:
+            # readable when data, EOF or the channel's close arrives
+            select.select([chan], [], [], min(left, _SHORT_WAIT) if sent < len(stdin)
+                          else left)
+    return chan.recv_exit_status(), bytes(out), bytes(err)
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for an SSH or socket failure."""
+    if isinstance(exc, EOFError):
+        return "connection closed by the host"
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def _close_quietly(chan) -> None:
+    # Closing also releases the pipe behind chan.fileno(); a failure here must not hide
+    # the command's result or the error already on its way.
+    try:
+        chan.close()
+    except Exception:
+        pass
