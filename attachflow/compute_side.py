@@ -415,6 +415,12 @@ class ComputeHost:
         if self._runner is not None:
             self._runner.close()
 
+    def __enter__(self) -> ComputeHost:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
 
 def open_host(name: str, env=None) -> ComputeHost:
     return ComputeHost(load_host(name or LOCAL, env))
