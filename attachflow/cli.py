@@ -365,7 +365,7 @@ def migrate(domain, destination, auto_converge, postcopy, max_downtime, bandwidt
 @_boundary
 def host_call(debug: bool = False):
     """Host end of remote os-brick calls: one JSON request on stdin, JSON answer out."""
-    from attachflow.compute_side import host_call as run
+    from attachflow.brick import host_call as run
     try:
         request = json.loads(sys.stdin.read() or "{}")
     except ValueError:

@@ -1,326 +1,32 @@
 """The compute side: a host that runs guests, its hypervisor and its block devices.
 
-Three seams, each with a real implementation here and an in-memory twin in
-``attachflow.testing``:
+This module owns the hypervisor and puts a compute host together. Three seams, each with a
+real implementation and an in-memory twin in ``attachflow.testing``:
 
-- ``Hypervisor``: libvirt (``LibvirtHypervisor``, local ``qemu:///system`` or
+- ``Hypervisor`` (here): libvirt (``LibvirtHypervisor``, local ``qemu:///system`` or
   ``qemu+ssh://``): domains, disks, secrets, and the volume records attachflow keeps in
   each domain's metadata.
-- ``HostConnector``: os-brick on the host (``BrickLocal`` in this process,
-  ``BrickRemote`` over SSH by running ``attachflow host-call`` there with the
-  secret-bearing JSON on stdin, never in argv).
-- ``Runner``: a command on the host (``SSHRunner`` with paramiko).
+- ``HostConnector`` (``attachflow.brick``): os-brick on the host, in this process or over
+  SSH with the secret-bearing request on stdin, never in argv.
+- ``Runner`` (``attachflow.remote``): a command on the host, over SSH with paramiko.
 
-A host is ``local`` (this machine) or a name from the hosts file (TOML, ``ATTACHFLOW_HOSTS``
-or ``~/.config/attachflow/hosts.toml``); a bare name not in the file means root over SSH to
-that name and ``qemu+ssh://root@NAME/system``.
+Which hosts there are and how to reach them is the hosts file's business
+(``attachflow.hosts``).
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-import json
-import logging
-import os
-import shlex
-import socket
 import threading
 import time
-import tomllib
-from pathlib import Path
 from typing import Any, Callable
 
 from attachflow import domxml, errors
+from attachflow.brick import BrickLocal, BrickRemote, HostConnector
+from attachflow.hosts import LOCAL, HostConfig, load_host
 from attachflow.model import Secret
-
-LOG = logging.getLogger("attachflow.compute")
-
-LOCAL = "local"
-
-
-# ---------------------------------------------------------------------------------------
-# Hosts
-
-@dataclasses.dataclass(frozen=True)
-class HostConfig:
-    name: str
-    address: str
-    ssh_user: str = "root"
-    ssh_port: int = 22
-    ssh_key: str | None = None
-    known_hosts: str | None = None
-    libvirt_uri: str = "qemu:///system"
-    remote_command: str = "attachflow"
-    hostname: str | None = None  # what the storage side is told (connector 'host')
-
-    @property
-    def local(self) -> bool:
-        return self.name == LOCAL
-
-    @property
-    def connector_host(self) -> str:
-        return self.hostname or (socket.gethostname() if self.local else self.name)
-
-
-def hosts_file_path(env=None) -> Path:
-    env = os.environ if env is None else env
-    if env.get("ATTACHFLOW_HOSTS"):
-        return Path(env["ATTACHFLOW_HOSTS"])
-    return Path(env.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "attachflow" / \
-        "hosts.toml"
-
-
-_HOST_KEYS = {f.name for f in dataclasses.fields(HostConfig)} - {"name"}
-
-
-def load_host(name: str, env=None) -> HostConfig:
-    path = hosts_file_path(env)
-    entries: dict[str, Any] = {}
-    if path.exists():
-        try:
-            entries = tomllib.loads(path.read_text()).get("hosts", {})
-        except (tomllib.TOMLDecodeError, OSError) as exc:
-            raise errors.InputError(f"hosts file {path}: {exc}") from None
-    if name in entries:
-        entry = dict(entries[name])
-        unknown = set(entry) - _HOST_KEYS
-        if unknown:
-            raise errors.InputError(
-                f"hosts file {path}: host '{name}' has unknown keys {sorted(unknown)}")
-        entry.setdefault("address", name)
-        entry.setdefault("libvirt_uri", LOCAL_URI if name == LOCAL else
-                         f"qemu+ssh://{entry.get('ssh_user', 'root')}@{entry['address']}/system")
-        return HostConfig(name=name, **entry)
-    if name == LOCAL:
-        return HostConfig(name=LOCAL, address=_local_address(), libvirt_uri=LOCAL_URI)
-    if not name or any(c in name for c in " /@:"):
-        raise errors.UnknownHost(f"'{name}' is not a host name")
-    return HostConfig(name=name, address=name, libvirt_uri=f"qemu+ssh://root@{name}/system")
-
-
-LOCAL_URI = "qemu:///system"
-
-
-def _local_address() -> str:
-    try:
-        return socket.gethostbyname(socket.gethostname())
-    except OSError:
-        return "127.0.0.1"
-
-
-# ---------------------------------------------------------------------------------------
-# Remote commands
-
-class Runner(abc.ABC):
-    @abc.abstractmethod
-    def run(self, argv: list[str], stdin: bytes | None = None,
-            timeout: float = 300) -> tuple[int, bytes, bytes]: ...
-
-    @abc.abstractmethod
-    def ping(self, timeout: float = 5) -> None:
-        """Raise HostError unless the host's SSH server answers right now."""
-
-    def close(self) -> None:
-        pass
-
-
-class SSHRunner(Runner):
-    """paramiko, known-hosts checking on: an unknown or changed host key is an error."""
-
-    def __init__(self, cfg: HostConfig, connect_timeout: float = 10):
-        self.cfg = cfg
-        self._timeout = connect_timeout
-        self._client = None
-
-    def _connect(self):
-        if self._client is not None:
-            return self._client
-        import paramiko
-        import tenacity
-        client = paramiko.SSHClient()
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        try:
-            if self.cfg.known_hosts:
-                client.load_host_keys(os.path.expanduser(self.cfg.known_hosts))
-            else:
-                client.load_system_host_keys()
-        except OSError as exc:
-            raise errors.HostError(f"{self.cfg.name}: known hosts: {exc}") from None
-
-        def connect():
-            client.connect(self.cfg.address, port=self.cfg.ssh_port,
-                           username=self.cfg.ssh_user,
-                           key_filename=os.path.expanduser(self.cfg.ssh_key)
-                           if self.cfg.ssh_key else None,
-                           timeout=self._timeout, banner_timeout=self._timeout,
-                           auth_timeout=self._timeout, allow_agent=False)
-
-        try:
-            # Only a refused or timed-out TCP connect is retried: host key and auth
-            # failures are answers, not accidents.
-            tenacity.Retrying(
-                retry=tenacity.retry_if_exception_type((ConnectionRefusedError,
-                                                        socket.timeout)),
-                stop=tenacity.stop_after_attempt(3), wait=tenacity.wait_fixed(0.5),
-                reraise=True)(connect)
-        except paramiko.SSHException as exc:
-            raise errors.HostError(f"ssh {self.cfg.ssh_user}@{self.cfg.address}: {exc}") \
-                from None
-        except OSError as exc:
-            raise errors.HostError(f"ssh {self.cfg.ssh_user}@{self.cfg.address}: "
-                                   f"{exc.strerror or exc}") from None
-        self._client = client
-        return client
-
-    def ping(self, timeout=5):
-        # A fresh TCP connection and the server's banner: cheap, and unlike a shared
-        # or pooled SSH connection it shows that sshd answers now.
-        try:
-            with socket.create_connection((self.cfg.address, self.cfg.ssh_port),
-                                          timeout=timeout) as sock:
-                banner = sock.recv(256)
-        except OSError as exc:
-            raise errors.HostError(f"ssh {self.cfg.address}:{self.cfg.ssh_port}: "
-                                   f"{exc.strerror or exc}") from None
-        if not banner.startswith(b"SSH-"):
-            raise errors.HostError(f"{self.cfg.address}:{self.cfg.ssh_port} does not speak "
-                                   "SSH")
-
-    def run(self, argv, stdin=None, timeout=300):
-        client = self._connect()
-        command = " ".join(shlex.quote(a) for a in argv)
-        chan_in, chan_out, chan_err = client.exec_command(command, timeout=timeout)
-        if stdin is not None:
-            chan_in.write(stdin)
-        chan_in.channel.shutdown_write()
-        out = chan_out.read()
-        err = chan_err.read()
-        return chan_out.channel.recv_exit_status(), out, err
-
-    def close(self):
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-
-# ---------------------------------------------------------------------------------------
-# Host connector: os-brick
-
-class HostConnector(abc.ABC):
-    """os-brick's three calls, wherever they run."""
-
-    @abc.abstractmethod
-    def properties(self, my_ip: str, multipath: bool) -> dict[str, Any]: ...
-
-    @abc.abstractmethod
-    def connect(self, protocol: str, props: dict[str, Any],
-                multipath: bool) -> dict[str, Any]: ...
-
-    @abc.abstractmethod
-    def disconnect(self, protocol: str, props: dict[str, Any], device_info: dict[str, Any],
-                   multipath: bool) -> None: ...
-
-
-_BRICK_READY = threading.Lock()
-_brick_set_up = False
-
-
-def _brick():
-    """Import os-brick lazily (it costs about half a second) and let its privileged calls
-    run in this process when we are root, since there is no sudo to spawn a helper."""
-    global _brick_set_up
-    from os_brick.initiator import connector as brick_connector
-    with _BRICK_READY:
-        if not _brick_set_up:
-            import os_brick.privileged
-            if os.geteuid() == 0:
-                os_brick.privileged.default.set_client_mode(False)
-            _brick_set_up = True
-    return brick_connector
-
-
-class BrickLocal(HostConnector):
-    def properties(self, my_ip, multipath):
-        try:
-            return _brick().get_connector_properties(None, my_ip, multipath, False)
-        except Exception as exc:
-            raise errors.HostError(f"connector properties: {exc}") from None
-
-    def _connector(self, protocol, multipath):
-        return _brick().InitiatorConnector.factory(protocol, None, use_multipath=multipath,
-                                                   device_scan_attempts=3)
-
-    def connect(self, protocol, props, multipath):
-        try:
-            return dict(self._connector(protocol, multipath).connect_volume(props))
-        except Exception as exc:
-            raise errors.HostError(f"os-brick connect_volume ({protocol}): "
-                                   f"{_scrub(str(exc), props)}") from None
-
-    def disconnect(self, protocol, props, device_info, multipath):
-        try:
-            self._connector(protocol, multipath).disconnect_volume(props, device_info,
-                                                                   force=False)
-        except Exception as exc:
-            raise errors.HostError(f"os-brick disconnect_volume ({protocol}): "
-                                   f"{_scrub(str(exc), props)}") from None
-
-
-def _scrub(text: str, props: dict[str, Any]) -> str:
-    for key, value in props.items():
-        if isinstance(value, str) and value and "password" in key:
-            text = text.replace(value, "***")
-    return text
-
-
-class BrickRemote(HostConnector):
-    """Runs ``attachflow host-call`` on the host; the request (with CHAP data) goes on
-    stdin, the answer comes back as JSON on stdout."""
-
-    def __init__(self, runner: Runner, cfg: HostConfig):
-        self.runner = runner
-        self.cfg = cfg
-
-    def _call(self, request: dict[str, Any]) -> Any:
-        argv = shlex.split(self.cfg.remote_command) + ["host-call"]
-        rc, out, err = self.runner.run(argv, json.dumps(request).encode())
-        if rc != 0:
-            line = (err.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
-            raise errors.HostError(f"{self.cfg.name}: host-call {request['op']}: {line}")
-        try:
-            return json.loads(out or b"null")
-        except ValueError:
-            raise errors.HostError(f"{self.cfg.name}: host-call {request['op']}: "
-                                   "unreadable answer") from None
-
-    def properties(self, my_ip, multipath):
-        return self._call({"op": "properties", "my_ip": my_ip, "multipath": multipath})
-
-    def connect(self, protocol, props, multipath):
-        return self._call({"op": "connect", "protocol": protocol, "props": props,
-                           "multipath": multipath})
-
-    def disconnect(self, protocol, props, device_info, multipath):
-        self._call({"op": "disconnect", "protocol": protocol, "props": props,
-                    "device_info": device_info, "multipath": multipath})
-
-
-def host_call(request: dict[str, Any], brick: HostConnector | None = None) -> Any:
-    """The host end of BrickRemote: one request in, one JSON-able answer out."""
-    brick = brick or BrickLocal()
-    op = request.get("op")
-    if op == "properties":
-        return brick.properties(request.get("my_ip") or _local_address(),
-                                bool(request.get("multipath")))
-    if op == "connect":
-        return brick.connect(request["protocol"], request["props"],
-                             bool(request.get("multipath")))
-    if op == "disconnect":
-        brick.disconnect(request["protocol"], request["props"],
-                         request.get("device_info") or {}, bool(request.get("multipath")))
-        return None
-    raise errors.InputError(f"unknown host-call op '{op}'")
+from attachflow.remote import Runner, SSHRunner
 
 
 # ---------------------------------------------------------------------------------------
@@ -705,6 +411,12 @@ class ComputeHost:
             self._hypervisor.close()
         if self._runner is not None:
             self._runner.close()
+
+    def __enter__(self) -> ComputeHost:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
 
 def open_host(name: str, env=None) -> ComputeHost:

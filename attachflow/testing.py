@@ -22,10 +22,12 @@ import uuid as uuidlib
 from typing import Any
 
 from attachflow import domxml, errors
+from attachflow.brick import HostConnector
 from attachflow.cinder_side import StorageAPI
-from attachflow.compute_side import ComputeHost, DomainRef, HostConfig, HostConnector, \
-    Hypervisor, Runner
+from attachflow.compute_side import ComputeHost, DomainRef, Hypervisor
+from attachflow.hosts import HostConfig
 from attachflow.model import ConnectionInfo, NewAttachment, Secret, Volume, VolumeAttachment
+from attachflow.remote import Runner
 
 
 class _Faults:

@@ -106,7 +106,7 @@ class Bench:
 
     # -- lab helpers ------------------------------------------------------------------------
     def uri(self, host):
-        from attachflow.compute_side import load_host
+        from attachflow.hosts import load_host
         return load_host(host).libvirt_uri
 
     def conn(self, host):

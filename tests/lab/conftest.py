@@ -118,7 +118,7 @@ class Lab:
 
     # -- libvirt on each host -------------------------------------------------------------
     def uri(self, host: str) -> str:
-        from attachflow.compute_side import load_host
+        from attachflow.hosts import load_host
         return load_host(host).libvirt_uri
 
     def conn(self, host: str):

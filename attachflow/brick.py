@@ -1,0 +1,137 @@
+"""The host connector: os-brick's connect and disconnect of a volume on a compute host.
+
+The side effect owned here is os-brick itself, behind the ``HostConnector`` seam:
+``BrickLocal`` calls it in this process, ``BrickRemote`` runs ``attachflow host-call`` on
+the host through a ``Runner`` with the secret-bearing JSON request on stdin, never in argv,
+and ``host_call`` is that command's end on the host. The in-memory twin is
+``attachflow.testing.FakeBrick``.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import os
+import shlex
+import threading
+from typing import Any
+
+from attachflow import errors
+from attachflow.hosts import HostConfig, local_address
+from attachflow.remote import Runner
+
+
+class HostConnector(abc.ABC):
+    """os-brick's three calls, wherever they run."""
+
+    @abc.abstractmethod
+    def properties(self, my_ip: str, multipath: bool) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    def connect(self, protocol: str, props: dict[str, Any],
+                multipath: bool) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    def disconnect(self, protocol: str, props: dict[str, Any], device_info: dict[str, Any],
+                   multipath: bool) -> None: ...
+
+
+_BRICK_READY = threading.Lock()
+_brick_set_up = False
+
+
+def _brick():
+    """Import os-brick lazily (it costs about half a second) and let its privileged calls
+    run in this process when we are root, since there is no sudo to spawn a helper."""
+    global _brick_set_up
+    from os_brick.initiator import connector as brick_connector
+    with _BRICK_READY:
+        if not _brick_set_up:
+            import os_brick.privileged
+            if os.geteuid() == 0:
+                os_brick.privileged.default.set_client_mode(False)
+            _brick_set_up = True
+    return brick_connector
+
+
+class BrickLocal(HostConnector):
+    def properties(self, my_ip, multipath):
+        try:
+            return _brick().get_connector_properties(None, my_ip, multipath, False)
+        except Exception as exc:
+            raise errors.HostError(f"connector properties: {exc}") from None
+
+    def _connector(self, protocol, multipath):
+        return _brick().InitiatorConnector.factory(protocol, None, use_multipath=multipath,
+                                                   device_scan_attempts=3)
+
+    def connect(self, protocol, props, multipath):
+        try:
+            return dict(self._connector(protocol, multipath).connect_volume(props))
+        except Exception as exc:
+            raise errors.HostError(f"os-brick connect_volume ({protocol}): "
+                                   f"{_scrub(str(exc), props)}") from None
+
+    def disconnect(self, protocol, props, device_info, multipath):
+        try:
+            self._connector(protocol, multipath).disconnect_volume(props, device_info,
+                                                                   force=False)
+        except Exception as exc:
+            raise errors.HostError(f"os-brick disconnect_volume ({protocol}): "
+                                   f"{_scrub(str(exc), props)}") from None
+
+
+def _scrub(text: str, props: dict[str, Any]) -> str:
+    for key, value in props.items():
+        if isinstance(value, str) and value and "password" in key:
+            text = text.replace(value, "***")
+    return text
+
+
+class BrickRemote(HostConnector):
+    """Runs ``attachflow host-call`` on the host; the request (with CHAP data) goes on
+    stdin, the answer comes back as JSON on stdout."""
+
+    def __init__(self, runner: Runner, cfg: HostConfig):
+        self.runner = runner
+        self.cfg = cfg
+
+    def _call(self, request: dict[str, Any]) -> Any:
+        argv = shlex.split(self.cfg.remote_command) + ["host-call"]
+        rc, out, err = self.runner.run(argv, json.dumps(request).encode())
+        if rc != 0:
+            line = (err.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+            raise errors.HostError(f"{self.cfg.name}: host-call {request['op']}: {line}")
+        try:
+            return json.loads(out or b"null")
+        except ValueError:
+            raise errors.HostError(f"{self.cfg.name}: host-call {request['op']}: "
+                                   "unreadable answer") from None
+
+    def properties(self, my_ip, multipath):
+        return self._call({"op": "properties", "my_ip": my_ip, "multipath": multipath})
+
+    def connect(self, protocol, props, multipath):
+        return self._call({"op": "connect", "protocol": protocol, "props": props,
+                           "multipath": multipath})
+
+    def disconnect(self, protocol, props, device_info, multipath):
+        self._call({"op": "disconnect", "protocol": protocol, "props": props,
+                    "device_info": device_info, "multipath": multipath})
+
+
+def host_call(request: dict[str, Any], brick: HostConnector | None = None) -> Any:
+    """The host end of BrickRemote: one request in, one JSON-able answer out."""
+    brick = brick or BrickLocal()
+    op = request.get("op")
+    if op == "properties":
+        return brick.properties(request.get("my_ip") or local_address(),
+                                bool(request.get("multipath")))
+    if op == "connect":
+        return brick.connect(request["protocol"], request["props"],
+                             bool(request.get("multipath")))
+    if op == "disconnect":
+        brick.disconnect(request["protocol"], request["props"],
+                         request.get("device_info") or {}, bool(request.get("multipath")))
+        return None
+    raise errors.InputError(f"unknown host-call op '{op}'")

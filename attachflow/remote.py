@@ -1,0 +1,193 @@
+"""Commands on a compute host: the remote shell.
+
+The side effect owned here is running a command on a host over SSH (``SSHRunner`` with
+paramiko, host keys always checked) behind the ``Runner`` seam; its in-memory twin is
+``attachflow.testing.FakeRunner``.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import select
+import shlex
+import socket
+import time
+
+from attachflow import errors
+from attachflow.hosts import HostConfig
+
+
+class Runner(abc.ABC):
+    @abc.abstractmethod
+    def run(self, argv: list[str], stdin: bytes | None = None,
+            timeout: float = 300) -> tuple[int, bytes, bytes]: ...
+
+    @abc.abstractmethod
+    def ping(self, timeout: float = 5) -> None:
+        """Raise HostError unless the host's SSH server answers right now."""
+
+    def close(self) -> None:
+        pass
+
+
+class SSHRunner(Runner):
+    """paramiko, known-hosts checking on: an unknown or changed host key is an error."""
+
+    def __init__(self, cfg: HostConfig, connect_timeout: float = 10):
+        self.cfg = cfg
+        self._timeout = connect_timeout
+        self._client = None
+
+    def _connect(self):
+        if self._client is not None:
+            return self._client
+        import paramiko
+        import tenacity
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        try:
+            if self.cfg.known_hosts:
+                client.load_host_keys(os.path.expanduser(self.cfg.known_hosts))
+            else:
+                client.load_system_host_keys()
+        except OSError as exc:
+            raise errors.HostError(f"{self.cfg.name}: known hosts: {exc}") from None
+
+        def connect():
+            client.connect(self.cfg.address, port=self.cfg.ssh_port,
+                           username=self.cfg.ssh_user,
+                           key_filename=os.path.expanduser(self.cfg.ssh_key)
+                           if self.cfg.ssh_key else None,
+                           timeout=self._timeout, banner_timeout=self._timeout,
+                           auth_timeout=self._timeout, allow_agent=False)
+
+        try:
+            # Only a refused or timed-out TCP connect is retried: host key and auth
+            # failures are answers, not accidents.
+            tenacity.Retrying(
+                retry=tenacity.retry_if_exception_type((ConnectionRefusedError,
+                                                        socket.timeout)),
+                stop=tenacity.stop_after_attempt(3), wait=tenacity.wait_fixed(0.5),
+                reraise=True)(connect)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise errors.HostError(f"ssh {self.cfg.ssh_user}@{self.cfg.address}: "
+                                   f"{_describe(exc)}") from None
+        self._client = client
+        return client
+
+    def ping(self, timeout=5):
+        # A fresh TCP connection and the server's banner: cheap, and unlike a shared
+        # or pooled SSH connection it shows that sshd answers now.
+        try:
+            with socket.create_connection((self.cfg.address, self.cfg.ssh_port),
+                                          timeout=timeout) as sock:
+                banner = sock.recv(256)
+        except OSError as exc:
+            raise errors.HostError(f"ssh {self.cfg.address}:{self.cfg.ssh_port}: "
+                                   f"{exc.strerror or exc}") from None
+        if not banner.startswith(b"SSH-"):
+            raise errors.HostError(f"{self.cfg.address}:{self.cfg.ssh_port} does not speak "
+                                   "SSH")
+
+    def run(self, argv, stdin=None, timeout=300):
+        client = self._connect()
+        import paramiko
+        command = shlex.join(argv)
+        # argv never carries secrets (they go on stdin), so the message may name it
+        where = f"ssh {self.cfg.ssh_user}@{self.cfg.address}: {' '.join(command.split())}"
+        deadline = time.monotonic() + timeout
+        chan = None
+        try:
+            # Held until the end: paramiko's stdin file sends EOF when it is collected.
+            files = client.exec_command(command, timeout=timeout)
+            chan = files[0].channel
+            return _exchange(chan, stdin or b"", deadline)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            # paramiko says "Timeout opening channel." when the same deadline expires
+            if isinstance(exc, TimeoutError) or time.monotonic() >= deadline:
+                raise errors.HostError(f"{where}: timed out after {timeout:g} s") from None
+            raise errors.HostError(f"{where}: {_describe(exc)}") from None
+        finally:
+            if chan is not None:
+                _close_quietly(chan)
+
+    def close(self):
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+_CHUNK = 32768
+# The longest wait for something the channel's file descriptor does not signal: room in
+# the window for more stdin, or the exit status once the output has ended.
+_SHORT_WAIT = 0.01
+
+
+def _exchange(chan, stdin: bytes, deadline: float) -> tuple[int, bytes, bytes]:
+    """Feed ``stdin`` to the command on ``chan`` and collect its stdout and stderr, both
+    at once, until it has ended them and exited; TimeoutError once ``deadline`` passes.
+
+    Reading one stream to its end before the other would stall as soon as the command
+    fills the SSH window with the other, and writing all of stdin before reading would
+    stall a command that answers as it reads. Only calls that cannot block are made:
+    recv when data is buffered, send when the window has room.
+    """
+    out, err = bytearray(), bytearray()
+    sent = 0
+    if not stdin:
+        chan.shutdown_write()
+    while True:
+        if time.monotonic() >= deadline:
+            raise TimeoutError
+        # Data arrives before the EOF that follows it: once EOF is seen, empty buffers
+        # mean both streams are complete.
+        ended = chan.eof_received or chan.closed
+        busy = False
+        if chan.recv_ready():
+            out += chan.recv(_CHUNK)
+            busy = True
+        if chan.recv_stderr_ready():
+            err += chan.recv_stderr(_CHUNK)
+            busy = True
+        if ended and not busy and chan.exit_status_ready():
+            break
+        if sent < len(stdin) and chan.send_ready():
+            try:
+                sent += chan.send(stdin[sent:sent + _CHUNK])
+            except OSError:
+                if not chan.closed:
+                    raise
+                sent = len(stdin)  # the command is gone; its exit status tells the rest
+            else:
+                busy = True
+                if sent == len(stdin):
+                    chan.shutdown_write()
+        if busy:
+            continue
+        left = max(0.0, deadline - time.monotonic())
+        if ended:
+            # the descriptor stays readable after EOF: sleep, do not select
+            time.sleep(min(left, _SHORT_WAIT))
+        else:
+            # readable when data, EOF or the channel's close arrives
+            select.select([chan], [], [], min(left, _SHORT_WAIT) if sent < len(stdin)
+                          else left)
+    return chan.recv_exit_status(), bytes(out), bytes(err)
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for an SSH or socket failure."""
+    if isinstance(exc, EOFError):
+        return "connection closed by the host"
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def _close_quietly(chan) -> None:
+    # Closing also releases the pipe behind chan.fileno(); a failure here must not hide
+    # the command's result or the error already on its way.
+    try:
+        chan.close()
+    except Exception:
+        pass
