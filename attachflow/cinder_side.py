@@ -15,6 +15,7 @@ state are never retried blindly.
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import logging
 import os
@@ -300,8 +301,15 @@ class CinderStorage(StorageAPI):
                          lambda: self._client.attachments.create(volume_id, connector,
                                                                  instance_id))
         raw = att.get("connection_info") or None
-        return NewAttachment(att["id"], ConnectionInfo.from_cinder(raw, volume_id)
-                             if raw else None)
+        try:
+            conn = ConnectionInfo.from_cinder(raw, volume_id) if raw else None
+        except errors.AttachflowError:
+            # Cinder made the attachment: an answer attachflow cannot use must not leave
+            # it behind (nothing upstream knows its id yet).
+            with contextlib.suppress(errors.AttachflowError):
+                self.attachment_delete(att["id"])
+            raise
+        return NewAttachment(att["id"], conn)
 
     def attachment_update(self, attachment_id, volume_id, connector):
         att = self._call(f"PUT attachment {attachment_id}",
@@ -330,10 +338,16 @@ class CinderStorage(StorageAPI):
                    lambda: self._client.volumes.unreserve(volume_id))
 
     def initialize_connection(self, volume_id, connector):
-        return ConnectionInfo.from_cinder(dict(self._call(
+        raw = dict(self._call(
             f"os-initialize_connection {volume_id}",
-            lambda: self._client.volumes.initialize_connection(volume_id, connector))),
-            volume_id)
+            lambda: self._client.volumes.initialize_connection(volume_id, connector)))
+        try:
+            return ConnectionInfo.from_cinder(raw, volume_id)
+        except errors.AttachflowError:
+            # The volume is exported for this connector now: take that back too.
+            with contextlib.suppress(errors.AttachflowError):
+                self.terminate_connection(volume_id, connector)
+            raise
 
     def terminate_connection(self, volume_id, connector):
         self._call(f"os-terminate_connection {volume_id}",
@@ -389,8 +403,8 @@ class StorageAttachment:
         if rec is None:
             return cls(volume_id, instance_id, "attachments", None,
                        ConnectionInfo("unknown", volume_id), {})
-        return cls(volume_id, instance_id, rec.api, rec.attachment_id, rec.connection,
-                   dict(rec.connector))
+        return cls(volume_id, instance_id, rec.api or "attachments", rec.attachment_id,
+                   rec.connection, dict(rec.connector))
 
 
 def _check_attachable(volume: Volume) -> None:
@@ -645,6 +659,6 @@ def select_flow(storage: StorageAPI, api: str = "auto") -> Flow:
 
 def flow_for_record(storage: StorageAPI, rec: "VolumeRecord | None", api: str) -> Flow:
     """Detach through the API the volume was attached with, unless told otherwise."""
-    if api == "auto" and rec is not None:
+    if api == "auto" and rec is not None and rec.api is not None:
         return select_flow(storage, rec.api)
     return select_flow(storage, api)

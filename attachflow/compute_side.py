@@ -382,6 +382,9 @@ class ComputeHost:
         self._hypervisor = hypervisor
         self._brick = brick
         self._runner = runner
+        # The parts are made on first use, possibly by several threads at once (volumes
+        # finished side by side after a migration): one of each, not one per thread.
+        self._parts_lock = threading.RLock()
 
     @property
     def name(self) -> str:
@@ -389,22 +392,25 @@ class ComputeHost:
 
     @property
     def hypervisor(self) -> Hypervisor:
-        if self._hypervisor is None:
-            self._hypervisor = LibvirtHypervisor(self.cfg.libvirt_uri, self.cfg.name)
-        return self._hypervisor
+        with self._parts_lock:
+            if self._hypervisor is None:
+                self._hypervisor = LibvirtHypervisor(self.cfg.libvirt_uri, self.cfg.name)
+            return self._hypervisor
 
     @property
     def runner(self) -> Runner:
-        if self._runner is None:
-            self._runner = SSHRunner(self.cfg)
-        return self._runner
+        with self._parts_lock:
+            if self._runner is None:
+                self._runner = SSHRunner(self.cfg)
+            return self._runner
 
     @property
     def brick(self) -> HostConnector:
-        if self._brick is None:
-            self._brick = BrickLocal() if self.cfg.local else BrickRemote(self.runner,
-                                                                          self.cfg)
-        return self._brick
+        with self._parts_lock:
+            if self._brick is None:
+                self._brick = BrickLocal() if self.cfg.local else BrickRemote(self.runner,
+                                                                              self.cfg)
+            return self._brick
 
     def close(self) -> None:
         if self._hypervisor is not None:

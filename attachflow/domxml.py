@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import io
+import re
 import string
 import xml.etree.ElementTree as ET
 from typing import Iterable, Mapping
@@ -92,12 +93,15 @@ def _parse_source(disk: ET.Element) -> DiskSource | None:
     if disk.get("type") == "block" and src.get("dev"):
         return BlockSource(src.get("dev", ""))
     if disk.get("type") == "network" and src.get("protocol") == "iscsi":
-        iqn, _, lun = (src.get("name") or "").rpartition("/")
+        name = src.get("name") or ""
+        iqn, _, lun = name.rpartition("/")
+        if not iqn or not lun.isdigit():  # libvirt reads a name without /LUN as LUN 0
+            iqn, lun = name, "0"
         auth = src.find("auth")
         secret = auth.find("secret") if auth is not None else None
         initiator = src.find("initiator/iqn")
         return NetworkISCSISource(
-            iqn=iqn, lun=int(lun or 0),
+            iqn=iqn, lun=int(lun),
             hosts=tuple(Portal(h.get("name", ""), int(h.get("port", "3260")))
                         for h in src.findall("host")),
             auth_username=auth.get("username") if auth is not None else None,
@@ -180,10 +184,6 @@ class Disk:
         return f"Disk({self.target_dev}, serial={self.serial}, {self.disk_type})"
 
 
-def disk_xml(spec: DiskSpec) -> str:
-    return Disk.build(spec).to_xml()
-
-
 def secret_xml(usage: str, description: str) -> str:
     secret = ET.Element("secret", ephemeral="no", private="yes")
     ET.SubElement(secret, "description").text = description
@@ -209,10 +209,14 @@ class Domain:
     @classmethod
     def parse(cls, xml: str) -> "Domain":
         # Keep the prefixes other tools chose for their metadata when writing back.
+        # ElementTree reserves ns0, ns1, ... for itself and refuses to register them.
         try:
             for _event, (prefix, uri) in ET.iterparse(io.StringIO(xml), events=("start-ns",)):
-                if prefix:
-                    ET.register_namespace(prefix, uri)
+                if prefix and not re.fullmatch(r"ns\d+", prefix):
+                    try:
+                        ET.register_namespace(prefix, uri)
+                    except ValueError:
+                        pass
         except ET.ParseError as exc:
             raise InputError(f"malformed XML: {exc}") from None
         return cls(_parse(xml), xml)

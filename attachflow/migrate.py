@@ -140,7 +140,7 @@ def preflight(storage: StorageAPI, source: ComputeHost, destination: ComputeHost
         if disk.serial and disk.serial in records:
             rec = records[disk.serial]
             try:
-                transport = get_transport(rec.transport)
+                transport = get_transport(rec.transport, multipath=rec.multipath)
                 flow = flow_for_record(storage, rec, api)
             except errors.InputError as exc:
                 raise errors.PreflightError(f"volume {disk.serial}: {exc}") from None

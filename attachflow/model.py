@@ -178,8 +178,10 @@ class ConnectionInfo:
                       discard=bool(data.get("discard", False)),
                       encrypted=bool(data.get("encrypted", False)),
                       attachment_id=attachment_id,
+                      # iSCSI's own fields are modelled; other types keep all of theirs.
                       data=tuple(sorted((k, MASK if is_secret_key(k) else v)
-                                        for k, v in data.items() if k not in _MODELLED)))
+                                        for k, v in data.items()
+                                        if dvt != "iscsi" or k not in _MODELLED)))
         if dvt != "iscsi":
             return cls(**common)
         try:
@@ -226,6 +228,8 @@ class ConnectionInfo:
         out: dict[str, Any] = {k: v for k, v in self.data if v != MASK}
         out.update(volume_id=self.volume_id, access_mode=self.access_mode,
                    encrypted=self.encrypted, discard=self.discard)
+        if self.attachment_id:
+            out["attachment_id"] = self.attachment_id
         if self.driver_volume_type == "iscsi":
             out.update(target_portal=str(self.portal), target_iqn=self.iqn,
                        target_lun=self.lun)

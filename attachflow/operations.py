@@ -136,7 +136,8 @@ def detach(storage: StorageAPI, host: ComputeHost, volume_id: str, domain: str,
     # A disk attachflow did not record (attached by another tool): its type says how.
     name = rec.transport if rec is not None else \
         record.transport_of_disk(disk) or transport_name or "native"
-    transport = get_transport(name)
+    # A multipath connection is disconnected as one: every path and the map.
+    transport = get_transport(name, multipath=rec.multipath if rec is not None else False)
     flow = flow_for_record(storage, rec, api)
 
     tx = Transaction(f"detach {volume_id} from {domain}")

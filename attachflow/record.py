@@ -32,13 +32,18 @@ def transport_of_disk(disk: domxml.Disk | None) -> str | None:
 @dataclasses.dataclass(frozen=True)
 class VolumeRecord:
     volume_id: str
-    api: str                        # "attachments" or "legacy"
+    api: str | None                 # "attachments" or "legacy"; None: not recorded
     transport: str                  # "kernel" or "native"
     attachment_id: str | None       # the legacy API has none until os-attach
     host: str                       # the connector's host name the connection is for
     device: str                     # the guest's target device, vdX
     connector: Mapping[str, Any]    # as sent to the storage side (legacy detach sends it again)
     connection: ConnectionInfo      # without secrets
+
+    @property
+    def multipath(self) -> bool:
+        """Whether the host connected it through multipath (kernel transport only)."""
+        return self.transport == "kernel" and bool(self.connector.get("multipath"))
 
     @classmethod
     def for_attachment(cls, att: "StorageAttachment", transport: str, host: str,
@@ -61,9 +66,9 @@ class VolumeRecord:
     @classmethod
     def from_json(cls, volume_id: str, data: Mapping[str, Any],
                   disk: domxml.Disk | None = None) -> "VolumeRecord":
-        """Read a stored record. Defaults, for records written without a field: the api
-        is the attachments API when there is an attachment id; the transport is what the
-        disk's type says."""
+        """Read a stored record. For records written without a field: an unrecorded api
+        is left to negotiation, as for a volume attached by another tool; the transport is
+        what the disk's type says."""
         transport = data.get("transport") or transport_of_disk(disk)
         if transport is None:
             raise errors.InputError(f"the record of volume {volume_id} names no transport "
@@ -71,7 +76,7 @@ class VolumeRecord:
         attachment_id = data.get("attachment_id")
         return cls(
             volume_id=volume_id,
-            api=data.get("api") or ("attachments" if attachment_id else "legacy"),
+            api=data.get("api") if data.get("api") in ("attachments", "legacy") else None,
             transport=transport, attachment_id=attachment_id,
             host=data.get("host") or "", device=data.get("device") or
             (disk.target_dev if disk is not None else ""),

@@ -12,6 +12,7 @@ import os
 import select
 import shlex
 import socket
+import threading
 import time
 
 from attachflow import errors
@@ -38,8 +39,14 @@ class SSHRunner(Runner):
         self.cfg = cfg
         self._timeout = connect_timeout
         self._client = None
+        self._connect_lock = threading.Lock()
 
     def _connect(self):
+        # One SSH connection per host, however many threads ask for it first.
+        with self._connect_lock:
+            return self._connect_once()
+
+    def _connect_once(self):
         if self._client is not None:
             return self._client
         import paramiko

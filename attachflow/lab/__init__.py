@@ -152,12 +152,14 @@ def _down(echo: Callable[[str], None]) -> None:
     if count:
         echo(f"stopping {count} lab processes")
     problems = bring_down(lab, components())
-    try:
-        lab.supervisor.shutdown()
-        lab.cgroup.kill()
-        lab.cgroup.remove()
-    except (LabError, OSError) as e:
-        problems.append(f"processes: {e}")
+    # Each step on its own: a supervisord that hangs must not keep the cgroup's SIGKILL,
+    # the backstop for exactly that, from running.
+    for what, step in (("supervisord", lab.supervisor.shutdown),
+                       ("processes", lab.cgroup.kill), ("cgroup", lab.cgroup.remove)):
+        try:
+            step()
+        except Exception as e:  # reported, and the teardown goes on
+            problems.append(f"{what}: {e}")
     problems += machine_paths.remove_created()
     st = state_dir()
     if st.exists():

@@ -11,6 +11,7 @@ independent ones start in parallel; ``bring_down`` goes in the reverse order.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -58,7 +59,8 @@ class Lab:
             if name in times:
                 return
             times[name] = round(seconds, 2)
-            layout.write(layout.path("ready-seconds.json"), _json(times))
+            layout.write(layout.path("ready-seconds.json"),
+                         json.dumps(times, indent=1, sort_keys=True) + "\n")
 
     def ready_times(self) -> dict[str, float]:
         return layout.load_json(layout.path("ready-seconds.json"), {})
@@ -71,11 +73,6 @@ class Lab:
         infos = self.supervisor.infos()
         alive = [bool((i := infos.get(n)) and i.alive) for n in names]
         return "up" if all(alive) else "down"
-
-
-def _json(value: Any) -> str:
-    import json
-    return json.dumps(value, indent=1, sort_keys=True) + "\n"
 
 
 class Component:
@@ -209,7 +206,7 @@ def bring_down(lab: Lab, components: list[Component]) -> list[str]:
         started = time.monotonic()
         try:
             problems = [f"{comp.name}: {p}" for p in comp.down(lab)]
-        except (LabError, OSError) as e:
+        except Exception as e:  # reported; the other components still go down
             problems = [f"{comp.name}: {e}"]
         lab.echo(f"[{time.monotonic() - t0:5.1f}s] {comp.name:<17} "
                  f"{'down' if not problems else 'NOT fully down'} "

@@ -8,6 +8,7 @@ when the lab created it (``ip netns add`` makes it and bind-mounts it onto itsel
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 
@@ -48,7 +49,7 @@ class Network(Component):
             created = layout.load_json(layout.path(_CREATED), {})
             created.setdefault("dir", not layout.NETNS_DIR.exists())
             created.setdefault("mount", not is_mount_point(layout.NETNS_DIR))
-            layout.write(layout.path(_CREATED), _dumps(created))
+            layout.write(layout.path(_CREATED), json.dumps(created))
         for host, addr in layout.HOSTS.items():
             ns, veth = netns(host), layout.VETH_PREFIX + host
             if ns not in existing:
@@ -105,7 +106,3 @@ class Network(Component):
                       address=f"{layout.STORAGE_IP}/{layout.PREFIX_LEN}",
                       details={"bridge": layout.BRIDGE, "namespaces": namespaces()})
 
-
-def _dumps(value) -> str:
-    import json
-    return json.dumps(value)

@@ -191,12 +191,17 @@ class Supervisor:
 
     # -- programs -----------------------------------------------------------------------
     def infos(self) -> dict[str, ProcessInfo]:
+        """Every program's state; empty when supervisord does not run. A supervisord that
+        runs but does not answer is an error: callers must not take its daemons for
+        dead (and start them again, or kill what they started)."""
         if not self.socket.exists():
             return {}
         try:
             raw = self._rpc(10).supervisor.getAllProcessInfo()
-        except (OSError, xmlrpc.client.Error):
-            return {}
+        except (FileNotFoundError, ConnectionRefusedError):
+            return {}  # a socket left behind by a supervisord that is gone
+        except (OSError, xmlrpc.client.Error) as e:
+            raise LabError(f"supervisord at {self.socket} does not answer: {e}") from None
         return {r["name"]: ProcessInfo(r["name"], r["statename"], r["pid"] or None,
                                        float(r["start"] or 0), r["stdout_logfile"])
                 for r in raw}
@@ -232,7 +237,10 @@ class Supervisor:
 
     def failure(self, names: list[str]) -> str | None:
         """Why one of ``names`` is not running after it was started, with its log's tail."""
-        infos = self.infos()
+        try:
+            infos = self.infos()
+        except LabError:
+            return None  # not known to have failed: the wait goes on
         for name in names:
             info = infos.get(name)
             if info is not None and info.state in _DEAD_STATES:

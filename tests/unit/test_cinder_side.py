@@ -162,3 +162,19 @@ def test_an_attachment_without_connector_has_no_connection():
         connection_info=dict(ISCSI, driver_volume_type="iscsi"))))\
         .attachment_update("a2", "v1", {"host": "h"})
     assert updated.volume_id == "v1" and updated.iqn == ISCSI["target_iqn"]
+
+
+def test_an_unusable_answer_leaves_no_attachment_or_export_behind():
+    delete = Scripted(None)
+    broken = {"id": "a3", "connection_info": {"driver_volume_type": "iscsi",
+                                              "target_iqn": "iqn.x"}}  # no portal
+    with pytest.raises(errors.InputError, match="target_portal"):
+        storage(att_create=Scripted(broken), att_delete=delete)\
+            .attachment_create("v1", "i1", {"host": "h"})
+    assert delete.count == 1
+    terminate = Scripted(None)
+    with pytest.raises(errors.InputError, match="target_portal"):
+        storage(vol_initialize_connection=Scripted({"driver_volume_type": "iscsi",
+                                                    "data": {"target_iqn": "iqn.x"}}),
+                vol_terminate_connection=terminate).initialize_connection("v1", {"host": "h"})
+    assert terminate.count == 1

@@ -29,7 +29,7 @@ def golden(name: str, text: str) -> None:
 @pytest.mark.parametrize("name,source", [("disk-native.xml", NATIVE),
                                          ("disk-kernel.xml", BLOCK)])
 def test_disk_xml(name, source):
-    golden(name, domxml.disk_xml(domxml.DiskSpec(source, "vdb", "0b1c")))
+    golden(name, domxml.Disk.build(domxml.DiskSpec(source, "vdb", "0b1c")).to_xml())
 
 
 def test_secret_xml():
@@ -103,3 +103,21 @@ def test_next_free_device_skips_taken_names_in_live_and_persistent():
     assert domxml.next_free_device([live, _domain("vde")]) == "vdf"
     many = _domain(*(d for d, _ in zip(domxml.device_names(), range(26))))
     assert domxml.next_free_device([many]) == "vdaa"
+
+
+def test_prefixes_elementtree_reserves_do_not_stop_parsing():
+    xml = ("<domain xmlns:ns0='urn:other'><name>vm</name><metadata><ns0:x>1</ns0:x>"
+           "</metadata><devices/></domain>")
+    dom = domxml.Domain.parse(xml)
+    again = domxml.Domain.parse(dom.with_changes(volume_entries={"v": "{}"}).to_xml())
+    assert again.volume_entries() == {"v": "{}"} and again.name == "vm"
+
+
+def test_an_iscsi_name_without_lun_is_lun_0():
+    dom = domxml.Domain.parse(
+        "<domain><devices><disk type='network' device='disk'>"
+        "<source protocol='iscsi' name='iqn.2010-10.org.openstack:volume-x'>"
+        "<host name='198.18.0.1' port='3260'/></source><target dev='vdb'/>"
+        "<serial>x</serial></disk></devices></domain>")
+    assert dom.disk("x").source.iqn == "iqn.2010-10.org.openstack:volume-x"
+    assert dom.disk("x").source.lun == 0

@@ -193,3 +193,21 @@ def test_program_files_run_each_daemon_in_its_cgroup(tmp_path, state):
     # A program no longer declared loses its file.
     sup.write_config([Program("svc", ["svc-bin"], group="comp")])
     assert not (state / "supervisor" / "programs" / "other.conf").exists()
+
+
+def test_a_component_that_breaks_on_down_does_not_stop_the_others():
+    from attachflow.lab.component import bring_down
+    rec = Recorder()
+
+    class Broken(Step):
+        def down(self, lab):
+            raise RuntimeError("stuck")
+
+    class Goes(Step):
+        def down(self, lab):
+            self.rec.add(f"down {self.name}")
+            return []
+    problems = bring_down(lab(), [Goes("base", rec), Broken("mid", rec, requires=("base",)),
+                                  Goes("top", rec, requires=("mid",))])
+    assert problems == ["mid: stuck"]
+    assert rec.events == ["down top", "down base"]

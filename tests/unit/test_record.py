@@ -51,9 +51,9 @@ def _disk(disk_type: str) -> domxml.Disk:
 
 
 def test_defaults_of_records_written_without_a_field():
-    assert VolumeRecord.from_json("v1", {"attachment_id": "a1"}, _disk("block")).api \
-        == "attachments"
-    assert VolumeRecord.from_json("v1", {}, _disk("block")).api == "legacy"
+    assert VolumeRecord.from_json("v1", {"api": "legacy"}, _disk("block")).api \
+        == "legacy"
+    assert VolumeRecord.from_json("v1", {}, _disk("block")).api is None  # negotiated
     assert VolumeRecord.from_json("v1", {}, _disk("block")).transport == "kernel"
     assert VolumeRecord.from_json("v1", {}, _disk("network")).transport == "native"
     no_conn = VolumeRecord.from_json("v1", {"transport": "native"})
@@ -82,3 +82,17 @@ def test_detaching_one_volume_keeps_the_records_of_the_others(cinder, host):
     for inactive in (False, True):
         after = record.read(host.hypervisor.domain("vm1", inactive=inactive))
         assert after == {v: before[v] for v in (vols[0], vols[2])}
+
+
+def test_a_multipath_connection_is_disconnected_as_one(cinder, host):
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+    operations.attach(cinder, host, get_transport("kernel", multipath=True), vol, "vm1")
+    rec = record.read(host.hypervisor.domain("vm1"))[vol]
+    assert rec.multipath and rec.connector["multipath"] is True
+    seen = []
+    real = host.brick.disconnect
+    host.brick.disconnect = lambda proto, props, info, multipath: (
+        seen.append(multipath), real(proto, props, info, multipath))
+    operations.detach(cinder, host, vol, "vm1")
+    assert seen == [True] and not host.brick.sessions
