@@ -26,7 +26,7 @@ def snapshot(cinder, host):
                              dict(d.config_meta)) for d in hv.domains.values()},
         "secrets": dict(hv.secrets),
         "qemu_sessions": set(hv.sessions),
-        "host_sessions": dict(brick.sessions),
+        "host_sessions": (set(brick.sessions), dict(brick.devices), dict(brick.maps)),
     }
 
 
@@ -56,7 +56,8 @@ def test_attach_then_detach_leaves_nothing(cinder, host, api, transport):
         assert not host.brick.sessions
     else:
         assert live.disk_type == "block"
-        assert list(host.brick.sessions.values()) == [cinder.iqn(vol)]
+        assert [iqn for _portal, iqn in host.brick.sessions] == [cinder.iqn(vol)]
+        assert list(host.brick.devices) == [live.source.path]
         assert not host.hypervisor.secrets
     rec = record.read(host.hypervisor.domain("vm1"))[vol]
     assert rec.api == api and rec.transport == transport and rec.device == "vdb"
@@ -255,8 +256,8 @@ def test_wrong_chap_password_fails_cleanly(cinder, host):
     cinder.volumes[vol].chap_password = "changed-on-target"
     real_conn = cinder._conn
 
-    def stale(v):  # the storage side hands out a password the target no longer takes
-        out = real_conn(v)
+    def stale(*args):  # the storage side hands out a password the target no longer takes
+        out = real_conn(*args)
         out["auth_password"] = "stale-password!!"
         return out
 

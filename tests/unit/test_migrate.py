@@ -46,7 +46,8 @@ def where(lab, vols):
 
 
 def host_leftovers(host):
-    return {"secrets": dict(host.hypervisor.secrets), "sessions": dict(host.brick.sessions),
+    return {"secrets": dict(host.hypervisor.secrets), "sessions": set(host.brick.sessions),
+            "devices": dict(host.brick.devices), "maps": dict(host.brick.maps),
             "qemu": set(host.hypervisor.sessions)}
 
 
