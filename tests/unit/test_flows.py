@@ -375,3 +375,19 @@ def test_boot_refuses_bad_names_and_sizes(cinder, host):
             operations.boot(cinder, host, get_transport("native"), args.pop("name"), vol,
                             **args)
     assert cinder.calls == []
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_detach_of_a_volume_attachflow_has_no_record_of(cinder, host, api, transport):
+    """Attached by another tool (or by a version that kept no connector): Cinder still
+    gets this host's connector, which an iSCSI export needs."""
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+    before = snapshot(cinder, host)
+    operations.attach(cinder, host, get_transport(transport), vol, "vm1", api=api)
+    dom = host.hypervisor.domains["vm1"]
+    dom.live_meta, dom.config_meta = {}, {}
+    res = operations.detach(cinder, host, vol, "vm1", api=api)
+    assert res.transport == transport
+    assert snapshot(cinder, host) == before
