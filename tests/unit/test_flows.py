@@ -377,6 +377,96 @@ def test_boot_refuses_bad_names_and_sizes(cinder, host):
     assert cinder.calls == []
 
 
+# -- volumes exported otherwise: read-only, another LUN, several portals, discovery CHAP ------
+
+VARIANTS = {"read-only": {"readonly": True}, "lun 3": {"lun": 3},
+            "three portals": {"portals": 3}, "discovery CHAP": {"discovery_chap": True}}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_volume_exported_otherwise_attaches_as_exported_and_detaches_to_nothing(
+        cinder, host, api, transport, variant):
+    uuid = host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume(**VARIANTS[variant])
+    before = snapshot(cinder, host)
+    operations.attach(cinder, host, get_transport(transport), vol, "vm1", api=api)
+    assert in_use_by(cinder, vol) == ("in-use", [(uuid, "attached")])
+    exported = cinder.volumes[vol]
+    for disk in (host.hypervisor.domain("vm1").disk(vol),
+                 host.hypervisor.domain("vm1", inactive=True).disk(vol)):
+        assert disk.readonly == exported.readonly
+        if transport == "native":  # QEMU's initiator: the primary portal only
+            assert (disk.source.iqn, disk.source.lun) == (cinder.iqn(vol), exported.lun)
+            assert [str(p) for p in disk.source.hosts] == [exported.portals[0]]
+        else:
+            assert disk.source.path.endswith(f"{cinder.iqn(vol)}-lun-{exported.lun}")
+            assert host.brick.devices[disk.source.path] == (exported.portals[0],
+                                                            cinder.iqn(vol), exported.lun)
+    operations.detach(cinder, host, vol, "vm1")
+    assert snapshot(cinder, host) == before
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_read_only_volume_is_readonly_in_the_domain_and_attached_ro(cinder, host,
+                                                                      transport):
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume(readonly=True)
+    operations.attach(cinder, host, get_transport(transport), vol, "vm1", api="legacy")
+    assert "<readonly />" in host.hypervisor.domain("vm1").disk(vol).to_xml()
+    assert "<readonly />" in host.hypervisor.domain("vm1", inactive=True).disk(vol).to_xml()
+    # os-attach said 'ro' (Cinder refuses 'rw' for a read-only volume)
+    assert [a.mode for a in cinder.volumes[vol].attachments.values()] == ["ro"]
+    assert record.read(host.hypervisor.domain("vm1"))[vol].connection.access_mode == "ro"
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_a_multipath_connection_to_a_multi_portal_volume_uses_every_portal(cinder, host,
+                                                                           api):
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume(portals=3)
+    before = snapshot(cinder, host)
+    operations.attach(cinder, host, get_transport("kernel", multipath=True), vol, "vm1",
+                      api=api)
+    disk = host.hypervisor.domain("vm1").disk(vol)
+    assert disk.source.path in host.brick.maps
+    assert sorted(host.brick.sessions) == [(p, cinder.iqn(vol))
+                                           for p in cinder.volumes[vol].portals]
+    operations.detach(cinder, host, vol, "vm1")
+    assert snapshot(cinder, host) == before
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_discovery_chap_reaches_os_brick_and_stays_out_of_the_record(cinder, host, api):
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume(discovery_chap=True)
+    operations.attach(cinder, host, get_transport("kernel"), vol, "vm1", api=api)
+    props = host.brick.connected[host.hypervisor.domain("vm1").disk(vol).source.path]
+    exported = cinder.volumes[vol]
+    assert (props["discovery_auth_method"], props["discovery_auth_username"],
+            props["discovery_auth_password"]) == ("CHAP", exported.discovery_user,
+                                                  exported.discovery_password)
+    connection = record.read(host.hypervisor.domain("vm1"))[vol].to_json()["connection"]
+    assert connection["discovery_auth_username"] == exported.discovery_user
+    assert "discovery_auth_password" not in connection
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_volume_that_is_not_iscsi_is_refused_and_nothing_is_left(cinder, host, api,
+                                                                   transport):
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume(driver_volume_type="rbd")
+    before = snapshot(cinder, host)
+    with pytest.raises(errors.OperationFailed, match="exported as 'rbd'") as info:
+        operations.attach(cinder, host, get_transport(transport), vol, "vm1", api=api)
+    assert isinstance(info.value.cause, errors.TransportMismatch)
+    assert info.value.exit_code == 2 and "could NOT undo" not in str(info.value)
+    assert snapshot(cinder, host) == before
+    assert cinder.volumes[vol].status == "available"
+
+
 @pytest.mark.parametrize("api", APIS)
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_detach_of_a_volume_attachflow_has_no_record_of(cinder, host, api, transport):
