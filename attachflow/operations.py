@@ -144,6 +144,11 @@ def detach(storage: StorageAPI, host: ComputeHost, volume_id: str, domain: str,
     att = tx.run(f"storage begin detach ({flow.api})",
                  lambda: flow.begin_detach(volume_id, ref.uuid, rec),
                  flow.undo_begin_detach)
+    if not att.connector:
+        # attached by another tool: the connection is this host's, and Cinder needs its
+        # connector to hand out the connection info and to end the connection
+        att.connector = tx.run("connector properties",
+                               lambda: transport.connector_properties(host)).to_dict()
     if att.connection.driver_volume_type == "unknown" and transport.name == "kernel":
         # attached by another tool: ask the storage side where the volume lives
         att.connection = tx.run("storage connection info", lambda: flow.fresh_connection(att))

@@ -118,3 +118,20 @@ def test_help_does_not_import_heavy_libraries():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]"
+
+
+@pytest.mark.parametrize("args,flag", [((), False), (("--on-timeout", "postcopy"), True)])
+def test_migrate_on_timeout_postcopy_starts_the_migration_with_the_post_copy_flag(
+        monkeypatch, args, flag):
+    cinder, network = FakeCinder(), {}
+    hosts = {name: fake_host(name, cinder, address, network)
+             for name, address in (("hosta", "198.18.0.11"), ("hostb", "198.18.0.12"))}
+    monkeypatch.setattr(cli, "_storage", lambda os_cloud: cinder)
+    monkeypatch.setattr(cli, "_host", hosts.__getitem__)
+    result = run("boot", "vm", "--volume", cinder.create_volume(), "--transport", "native",
+                 "--host", "hosta")
+    assert result.exit_code == 0, result.output
+    result = run("migrate", "vm", "--host", "hosta", "--to", "hostb", "-f", "json", *args)
+    assert result.exit_code == 0, result.output
+    assert [r.postcopy for r in hosts["hosta"].hypervisor.migrations] == [flag]
+    assert "vm" in hosts["hostb"].hypervisor.domains

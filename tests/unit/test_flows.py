@@ -26,7 +26,7 @@ def snapshot(cinder, host):
                              dict(d.config_meta)) for d in hv.domains.values()},
         "secrets": dict(hv.secrets),
         "qemu_sessions": set(hv.sessions),
-        "host_sessions": dict(brick.sessions),
+        "host_sessions": (set(brick.sessions), dict(brick.devices), dict(brick.maps)),
     }
 
 
@@ -56,7 +56,8 @@ def test_attach_then_detach_leaves_nothing(cinder, host, api, transport):
         assert not host.brick.sessions
     else:
         assert live.disk_type == "block"
-        assert list(host.brick.sessions.values()) == [cinder.iqn(vol)]
+        assert [iqn for _portal, iqn in host.brick.sessions] == [cinder.iqn(vol)]
+        assert list(host.brick.devices) == [live.source.path]
         assert not host.hypervisor.secrets
     rec = record.read(host.hypervisor.domain("vm1"))[vol]
     assert rec.api == api and rec.transport == transport and rec.device == "vdb"
@@ -255,8 +256,8 @@ def test_wrong_chap_password_fails_cleanly(cinder, host):
     cinder.volumes[vol].chap_password = "changed-on-target"
     real_conn = cinder._conn
 
-    def stale(v):  # the storage side hands out a password the target no longer takes
-        out = real_conn(v)
+    def stale(*args):  # the storage side hands out a password the target no longer takes
+        out = real_conn(*args)
         out["auth_password"] = "stale-password!!"
         return out
 
@@ -374,3 +375,109 @@ def test_boot_refuses_bad_names_and_sizes(cinder, host):
             operations.boot(cinder, host, get_transport("native"), args.pop("name"), vol,
                             **args)
     assert cinder.calls == []
+
+
+# -- volumes exported otherwise: read-only, another LUN, several portals, discovery CHAP ------
+
+VARIANTS = {"read-only": {"readonly": True}, "lun 3": {"lun": 3},
+            "three portals": {"portals": 3}, "discovery CHAP": {"discovery_chap": True}}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_volume_exported_otherwise_attaches_as_exported_and_detaches_to_nothing(
+        cinder, host, api, transport, variant):
+    uuid = host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume(**VARIANTS[variant])
+    before = snapshot(cinder, host)
+    operations.attach(cinder, host, get_transport(transport), vol, "vm1", api=api)
+    assert in_use_by(cinder, vol) == ("in-use", [(uuid, "attached")])
+    exported = cinder.volumes[vol]
+    for disk in (host.hypervisor.domain("vm1").disk(vol),
+                 host.hypervisor.domain("vm1", inactive=True).disk(vol)):
+        assert disk.readonly == exported.readonly
+        if transport == "native":  # QEMU's initiator: the primary portal only
+            assert (disk.source.iqn, disk.source.lun) == (cinder.iqn(vol), exported.lun)
+            assert [str(p) for p in disk.source.hosts] == [exported.portals[0]]
+        else:
+            assert disk.source.path.endswith(f"{cinder.iqn(vol)}-lun-{exported.lun}")
+            assert host.brick.devices[disk.source.path] == (exported.portals[0],
+                                                            cinder.iqn(vol), exported.lun)
+    operations.detach(cinder, host, vol, "vm1")
+    assert snapshot(cinder, host) == before
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_read_only_volume_is_readonly_in_the_domain_and_attached_ro(cinder, host,
+                                                                      transport):
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume(readonly=True)
+    operations.attach(cinder, host, get_transport(transport), vol, "vm1", api="legacy")
+    assert "<readonly />" in host.hypervisor.domain("vm1").disk(vol).to_xml()
+    assert "<readonly />" in host.hypervisor.domain("vm1", inactive=True).disk(vol).to_xml()
+    # os-attach said 'ro' (Cinder refuses 'rw' for a read-only volume)
+    assert [a.mode for a in cinder.volumes[vol].attachments.values()] == ["ro"]
+    assert record.read(host.hypervisor.domain("vm1"))[vol].connection.access_mode == "ro"
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_a_multipath_connection_to_a_multi_portal_volume_uses_every_portal(cinder, host,
+                                                                           api):
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume(portals=3)
+    before = snapshot(cinder, host)
+    operations.attach(cinder, host, get_transport("kernel", multipath=True), vol, "vm1",
+                      api=api)
+    disk = host.hypervisor.domain("vm1").disk(vol)
+    assert disk.source.path in host.brick.maps
+    assert sorted(host.brick.sessions) == [(p, cinder.iqn(vol))
+                                           for p in cinder.volumes[vol].portals]
+    operations.detach(cinder, host, vol, "vm1")
+    assert snapshot(cinder, host) == before
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_discovery_chap_reaches_os_brick_and_stays_out_of_the_record(cinder, host, api):
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume(discovery_chap=True)
+    operations.attach(cinder, host, get_transport("kernel"), vol, "vm1", api=api)
+    props = host.brick.connected[host.hypervisor.domain("vm1").disk(vol).source.path]
+    exported = cinder.volumes[vol]
+    assert (props["discovery_auth_method"], props["discovery_auth_username"],
+            props["discovery_auth_password"]) == ("CHAP", exported.discovery_user,
+                                                  exported.discovery_password)
+    connection = record.read(host.hypervisor.domain("vm1"))[vol].to_json()["connection"]
+    assert connection["discovery_auth_username"] == exported.discovery_user
+    assert "discovery_auth_password" not in connection
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_volume_that_is_not_iscsi_is_refused_and_nothing_is_left(cinder, host, api,
+                                                                   transport):
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume(driver_volume_type="rbd")
+    before = snapshot(cinder, host)
+    with pytest.raises(errors.OperationFailed, match="exported as 'rbd'") as info:
+        operations.attach(cinder, host, get_transport(transport), vol, "vm1", api=api)
+    assert isinstance(info.value.cause, errors.TransportMismatch)
+    assert info.value.exit_code == 2 and "could NOT undo" not in str(info.value)
+    assert snapshot(cinder, host) == before
+    assert cinder.volumes[vol].status == "available"
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_detach_of_a_volume_attachflow_has_no_record_of(cinder, host, api, transport):
+    """Attached by another tool (or by a version that kept no connector): Cinder still
+    gets this host's connector, which an iSCSI export needs."""
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+    before = snapshot(cinder, host)
+    operations.attach(cinder, host, get_transport(transport), vol, "vm1", api=api)
+    dom = host.hypervisor.domains["vm1"]
+    dom.live_meta, dom.config_meta = {}, {}
+    res = operations.detach(cinder, host, vol, "vm1", api=api)
+    assert res.transport == transport
+    assert snapshot(cinder, host) == before

@@ -46,7 +46,8 @@ def where(lab, vols):
 
 
 def host_leftovers(host):
-    return {"secrets": dict(host.hypervisor.secrets), "sessions": dict(host.brick.sessions),
+    return {"secrets": dict(host.hypervisor.secrets), "sessions": set(host.brick.sessions),
+            "devices": dict(host.brick.devices), "maps": dict(host.brick.maps),
             "qemu": set(host.hypervisor.sessions)}
 
 
@@ -171,8 +172,21 @@ def test_timeout_can_switch_to_postcopy(lab, monkeypatch):
     plan = mig.preflight(cinder, a, b, "vm", options=mig.MigrationOptions(
         completion_timeout=0.05, on_timeout="postcopy", max_downtime_ms=300))
     result = mig.migrate(cinder, plan)
+    # libvirt switches only a migration started with the post-copy flag
+    assert [r.postcopy for r in a.hypervisor.migrations] == [True]
     assert a.hypervisor.postcopy_started and result.runs_on == "hostb"
     assert a.hypervisor.max_downtime == 300
+
+
+@pytest.mark.parametrize("options,flag", [({}, False), ({"postcopy": True}, True),
+                                          ({"on_timeout": "postcopy"}, True)])
+def test_the_post_copy_flag_is_set_when_post_copy_may_be_needed(lab, options, flag):
+    cinder, a, b = lab
+    guest(lab, "attachments", "native", volumes=0)
+    mig.migrate(cinder, mig.preflight(cinder, a, b, "vm",
+                                      options=mig.MigrationOptions(**options)))
+    assert [r.postcopy for r in a.hypervisor.migrations] == [flag]
+    assert not a.hypervisor.postcopy_started  # the job ended before any timeout
 
 
 def test_late_failure_rolls_forward_and_says_so(lab):
@@ -267,3 +281,35 @@ def test_dry_run_shows_plan_and_xml_change_and_touches_nothing(lab):
     assert '+          <iqn name="iqn.2024-01.dev.attachflow:hostb" />' in diff
     assert cinder.calls == []
     assert (where(lab, vols), host_leftovers(a), host_leftovers(b)) == before
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_volumes_exported_otherwise_move_as_exported(lab, api, transport):
+    """Read-only, LUN 3, three portals, discovery CHAP: each keeps what it is on the
+    destination, and nothing is left on the source."""
+    cinder, a, b = lab
+    root = cinder.create_volume()
+    operations.boot(cinder, a, get_transport(transport), "vm", root, api=api)
+    vols = [cinder.create_volume(readonly=True), cinder.create_volume(lun=3),
+            cinder.create_volume(portals=3), cinder.create_volume(discovery_chap=True)]
+    for vol in vols:
+        operations.attach(cinder, a, get_transport(transport), vol, "vm", api=api)
+    for src, dst in ((a, b), (b, a)):
+        result = mig.migrate(cinder, mig.preflight(cinder, src, dst, "vm"))
+        assert result.runs_on == dst.name and not result.left_behind
+        for vol in vols:
+            exported = cinder.volumes[vol]
+            for disk in (dst.hypervisor.domain("vm").disk(vol),
+                         dst.hypervisor.domain("vm", inactive=True).disk(vol)):
+                assert disk.readonly == exported.readonly
+                if transport == "native":
+                    assert disk.source.lun == exported.lun
+                else:
+                    assert disk.source.path.endswith(f"-lun-{exported.lun}")
+                    assert disk.source.path in dst.brick.devices
+        assert host_leftovers(src) == {"secrets": {}, "sessions": set(), "devices": {},
+                                       "maps": {}, "qemu": set()}
+    for vol in vols:
+        operations.detach(cinder, a, vol, "vm")
+        assert cinder.volumes[vol].status == "available"
