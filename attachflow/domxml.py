@@ -274,11 +274,24 @@ class Domain:
         return _to_string(self._root, pretty)
 
 
-def _volumes_element(entries: Mapping[str, str]) -> ET.Element:
-    vols = ET.Element(f"{{{METADATA_NS}}}volumes")
+def _volumes_element(entries: Mapping[str, str], namespaced: bool = True) -> ET.Element:
+    # In a whole domain the element carries attachflow's namespace; libvirt's
+    # setMetadata takes it plain and adds the namespace itself.
+    ns = f"{{{METADATA_NS}}}" if namespaced else ""
+    vols = ET.Element(f"{ns}volumes")
     for volume_id in sorted(entries):
-        ET.SubElement(vols, f"{{{METADATA_NS}}}volume", id=volume_id).text = entries[volume_id]
+        ET.SubElement(vols, f"{ns}volume", id=volume_id).text = entries[volume_id]
     return vols
+
+
+def _domain_head(name: str, uuid: str, volume_entries: Mapping[str, str],
+                 virt_type: str) -> ET.Element:
+    dom = ET.Element("domain", type=virt_type)
+    ET.SubElement(dom, "name").text = name
+    ET.SubElement(dom, "uuid").text = uuid
+    if volume_entries:
+        ET.SubElement(dom, "metadata").append(_volumes_element(volume_entries))
+    return dom
 
 
 def _set_volume_entries(root: ET.Element, entries: Mapping[str, str]) -> None:
@@ -298,10 +311,7 @@ def volume_metadata_xml(entries: Mapping[str, str]) -> str | None:
     a domain with no volume keeps no trace)."""
     if not entries:
         return None
-    vols = ET.Element("volumes")
-    for volume_id in sorted(entries):
-        ET.SubElement(vols, "volume", id=volume_id).text = entries[volume_id]
-    return ET.tostring(vols, encoding="unicode")
+    return ET.tostring(_volumes_element(entries, namespaced=False), encoding="unicode")
 
 
 def parse_volume_metadata(xml: str | None) -> dict[str, str]:
@@ -315,11 +325,7 @@ def parse_volume_metadata(xml: str | None) -> dict[str, str]:
 def assemble(name: str, uuid: str, disks: Iterable[Disk], volume_entries: Mapping[str, str],
              virt_type: str = "qemu") -> Domain:
     """A bare domain of these disks and records, as libvirt shows a definition."""
-    dom = ET.Element("domain", type=virt_type)
-    ET.SubElement(dom, "name").text = name
-    ET.SubElement(dom, "uuid").text = uuid
-    if volume_entries:
-        ET.SubElement(dom, "metadata").append(_volumes_element(volume_entries))
+    dom = _domain_head(name, uuid, volume_entries, virt_type)
     devices = ET.SubElement(dom, "devices")
     for disk in disks:
         devices.append(disk.element())
@@ -370,11 +376,7 @@ def build_domain(name: str, uuid: str, memory_mib: int, vcpus: int, virt_type: s
     """A minimal volume-backed domain: the volume is vda; ACPI on machine 'pc' so that
     virtio disks can be hot-plugged (and unplugged: the guest OS ejects them); the
     serial console is logged to /var/log/libvirt/qemu/NAME-console.log."""
-    dom = ET.Element("domain", type=virt_type)
-    ET.SubElement(dom, "name").text = name
-    ET.SubElement(dom, "uuid").text = uuid
-    if volume_entries:
-        ET.SubElement(dom, "metadata").append(_volumes_element(volume_entries))
+    dom = _domain_head(name, uuid, volume_entries, virt_type)
     ET.SubElement(dom, "memory", unit="MiB").text = str(memory_mib)
     ET.SubElement(dom, "vcpu").text = str(vcpus)
     os_el = ET.SubElement(dom, "os")

@@ -69,10 +69,12 @@ class Lab:
         infos = self.supervisor.infos()
         return [i.pid for n in names if (i := infos.get(n)) and i.alive and i.pid]
 
-    def program_state(self, names: Iterable[str]) -> str:
+    def program_status(self, names: list[str]) -> tuple[str, list[int]]:
+        """"up" when every program runs, and the pids of those that do (one query)."""
         infos = self.supervisor.infos()
-        alive = [bool((i := infos.get(n)) and i.alive) for n in names]
-        return "up" if all(alive) else "down"
+        running = [i for n in names if (i := infos.get(n)) and i.alive and i.pid]
+        return ("up" if len(running) == len(names) else "down",
+                [i.pid for i in running])
 
 
 class Component:
@@ -113,7 +115,8 @@ class Component:
 
     def status(self, lab: Lab) -> Status:
         names = [p.name for p in self.programs()]
-        return Status(lab.program_state(names), lab.program_pids(names))
+        state, pids = lab.program_status(names)
+        return Status(state, pids)
 
 
 def ordered(components: list[Component]) -> list[Component]:
