@@ -194,11 +194,12 @@ def bring_up(lab: Lab, components: list[Component]) -> None:
 
 
 def bring_down(lab: Lab, components: list[Component]) -> list[str]:
-    """Every component's ``down`` once everything that requires it is down, independent
-    ones in parallel; returns what could not be undone. (``after`` orders starts only: a
-    daemon that retries until its peer answers also stops without it.)"""
+    """Every component's ``down`` once everything that requires it, or starts after it,
+    is down; independent ones in parallel. Returns what could not be undone. (A Cinder
+    service whose broker is gone first spends seconds reconnecting before it exits.)"""
     comps = ordered(components)
-    dependents = {c.name: {d.name for d in comps if c.name in d.requires} for c in comps}
+    dependents = {c.name: {d.name for d in comps if c.name in (*d.requires, *d.after)}
+                  for c in comps}
     done: set[str] = set()
     problems: list[str] = []
     running: dict[concurrent.futures.Future, str] = {}

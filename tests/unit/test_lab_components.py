@@ -211,3 +211,16 @@ def test_a_component_that_breaks_on_down_does_not_stop_the_others():
                                   Goes("top", rec, requires=("mid",))])
     assert problems == ["mid: stuck"]
     assert rec.events == ["down top", "down base"]
+
+
+def test_a_daemon_goes_down_before_the_peer_it_started_after():
+    from attachflow.lab.component import bring_down
+    rec = Recorder()
+
+    class Goes(Step):
+        def down(self, lab):
+            time.sleep(0.05 if self.name == "svc" else 0)
+            self.rec.add(f"down {self.name}")
+            return []
+    bring_down(lab(), [Goes("broker", rec), Goes("svc", rec, after=("broker",))])
+    assert rec.events == ["down svc", "down broker"]
