@@ -388,6 +388,7 @@ class _Domain:
     config: list[domxml.Disk] = dataclasses.field(default_factory=list)
     live_meta: dict[str, str] = dataclasses.field(default_factory=dict)
     config_meta: dict[str, str] = dataclasses.field(default_factory=dict)
+    defined: domxml.Domain | None = None  # the whole definition, as libvirt received it
 
 
 class FakeHypervisor(_Faults, Hypervisor):
@@ -605,6 +606,7 @@ class FakeHypervisor(_Faults, Hypervisor):
         dom = _Domain(domain.name, uuid, active=False, persistent=True)
         dom.config = list(domain.disks)
         dom.config_meta = domain.volume_entries()
+        dom.defined = domain
         self.domains[domain.name] = dom
 
     def start(self, name):

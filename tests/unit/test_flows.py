@@ -39,16 +39,19 @@ def in_use_by(cinder, volume_id):
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_attach_then_detach_leaves_nothing(cinder, host, api, transport):
     uuid = host.hypervisor.add_domain("vm1")
+    bystander = cinder.create_volume()
+    operations.attach(cinder, host, get_transport(transport), bystander, "vm1", api=api)
+    bystander_record = record.read(host.hypervisor.domain("vm1"))[bystander]
     vol = cinder.create_volume()
     before = snapshot(cinder, host)
 
     res = operations.attach(cinder, host, get_transport(transport), vol, "vm1", api=api)
 
-    assert res.device == "vdb"
+    assert res.device == "vdc"
     assert in_use_by(cinder, vol) == ("in-use", [(uuid, "attached")])
     live = host.hypervisor.domain("vm1").disk(vol)
     persistent = host.hypervisor.domain("vm1", inactive=True).disk(vol)
-    assert live and persistent and live.target_dev == "vdb"
+    assert live and persistent and live.target_dev == "vdc"
     if transport == "native":
         assert live.disk_type == "network"
         assert live.source.secret_usage in host.hypervisor.secrets
@@ -56,18 +59,25 @@ def test_attach_then_detach_leaves_nothing(cinder, host, api, transport):
         assert not host.brick.sessions
     else:
         assert live.disk_type == "block"
-        assert [iqn for _portal, iqn in host.brick.sessions] == [cinder.iqn(vol)]
-        assert list(host.brick.devices) == [live.source.path]
+        assert sorted(iqn for _portal, iqn in host.brick.sessions) == sorted(
+            [cinder.iqn(bystander), cinder.iqn(vol)])
+        assert live.source.path in host.brick.devices and len(host.brick.devices) == 2
         assert not host.hypervisor.secrets
     rec = record.read(host.hypervisor.domain("vm1"))[vol]
-    assert rec.api == api and rec.transport == transport and rec.device == "vdb"
+    assert rec.api == api and rec.transport == transport and rec.device == "vdc"
     assert "auth_password" not in rec.to_json()["connection"]
     assert rec.connection.auth_password is None
+    for inactive in (False, True):
+        assert record.read(host.hypervisor.domain("vm1", inactive=inactive))[bystander] \
+            == bystander_record
 
     res = operations.detach(cinder, host, vol, "vm1", api="auto")
     assert res.api == api and res.transport == transport
     assert snapshot(cinder, host) == before
     assert cinder.volumes[vol].status == "available"
+    for inactive in (False, True):
+        records = record.read(host.hypervisor.domain("vm1", inactive=inactive))
+        assert records == {bystander: bystander_record}
 
 
 def test_attachments_api_costs_two_storage_calls_per_attach_and_one_per_detach(cinder, host):
@@ -239,6 +249,9 @@ def _target(cinder, host, which):
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_attach_undoes_everything_when_any_step_fails(cinder, host, api, transport):
     host.hypervisor.add_domain("vm1")
+    # a volume already attached: its record must survive every undo
+    operations.attach(cinder, host, get_transport(transport), cinder.create_volume(), "vm1",
+                      api=api)
     for which, method in ATTACH_FAILURES[api] + ATTACH_FAILURES[transport]:
         vol = cinder.create_volume()
         before = snapshot(cinder, host)
@@ -300,17 +313,24 @@ DETACH_FAILURES = {
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_detach_undoes_everything_when_any_step_fails(cinder, host, api, transport):
     host.hypervisor.add_domain("vm1")
+    bystander = cinder.create_volume()
+    operations.attach(cinder, host, get_transport(transport), bystander, "vm1", api=api)
     for which, method in DETACH_FAILURES[api] + DETACH_FAILURES[transport]:
         vol = cinder.create_volume()
         operations.attach(cinder, host, get_transport(transport), vol, "vm1", api=api)
         before = snapshot(cinder, host)
+        records_before = [record.read(host.hypervisor.domain("vm1", inactive=inactive))
+                          for inactive in (False, True)]
         _target(cinder, host, which).fail(method, errors.AttachflowError(f"{method} broke"))
-        with pytest.raises(errors.AttachflowError, match=f"{method} broke"):
+        with pytest.raises(errors.AttachflowError, match=f"{method} broke") as info:
             operations.detach(cinder, host, vol, "vm1")
+        assert "could NOT undo" not in str(info.value) and info.value.exit_code == 1
         after = snapshot(cinder, host)
         # the disk is back where it was (live XML gets re-plugged at the end of the list)
         for key in ("volumes", "secrets", "host_sessions", "qemu_sessions"):
             assert after[key] == before[key], (method, key)
+        assert [record.read(host.hypervisor.domain("vm1", inactive=inactive))
+                for inactive in (False, True)] == records_before, method
         assert host.hypervisor.domain("vm1").disk(vol)
         assert host.hypervisor.domain("vm1", inactive=True).disk(vol)
         assert vol in record.read(host.hypervisor.domain("vm1"))
@@ -345,11 +365,39 @@ def test_boot_volume_backed_domain(cinder, host, api, transport):
     assert disk.target_dev == "vda"
     assert in_use_by(cinder, vol) == ("in-use", [(dom.uuid, "attached")])
     assert record.read(host.hypervisor.domain("vm9"))[vol].api == api
+    assert dom.uuid == host.hypervisor.domain("vm9").uuid
     # a second volume can then be attached and detached
     data = cinder.create_volume()
     assert operations.attach(cinder, host, get_transport(transport), data, "vm9",
                              api=api).device == "vdb"
     operations.detach(cinder, host, data, "vm9")
+
+
+def test_boot_defines_the_guest_as_asked(cinder, host):
+    import xml.etree.ElementTree as ET
+    vol = cinder.create_volume()
+    operations.boot(cinder, host, get_transport("native"), "vm9", vol, memory_mib=384,
+                    vcpus=3, virt_type="qemu", emulator="/usr/bin/qemu-system-x86_64",
+                    direct_boot=domxml.DirectBoot("/boot/vmlinuz", "/boot/initrd.img",
+                                                  "console=ttyS0"))
+    root = ET.fromstring(host.hypervisor.domains["vm9"].defined.to_xml())
+    assert root.get("type") == "qemu" and root.findtext("name") == "vm9"
+    assert (root.find("memory").get("unit"), root.findtext("memory")) == ("MiB", "384")
+    assert root.findtext("vcpu") == "3"
+    (att,) = cinder.volumes[vol].attachments.values()
+    assert root.findtext("uuid") == att.instance_id
+    assert [(el.tag, el.text) for el in root.find("os") if el.tag != "type"] == [
+        ("kernel", "/boot/vmlinuz"), ("initrd", "/boot/initrd.img"),
+        ("cmdline", "console=ttyS0")]
+    assert root.findtext("devices/emulator") == "/usr/bin/qemu-system-x86_64"
+    assert [d.find("target").get("dev") for d in root.findall("devices/disk")] == ["vda"]
+    # without a kernel the guest boots from the volume
+    other = cinder.create_volume()
+    operations.boot(cinder, host, get_transport("native"), "vm10", other, virt_type="kvm")
+    root = ET.fromstring(host.hypervisor.domains["vm10"].defined.to_xml())
+    assert root.get("type") == "kvm" and root.find("os/boot").get("dev") == "hd"
+    assert root.find("os/kernel") is None and root.find("devices/emulator") is None
+    assert (root.findtext("memory"), root.findtext("vcpu")) == ("128", "1")
 
 
 @pytest.mark.parametrize("which,method", [("cinder", "attachment_create"),

@@ -79,6 +79,16 @@ def test_migrate_there_and_back(lab, api, transport):
             assert disk is not None
             assert dst.hypervisor.domain("vm", inactive=True).disk(v) is not None
             assert records[v].host == dst.name
+            # the record is the destination's connection: its connector, its attachment
+            assert records[v].connector["host"] == dst.name
+            expected = get_transport(transport).connector_properties(dst)
+            assert records[v].connector["initiator"] == expected.initiator
+            assert records[v].connector["ip"] == expected.ip
+            if api == "attachments":
+                (att_id,) = cinder.volumes[v].attachments
+                assert records[v].attachment_id == att_id
+            assert records[v].connection.auth_password is None
+            assert records[v] == record.read(dst.hypervisor.domain("vm", inactive=True))[v]
         assert clean_dst != host_leftovers(dst)
     # and detach works on the host the guest came back to
     operations.detach(cinder, a, vols[1], "vm")
@@ -111,24 +121,42 @@ def test_three_storage_calls_per_migrated_volume(lab):
                                          "attachment_delete"]
 
 
-FAILURES = [
-    ("cinder", "attachment_create", 1),   # second volume's destination attachment
-    ("b_hv", "define_secret", 1),          # destination connect of the second volume
-    ("a_hv", "migrate", 0),                # libvirt refuses
-]
+# Every step before the switch-over that can fail, per API and per transport; `after`
+# lets the first volume through so that one volume's undo runs beside the other's failure.
+FAILURES = {
+    "attachments": [("cinder", "attachment_create", 0), ("cinder", "attachment_create", 1)],
+    "legacy": [("cinder", "initialize_connection", 0),
+               ("cinder", "initialize_connection", 1)],
+    "native": [("b_hv", "define_secret", 0), ("b_hv", "define_secret", 1)],
+    "kernel": [("b_brick", "connect", 0), ("b_brick", "connect", 1)],
+}
+LIBVIRT_REFUSES = ("a_hv", "migrate", 0)
 
 
-@pytest.mark.parametrize("which,method,after", FAILURES)
-def test_failure_before_switch_over_rolls_back(lab, which, method, after):
+def _records(host):
+    return {inactive: record.read(host.hypervisor.domain("vm", inactive=inactive))
+            for inactive in (False, True)}
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_failure_before_switch_over_rolls_back(lab, api, transport):
     cinder, a, b = lab
-    vols = guest(lab, "attachments", "native")
-    before = where(lab, vols), host_leftovers(a), host_leftovers(b)
-    target = {"cinder": cinder, "a_hv": a.hypervisor, "b_hv": b.hypervisor}[which]
-    target.fail(method, errors.AttachflowError(f"{method} broke"), after=after)
-    with pytest.raises(errors.OperationFailed, match=f"{method} broke") as info:
-        mig.migrate(cinder, mig.preflight(cinder, a, b, "vm"))
-    assert "could NOT undo" not in str(info.value)
-    assert (where(lab, vols), host_leftovers(a), host_leftovers(b)) == before
+    vols = guest(lab, api, transport)
+    for which, method, after in FAILURES[api] + FAILURES[transport] + [LIBVIRT_REFUSES]:
+        before = where(lab, vols), host_leftovers(a), host_leftovers(b), _records(a)
+        target = {"cinder": cinder, "a_hv": a.hypervisor, "b_hv": b.hypervisor,
+                  "b_brick": b.brick}[which]
+        target.fail(method, errors.AttachflowError(f"{method} broke"), after=after)
+        with pytest.raises(errors.AttachflowError, match=f"{method} broke") as info:
+            mig.migrate(cinder, mig.preflight(cinder, a, b, "vm"))
+        assert "could NOT undo" not in str(info.value) and info.value.exit_code == 1
+        assert "vm" not in b.hypervisor.domains, (method, after)
+        assert (where(lab, vols), host_leftovers(a), host_leftovers(b), _records(a)) \
+            == before, (method, after)
+    # and the guest still moves once nothing is in the way
+    mig.migrate(cinder, mig.preflight(cinder, a, b, "vm"))
+    assert where(lab, vols)[0] == ["hostb"]
 
 
 def test_wrong_chap_on_destination_rolls_back(lab):
