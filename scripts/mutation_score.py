@@ -45,43 +45,54 @@ def _is_wording_call(call: ast.Call) -> bool:
     return name.endswith(("Error", "Exception"))
 
 
-def _first_difference(orig: ast.AST, mutant: ast.AST, parents: list[ast.AST]) -> list[ast.AST] | None:
-    """The chain of original nodes from the root down to the first place the mutant differs."""
+def _first_difference(orig: ast.AST, mutant: ast.AST, parents: list[ast.AST]
+                      ) -> tuple[list[ast.AST], ast.AST | None] | None:
+    """The chain of original nodes from the root down to the first place the mutant
+    differs, and the mutant's node there (None when a list changed length)."""
     if type(orig) is not type(mutant):
-        return parents + [orig]
+        return parents + [orig], mutant
     for field, value in ast.iter_fields(orig):
         other = getattr(mutant, field, None)
         if isinstance(value, list):
             if not isinstance(other, list) or len(value) != len(other):
-                return parents + [orig]
+                return parents + [orig], None
             for a, b in zip(value, other):
                 if isinstance(a, ast.AST):
                     found = _first_difference(a, b, parents + [orig])
                     if found:
                         return found
                 elif a != b:
-                    return parents + [orig]
+                    return parents + [orig], mutant
         elif isinstance(value, ast.AST):
             found = _first_difference(value, other, parents + [orig])
             if found:
                 return found
         elif field not in ("ctx", "type_comment", "kind") and value != other:
-            return parents + [orig]
+            return parents + [orig], mutant
     return None
 
 
+def _is_text(node: ast.AST | None) -> bool:
+    return isinstance(node, ast.Constant) and isinstance(node.value, str)
+
+
 def wording_only(orig: ast.FunctionDef, mutant: ast.FunctionDef) -> bool:
-    """True when the mutation sits in the arguments of a log call or an exception's
-    constructor (its message), and nowhere else."""
+    """True when the mutation only changes the text of a log line or of an exception's
+    message: a string in the arguments of a log call or an exception's constructor
+    rewritten into another string. Dropping the message, or changing anything else,
+    counts."""
     mutant = ast.FunctionDef(**{**mutant.__dict__, "name": orig.name})
-    chain = _first_difference(orig, mutant, [])
-    if not chain:
+    found = _first_difference(orig, mutant, [])
+    if not found:
         return False
+    chain, replacement = found
     changed = chain[-1]
+    in_text = _is_text(changed) and _is_text(replacement)
+    if not in_text:
+        return False
     for i, node in enumerate(chain[:-1]):
         if isinstance(node, ast.Call) and _is_wording_call(node) and chain[i + 1] is not node.func:
-            return isinstance(changed, (ast.Constant, ast.JoinedStr, ast.FormattedValue, ast.Call)) \
-                or changed is node
+            return True
     return False
 
 
