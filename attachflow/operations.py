@@ -16,6 +16,7 @@ from attachflow.cinder_side import Flow, StorageAPI, flow_for_record, select_flo
 from attachflow.compute_side import ComputeHost, DomainRef
 from attachflow.connectors import check_fits, get_transport
 from attachflow.connectors.base import Transport
+from attachflow.events import Emitter, Listener
 from attachflow.record import VolumeRecord
 from attachflow.steps import Transaction
 
@@ -23,21 +24,30 @@ DEVICE_RE = re.compile(r"^vd[a-z]{1,2}$")
 DEFAULT_DETACH_TIMEOUT = 60.0
 
 
-@dataclasses.dataclass
+#: The version of ``Result.to_dict()``'s form (and of ``-f json``); it changes only when
+#: a key is removed or changes meaning. New keys may appear within a version.
+RESULT_SCHEMA_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
 class Result:
+    """What an attach, detach or boot did. ``already`` is True when nothing needed doing:
+    the volume was attached as asked already (attach), or was not attached (detach)."""
+
     operation: str
     volume_id: str
     domain: str
     host: str
     device: str | None
-    api: str
-    transport: str
+    api: str | None
+    transport: str | None
     attachment_id: str | None
     seconds: float
     steps: list[str]
+    already: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {"schema_version": RESULT_SCHEMA_VERSION, **dataclasses.asdict(self)}
 
 
 def _connect_steps(tx: Transaction, flow: Flow, transport: Transport, host: ComputeHost,
@@ -68,25 +78,30 @@ def _definitions(host: ComputeHost, ref: DomainRef
 
 def attach(storage: StorageAPI, host: ComputeHost, transport: Transport, volume_id: str,
            domain: str, api: str = "auto", device: str | None = None,
-           detach_timeout: float = DEFAULT_DETACH_TIMEOUT) -> Result:
+           detach_timeout: float = DEFAULT_DETACH_TIMEOUT,
+           progress: Listener | None = None) -> Result:
+    """Attach ``volume_id`` to ``domain`` on ``host``; when it is attached there already,
+    as asked, return that attachment (``already``) without changing anything."""
     start = time.monotonic()
     hv = host.hypervisor
+    if device is not None and not DEVICE_RE.match(device):
+        raise errors.InputError(f"device '{device}' is not a virtio disk name (vdb, vdc, ...)")
     flow = select_flow(storage, api)
     ref = hv.lookup(domain)
     live, config = _definitions(host, ref)
     definitions = [d for d in (live, config) if d is not None]
-    if any(d.disk(volume_id) for d in definitions):
-        raise errors.VolumeStateError(f"volume {volume_id} is already attached to {domain}")
+    present = next((d.disk(volume_id) for d in definitions if d.disk(volume_id)), None)
+    if present is not None:
+        return _attached_already(storage, host, transport, ref, volume_id, device, present,
+                                 record.read(live or config).get(volume_id), start)
     if device is not None:
-        if not DEVICE_RE.match(device):
-            raise errors.InputError(f"device '{device}' is not a virtio disk name (vdb, vdc, ...)")
         if any(device in d.device_names() for d in definitions):
             raise errors.DeviceInUse(f"device {device} is already in use in {domain}")
     else:
         device = domxml.next_free_device(definitions)
     records = record.read(live or config)
 
-    tx = Transaction(f"attach {volume_id} to {domain}")
+    tx = Transaction(f"attach {volume_id} to {domain}", Emitter(progress))
     att, spec = _connect_steps(tx, flow, transport, host, volume_id, ref.uuid, device)
     disk = domxml.Disk.build(spec)
     tx.run("guest attach", lambda: hv.attach_device(domain, disk, live=ref.active,
@@ -106,6 +121,35 @@ def attach(storage: StorageAPI, host: ComputeHost, transport: Transport, volume_
                   transport.name, att.attachment_id, time.monotonic() - start, tx.completed)
 
 
+def _attached_already(storage: StorageAPI, host: ComputeHost, transport: Transport,
+                      ref: DomainRef, volume_id: str, device: str | None,
+                      present: domxml.Disk, rec: VolumeRecord | None, start: float) -> Result:
+    """The answer to an attach that finds the volume's disk in the domain: the current
+    attachment when it is what was asked and Cinder agrees, else a refusal that says
+    what differs."""
+    where = f"{ref.name} as {present.target_dev}"
+    if device is not None and device != present.target_dev:
+        raise errors.DeviceInUse(f"volume {volume_id} is already attached to {where}, "
+                                 f"not {device}")
+    if rec is None:
+        raise errors.VolumeStateError(
+            f"volume {volume_id} is already attached to {where}, but not by attachflow "
+            "(no record in the domain): detach it with the tool that attached it")
+    if rec.transport != transport.name:
+        raise errors.TransportMismatch(
+            f"volume {volume_id} is already attached to {where} with transport "
+            f"'{rec.transport}', not '{transport.name}'")
+    volume = storage.get_volume(volume_id)
+    known = volume.attachment_for(ref.uuid)
+    if known is None or (rec.attachment_id and known.attachment_id != rec.attachment_id):
+        raise errors.VolumeStateError(
+            f"volume {volume_id} is in {where}, but Cinder does not list that attachment "
+            f"(volume status '{volume.status}'): detach it, then attach it again")
+    return Result("attach", volume_id, ref.name, host.name, present.target_dev, rec.api,
+                  rec.transport, known.attachment_id, time.monotonic() - start, [],
+                  already=True)
+
+
 def _find_by_serial(host: ComputeHost, ref: DomainRef, volume_id: str) -> domxml.Disk:
     # libvirt may choose another name than the one asked for: trust the serial.
     disk = host.hypervisor.domain(ref.name, inactive=not ref.active).disk(volume_id)
@@ -117,7 +161,11 @@ def _find_by_serial(host: ComputeHost, ref: DomainRef, volume_id: str) -> domxml
 
 def detach(storage: StorageAPI, host: ComputeHost, volume_id: str, domain: str,
            api: str = "auto", transport_name: str | None = None,
-           timeout: float = DEFAULT_DETACH_TIMEOUT) -> Result:
+           timeout: float = DEFAULT_DETACH_TIMEOUT, strict: bool = False,
+           progress: Listener | None = None) -> Result:
+    """Detach ``volume_id`` from ``domain`` on ``host``. A volume that is not attached to
+    the domain (and that Cinder does not list as attached to it) is a success with
+    ``already`` set, or ``NotAttached`` when ``strict``."""
     start = time.monotonic()
     hv = host.hypervisor
     ref = hv.lookup(domain)
@@ -128,7 +176,7 @@ def detach(storage: StorageAPI, host: ComputeHost, volume_id: str, domain: str,
     rec = records.get(volume_id)
     disk = live_disk or config_disk
     if disk is None and rec is None:
-        raise errors.NotAttached(f"volume {volume_id} is not attached to {domain}")
+        return _detached_already(storage, host, ref, volume_id, strict, start)
     if transport_name and rec is not None and transport_name != rec.transport:
         raise errors.TransportMismatch(
             f"volume {volume_id} was attached with transport '{rec.transport}', "
@@ -140,7 +188,7 @@ def detach(storage: StorageAPI, host: ComputeHost, volume_id: str, domain: str,
     transport = get_transport(name, multipath=rec.multipath if rec is not None else False)
     flow = flow_for_record(storage, rec, api)
 
-    tx = Transaction(f"detach {volume_id} from {domain}")
+    tx = Transaction(f"detach {volume_id} from {domain}", Emitter(progress))
     att = tx.run(f"storage begin detach ({flow.api})",
                  lambda: flow.begin_detach(volume_id, ref.uuid, rec),
                  flow.undo_begin_detach)
@@ -181,10 +229,44 @@ def detach(storage: StorageAPI, host: ComputeHost, volume_id: str, domain: str,
                   tx.completed)
 
 
+def _detached_already(storage: StorageAPI, host: ComputeHost, ref: DomainRef,
+                      volume_id: str, strict: bool, start: float) -> Result:
+    if strict:
+        raise errors.NotAttached(f"volume {volume_id} is not attached to {ref.name}")
+    known = storage.get_volume(volume_id).attachment_for(ref.uuid)
+    if known is not None:
+        # Cinder still holds an attachment for a guest without the disk: releasing it
+        # blind could cut a connection attachflow does not know of; say so instead.
+        raise errors.VolumeStateError(
+            f"volume {volume_id} is not in {ref.name}, but Cinder still lists attachment "
+            f"{known.attachment_id} to it: release it in Cinder once no host is connected")
+    return Result("detach", volume_id, ref.name, host.name, None, None, None, None,
+                  time.monotonic() - start, [], already=True)
+
+
+def _booted_already(storage: StorageAPI, host: ComputeHost, transport: Transport,
+                    ref: DomainRef, volume_id: str, start: float) -> Result:
+    """A boot that finds its domain: done already when the domain runs from this volume
+    as attachflow booted it; anything else is a refusal."""
+    live, config = _definitions(host, ref)
+    root = (live or config).disk(volume_id) if (live or config) is not None else None
+    if root is None or root.target_dev != "vda":
+        raise errors.InputError(f"a domain named '{ref.name}' already exists on {host.name} "
+                                f"and does not boot from volume {volume_id}")
+    if not ref.active:
+        raise errors.VolumeStateError(
+            f"domain '{ref.name}' exists on {host.name} with volume {volume_id} as vda but "
+            "is shut off: start it (virsh start) or remove it first")
+    result = _attached_already(storage, host, transport, ref, volume_id, "vda", root,
+                               record.read(live).get(volume_id), start)
+    return dataclasses.replace(result, operation="boot")
+
+
 def boot(storage: StorageAPI, host: ComputeHost, transport: Transport, name: str,
          volume_id: str, api: str = "auto", memory_mib: int = 128, vcpus: int = 1,
          virt_type: str = "kvm", emulator: str | None = None,
-         direct_boot: domxml.DirectBoot | None = None) -> Result:
+         direct_boot: domxml.DirectBoot | None = None,
+         progress: Listener | None = None) -> Result:
     start = time.monotonic()
     hv = host.hypervisor
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", name):
@@ -195,14 +277,14 @@ def boot(storage: StorageAPI, host: ComputeHost, transport: Transport, name: str
         raise errors.InputError(f"virt type '{virt_type}' is not kvm or qemu")
     flow = select_flow(storage, api)
     try:
-        hv.lookup(name)
+        existing = hv.lookup(name)
     except errors.DomainNotFound:
         pass
     else:
-        raise errors.InputError(f"a domain named '{name}' already exists on {host.name}")
+        return _booted_already(storage, host, transport, existing, volume_id, start)
     instance_id = str(uuidlib.uuid4())
 
-    tx = Transaction(f"boot {name} from {volume_id}")
+    tx = Transaction(f"boot {name} from {volume_id}", Emitter(progress))
     att, spec = _connect_steps(tx, flow, transport, host, volume_id, instance_id, "vda")
     rec = VolumeRecord.for_attachment(att, transport.name, host.cfg.connector_host, "vda")
     definition = domxml.build_domain(name, instance_id, memory_mib, vcpus, virt_type,

@@ -16,6 +16,7 @@ import logging
 from typing import Any, Callable, Iterator
 
 from attachflow.errors import AttachflowError, OperationFailed
+from attachflow.events import Emitter, StepDone, StepStarted, StepUndone, UndoFailed
 
 LOG = logging.getLogger("attachflow.steps")
 
@@ -50,14 +51,17 @@ class Problems:
 
 
 class Transaction:
-    def __init__(self, operation: str):
+    """Steps of one operation; ``emit`` receives each step's events (see ``events``)."""
+
+    def __init__(self, operation: str, emit: Emitter | None = None):
         self.operation = operation
+        self.emit = emit or Emitter()
         self._undo: list[tuple[str, Callable[[], Any]]] = []
         self.completed: list[str] = []
 
     def run(self, name: str, do: Callable[[], Any],
             undo: Callable[[Any], Any] | None = None) -> Any:
-        LOG.debug("%s: step %s", self.operation, name)
+        self.emit(StepStarted(self.operation, name))
         try:
             result = do()
         except BaseException as exc:
@@ -66,6 +70,7 @@ class Transaction:
         self.completed.append(name)
         if undo is not None:
             self._undo.append((name, lambda: undo(result)))
+        self.emit(StepDone(self.operation, name))
         return result
 
     def rollback(self, failed_step: str, cause: BaseException) -> None:
@@ -75,12 +80,13 @@ class Transaction:
             raise cause  # nothing had changed yet: the error speaks for itself
         failures = Problems()
         for name, undo in reversed(self._undo):
-            LOG.debug("%s: undo %s", self.operation, name)
             try:
                 undo()
             except Exception as exc:  # collect, keep undoing the rest
-                LOG.debug("%s: undo %s failed: %s", self.operation, name, exc)
                 failures.add(name, exc)
+                self.emit(UndoFailed(self.operation, name, str(exc)))
+            else:
+                self.emit(StepUndone(self.operation, name))
         self._undo.clear()
         raise OperationFailed(self.operation, failed_step, cause, failures.pairs()) \
             from cause

@@ -89,7 +89,7 @@ def test_debug_trace_masks_secrets(world, monkeypatch):
     password = cinder.volumes[vol].chap_password
     result = run("attach", vol, "vm1", "--transport", "native", "--debug", "-f", "json")
     assert result.exit_code == 0
-    assert "step storage connect" in result.stderr
+    assert "to vm1: storage connect (attachments) ..." in result.stderr
     assert password not in result.output + result.stderr
 
 
