@@ -33,6 +33,7 @@ from attachflow.cinder_side import StorageAPI, StorageAttachment, flow_for_recor
 from attachflow.compute_side import ComputeHost, MigrationRequest
 from attachflow.connectors import check_fits, get_transport
 from attachflow.connectors.base import Transport
+from attachflow.events import Emitter, Listener, MigrationProgress
 from attachflow.migration_monitor import Monitor, completion_timeout
 from attachflow.model import ConnectorProperties
 from attachflow.record import VolumeRecord
@@ -228,15 +229,18 @@ def dry_run(plan: Plan) -> dict[str, Any]:
 
 
 def migrate(storage: StorageAPI, plan: Plan,
-            progress: Callable[[dict[str, Any]], None] | None = None) -> MigrationResult:
+            progress: Listener | None = None) -> MigrationResult:
     """Move the guest: connect the destination, run the watched job, settle (roll back
     while the guest still runs on the source, forward once it runs on the destination),
     and finish every volume."""
     start = time.monotonic()
+    emit = Emitter(progress)
     tx = Transaction(f"migrate {plan.domain} from {plan.source.name} to "
-                     f"{plan.destination.name}")
+                     f"{plan.destination.name}", emit)
     atts, request = _connect_destination(tx, plan)
-    job = _run_watched_job(plan, request, progress)
+    job = _run_watched_job(plan, request, lambda counters: emit(MigrationProgress(
+        tx.operation, counters["elapsed"], counters["processed"], counters["remaining"],
+        counters["total"])))
     left = Problems()
     if job.failure is not None:
         _settle(tx, plan, job)

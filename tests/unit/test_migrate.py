@@ -8,6 +8,7 @@ from attachflow import errors, operations, record
 from attachflow import migrate as mig
 from attachflow import migration_monitor
 from attachflow.connectors import get_transport, iscsi_native
+from attachflow.events import MigrationProgress, StepUndone
 from attachflow.testing import FakeCinder, fake_host
 
 APIS = ["attachments", "legacy"]
@@ -188,7 +189,11 @@ def test_timeout_aborts_and_rolls_back(lab, monkeypatch):
     with pytest.raises(errors.OperationFailed, match="completion timeout"):
         mig.migrate(cinder, plan, progress=events.append)
     assert "abort_job" in a.hypervisor.calls
-    assert events and events[0]["event"] == "progress" and events[0]["total"] > 0
+    progress = [e for e in events if isinstance(e, MigrationProgress)]
+    assert progress and progress[0].total > 0
+    assert progress[0].operation == "migrate vm from hosta to hostb"
+    # the steps were reported too, and their undo once the timeout struck
+    assert any(isinstance(e, StepUndone) for e in events)
     assert where(lab, vols) == before
 
 

@@ -1,0 +1,169 @@
+"""The public face of attachflow for Python callers: one ``Client`` made from the same
+settings as the command line, offering every operation with typed results.
+
+The client owns the connections it opens: the storage API session (made on first use,
+so ``connector`` needs no Cinder) and one ``ComputeHost`` per host name (libvirt and SSH
+connections), all closed by ``close()`` or at the end of a ``with`` block.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+from attachflow import domxml, errors, operations
+from attachflow import migrate as _migrate
+from attachflow.cinder_side import CinderStorage, StorageAPI
+from attachflow.compute_side import ComputeHost, open_host
+from attachflow.connectors import get_transport
+from attachflow.connectors.base import Transport
+from attachflow.events import Listener
+from attachflow.hosts import LOCAL
+from attachflow.model import ConnectorProperties
+
+DEFAULT_TRANSPORT = "kernel"
+DEFAULT_API = "auto"
+TRANSPORTS = ("kernel", "native")
+APIS = ("auto", "attachments", "legacy")
+
+
+class Client:
+    """attachflow's operations against one storage API and the hosts of one hosts file.
+
+    Settings, each defaulting like the command line's option:
+
+    - ``cloud``: a cloud from ``clouds.yaml`` (``$OS_CLOUD``); without one, the ``OS_*``
+      variables, or ``OS_AUTH_TYPE=noauth`` with ``OS_ENDPOINT`` for labs.
+    - ``hosts_file``: the TOML hosts file (``$ATTACHFLOW_HOSTS``, else
+      ``~/.config/attachflow/hosts.toml``).
+    - ``transport``: ``kernel`` (os-brick and the host's initiator) or ``native``
+      (QEMU's initiator) for new attachments (``$ATTACHFLOW_TRANSPORT``).
+    - ``api``: ``auto``, ``attachments`` or ``legacy`` (Cinder's attach API).
+    - ``progress``: a listener called with every ``attachflow.events.Event``.
+    - ``storage`` / ``hosts``: an already made storage API and compute hosts by name,
+      used instead of the settings (the client then does not close them).
+    """
+
+    def __init__(self, *, cloud: str | None = None, hosts_file: str | None = None,
+                 transport: str | None = None, api: str | None = None,
+                 progress: Listener | None = None, storage: StorageAPI | None = None,
+                 hosts: Mapping[str, ComputeHost] | None = None,
+                 env: Mapping[str, str] | None = None):
+        env = dict(os.environ if env is None else env)
+        if hosts_file is not None:
+            env["ATTACHFLOW_HOSTS"] = str(hosts_file)
+        self._env = env
+        self.cloud = cloud
+        self.transport = _choice("transport", transport or env.get("ATTACHFLOW_TRANSPORT")
+                                 or DEFAULT_TRANSPORT, TRANSPORTS)
+        self.api = _choice("api", api or DEFAULT_API, APIS)
+        self.progress = progress
+        self._storage = storage
+        self._given_hosts = dict(hosts or {})
+        self._opened: dict[str, ComputeHost] = {}
+
+    # -- what the client owns --------------------------------------------------------------
+    @property
+    def storage(self) -> StorageAPI:
+        """The storage API, connected (and its microversion negotiated) on first use."""
+        if self._storage is None:
+            self._storage = CinderStorage.connect(cloud=self.cloud, env=self._env)
+        return self._storage
+
+    def host(self, name: str = LOCAL) -> ComputeHost:
+        """The compute host ``name`` (``local``, or a name from the hosts file)."""
+        if name in self._given_hosts:
+            return self._given_hosts[name]
+        if name not in self._opened:
+            self._opened[name] = open_host(name, self._env)
+        return self._opened[name]
+
+    def close(self) -> None:
+        """Close every host connection this client opened."""
+        opened, self._opened = self._opened, {}
+        for host in opened.values():
+            host.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _transport(self, name: str | None, multipath: bool = False) -> Transport:
+        return get_transport(_choice("transport", name or self.transport, TRANSPORTS),
+                             multipath)
+
+    def _api(self, api: str | None) -> str:
+        return _choice("api", api or self.api, APIS)
+
+    # -- operations --------------------------------------------------------------------------
+    def connector(self, host: str = LOCAL, *, transport: str | None = None,
+                  multipath: bool = False) -> ConnectorProperties:
+        """What ``host`` tells the storage side about itself (initiator, ip, host, ...)."""
+        return self._transport(transport, multipath).connector_properties(self.host(host))
+
+    def attach(self, volume: str, domain: str, *, host: str = LOCAL,
+               device: str | None = None, transport: str | None = None,
+               multipath: bool = False, api: str | None = None,
+               detach_timeout: float = operations.DEFAULT_DETACH_TIMEOUT
+               ) -> operations.Result:
+        """Attach ``volume`` to ``domain`` as the next free vdX (or ``device``).
+        Attaching a volume already attached there as asked returns its attachment with
+        ``already`` set; another device, transport or guest is a refusal."""
+        return operations.attach(self.storage, self.host(host),
+                                 self._transport(transport, multipath), volume, domain,
+                                 api=self._api(api), device=device,
+                                 detach_timeout=detach_timeout, progress=self.progress)
+
+    def detach(self, volume: str, domain: str, *, host: str = LOCAL,
+               transport: str | None = None, api: str | None = None,
+               timeout: float = operations.DEFAULT_DETACH_TIMEOUT, strict: bool = False
+               ) -> operations.Result:
+        """Detach ``volume`` from ``domain`` with the API and transport it was attached
+        with. A volume that is not attached there is a success with ``already`` set
+        (``strict``: ``NotAttached``). ``transport``, when given, must match."""
+        chosen = _choice("transport", transport, TRANSPORTS) if transport else None
+        return operations.detach(self.storage, self.host(host), volume, domain,
+                                 api=self._api(api), transport_name=chosen,
+                                 timeout=timeout, strict=strict, progress=self.progress)
+
+    def boot(self, name: str, volume: str, *, host: str = LOCAL, memory_mib: int = 128,
+             vcpus: int = 1, virt_type: str = "kvm",
+             direct_boot: domxml.DirectBoot | None = None, transport: str | None = None,
+             api: str | None = None) -> operations.Result:
+        """Define and start ``name`` with ``volume`` as its root disk (vda). A guest of
+        that name already running from that volume is returned with ``already`` set."""
+        return operations.boot(self.storage, self.host(host), self._transport(transport),
+                               name, volume, api=self._api(api), memory_mib=memory_mib,
+                               vcpus=vcpus, virt_type=virt_type, direct_boot=direct_boot,
+                               progress=self.progress)
+
+    def plan_migration(self, domain: str, *, source: str, destination: str,
+                       options: _migrate.MigrationOptions | None = None,
+                       api: str | None = None) -> _migrate.Plan:
+        """Check everything a migration needs, change nothing; ``PreflightError`` says
+        what stands in the way. ``migration_preview(plan)`` shows the plan."""
+        return _migrate.preflight(self.storage, self.host(source), self.host(destination),
+                                  domain, api=self._api(api), options=options)
+
+    def migrate(self, domain: str, *, source: str, destination: str,
+                options: _migrate.MigrationOptions | None = None, api: str | None = None
+                ) -> _migrate.MigrationResult:
+        """Live-migrate ``domain`` from ``source`` to ``destination`` with every volume
+        reconnected there; rolled back while the guest still runs on the source, finished
+        once it runs on the destination (``left_behind`` names anything not cleaned up)."""
+        plan = self.plan_migration(domain, source=source, destination=destination,
+                                   options=options, api=api)
+        return _migrate.migrate(self.storage, plan, progress=self.progress)
+
+
+def migration_preview(plan: _migrate.Plan) -> dict:
+    """The steps a migration would take and the domain XML change, for a dry run."""
+    return _migrate.dry_run(plan)
+
+
+def _choice(what: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise errors.InputError(f"unknown {what} '{value}' (choose from {', '.join(allowed)})")
+    return value
