@@ -1,4 +1,4 @@
-"""The attachflow command line: a thin click layer over ``attachflow.operations``.
+"""The attachflow command line: a thin click layer over the public API (``attachflow.Client``).
 
 Exit codes: 0 success; 1 the operation failed (and what it had done was undone, or the
 message says what could not be); 2 bad usage or bad input (nothing was changed).
@@ -18,7 +18,8 @@ from typing import Any, Callable
 
 import click
 
-from attachflow import errors
+import attachflow
+from attachflow import errors  # the exception tree the public API raises
 
 EXIT_FAILED = 1  # an unexpected error; AttachflowError carries its own exit code
 
@@ -128,29 +129,10 @@ def common(storage: bool = True, transport: bool = True) -> Callable:
     return decorate
 
 
-def _storage(os_cloud: str | None):
-    from attachflow.cinder_side import CinderStorage
-    return CinderStorage.connect(cloud=os_cloud)
-
-
-def _host(name: str):
-    from attachflow.compute_side import open_host
-    return open_host(name)
-
-
-def _on_host(host: str, fmt: str, operation: Callable[[Any], Any]) -> None:
-    """Run ``operation(compute_host)``, always close the host's connections, print."""
-    compute = _host(host)
-    try:
-        result = operation(compute)
-    finally:
-        compute.close()
-    _emit(result.to_dict(), fmt)
-
-
-def _transport(name: str, multipath: bool = False):
-    from attachflow.connectors import get_transport
-    return get_transport(name, multipath)
+def _client(transport: str | None = None, api: str | None = None,
+            os_cloud: str | None = None, progress=None):
+    """The library's client, made from the command line's settings."""
+    return attachflow.Client(cloud=os_cloud, transport=transport, api=api, progress=progress)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -178,11 +160,8 @@ def cli():
 @common(storage=False)
 def connector(host, fmt, debug, transport, multipath):
     """Show the connector properties HOST sends to Cinder (initiator, ip, host, ...)."""
-    compute = _host(host)
-    try:
-        props = _transport(transport, multipath).connector_properties(compute)
-    finally:
-        compute.close()
+    with _client(transport) as client:
+        props = client.connector(host, multipath=multipath)
     _emit(props.to_dict(), fmt)
 
 
@@ -206,11 +185,10 @@ def attach(volume, domain, device, multipath, detach_timeout, host, fmt, debug, 
     the attachment in Cinder. The device reported is the one found by serial in the
     domain's XML.
     """
-    from attachflow import operations
-    tr = _transport(transport, multipath)
-    _on_host(host, fmt, lambda compute: operations.attach(
-        _storage(os_cloud), compute, tr, volume, domain, api=api, device=device,
-        detach_timeout=detach_timeout))
+    with _client(transport, api, os_cloud) as client:
+        result = client.attach(volume, domain, host=host, device=device,
+                               multipath=multipath, detach_timeout=detach_timeout)
+    _emit(result.to_dict(), fmt)
 
 
 @cli.command()
@@ -219,8 +197,11 @@ def attach(volume, domain, device, multipath, detach_timeout, host, fmt, debug, 
 @click.option("--timeout", type=click.FloatRange(min=1), default=60.0, show_default=True,
               help="Seconds to wait for the guest to release the disk (detach is retried "
                    "within this time).")
+@click.option("--strict", is_flag=True,
+              help="Fail (exit 2) when the volume is not attached to DOMAIN, instead of "
+                   "reporting that there was nothing to do.")
 @common()
-def detach(volume, domain, timeout, host, fmt, debug, transport, api, os_cloud):
+def detach(volume, domain, timeout, strict, host, fmt, debug, transport, api, os_cloud):
     """Detach Cinder VOLUME from libvirt DOMAIN and clean up host and storage.
 
     Removes the disk from the persistent and the live definition and waits for the
@@ -229,12 +210,12 @@ def detach(volume, domain, timeout, host, fmt, debug, transport, api, os_cloud):
     API and transport the volume was attached with are remembered in the domain's
     metadata and used again. Running it again after a partial failure finishes the job.
     """
-    from attachflow import operations
     explicit = click.get_current_context().get_parameter_source("transport")
     chosen = transport if explicit == click.core.ParameterSource.COMMANDLINE else None
-    _on_host(host, fmt, lambda compute: operations.detach(
-        _storage(os_cloud), compute, volume, domain, api=api, transport_name=chosen,
-        timeout=timeout))
+    with _client(transport, api, os_cloud) as client:
+        result = client.detach(volume, domain, host=host, transport=chosen, timeout=timeout,
+                               strict=strict)
+    _emit(result.to_dict(), fmt)
 
 
 @cli.command()
@@ -262,32 +243,35 @@ def boot(name, volume, memory, vcpus, virt_type, kernel, initrd, cmdline, host, 
     The guest boots from the volume, or from --kernel/--initrd with the volume as vda.
     Its serial console is logged to /var/log/libvirt/qemu/NAME-console.log on the host.
     """
-    from attachflow import domxml, operations
     if (initrd or cmdline) and not kernel:
         raise click.UsageError("--initrd and --cmdline need --kernel")
-    direct = domxml.DirectBoot(kernel, initrd, cmdline) if kernel else None
-    tr = _transport(transport)
-    _on_host(host, fmt, lambda compute: operations.boot(
-        _storage(os_cloud), compute, tr, name, volume, api=api, memory_mib=memory,
-        vcpus=vcpus, virt_type=virt_type, direct_boot=direct))
+    direct = attachflow.DirectBoot(kernel, initrd, cmdline) if kernel else None
+    with _client(transport, api, os_cloud) as client:
+        result = client.boot(name, volume, host=host, memory_mib=memory, vcpus=vcpus,
+                             virt_type=virt_type, direct_boot=direct)
+    _emit(result.to_dict(), fmt)
 
 
 def _progress_printer(fmt: str):
-    """JSON lines on stdout with -f json; a progress bar on a terminal; else nothing."""
+    """Migration progress: JSON lines on stdout with -f json; a progress bar on a
+    terminal; else nothing."""
+    MigrationProgress = attachflow.MigrationProgress
     if fmt == "json":
-        return lambda event: click.echo(json.dumps(event, sort_keys=True))
+        def json_lines(event):
+            if isinstance(event, MigrationProgress):
+                click.echo(json.dumps(event.to_dict(), sort_keys=True))
+        return json_lines
     if not sys.stderr.isatty():
         return None
 
     def bar(event):
-        total = event.get("total") or 0
-        done = event.get("processed") or 0
-        left = event.get("remaining") or 0
-        frac = min(1.0, done / total) if total else 0.0
-        filled = int(frac * 30)
-        click.echo(f"\r[{'#' * filled}{'.' * (30 - filled)}] {frac * 100:5.1f}%  "
-                   f"{done / 2**20:8.1f} MiB sent  {left / 2**20:8.1f} MiB left  "
-                   f"{event.get('elapsed', 0):6.1f} s", nl=False, err=True)
+        if not isinstance(event, MigrationProgress):
+            return
+        filled = int(event.fraction * 30)
+        click.echo(f"\r[{'#' * filled}{'.' * (30 - filled)}] {event.fraction * 100:5.1f}%  "
+                   f"{event.processed / 2**20:8.1f} MiB sent  "
+                   f"{event.remaining / 2**20:8.1f} MiB left  {event.elapsed:6.1f} s",
+                   nl=False, err=True)
     return bar
 
 
@@ -326,17 +310,15 @@ def migrate(domain, destination, auto_converge, postcopy, max_downtime, bandwidt
     the guest runs on the destination rolls everything back; the guest keeps running on
     the source with exactly one attachment per volume.
     """
-    from attachflow import migrate as mig
-    options = mig.MigrationOptions(
+    options = attachflow.MigrationOptions(
         auto_converge=auto_converge, postcopy=postcopy, max_downtime_ms=max_downtime,
         bandwidth_mib=bandwidth, completion_timeout=completion_timeout,
         on_timeout=on_timeout, copy_local_disks=copy_local_disks)
-    source, dest = _host(host), _host(destination)
-    try:
-        storage = _storage(os_cloud)
-        plan = mig.preflight(storage, source, dest, domain, api=api, options=options)
+    printer = _progress_printer(fmt)
+    with _client(api=api, os_cloud=os_cloud, progress=printer) as client:
         if dry_run:
-            out = mig.dry_run(plan)
+            out = attachflow.migration_preview(client.plan_migration(
+                domain, source=host, destination=destination, options=options))
             if fmt == "json":
                 _emit(out, "json")
             else:
@@ -344,13 +326,10 @@ def migrate(domain, destination, auto_converge, postcopy, max_downtime, bandwidt
                     click.echo(f"- {step}")
                 click.echo(out["xml_diff"], nl=False)
             return
-        printer = _progress_printer(fmt)
-        result = mig.migrate(storage, plan, progress=printer)
+        result = client.migrate(domain, source=host, destination=destination,
+                                options=options)
         if printer is not None and fmt != "json":
             click.echo("", err=True)
-    finally:
-        source.close()
-        dest.close()
     if fmt == "json":
         click.echo(json.dumps(dict(result.to_dict(), event="result"), sort_keys=True))
     else:

@@ -139,6 +139,16 @@ class Client:
                                vcpus=vcpus, virt_type=virt_type, direct_boot=direct_boot,
                                progress=self.progress)
 
+    def start_guest(self, name: str, *, host: str = LOCAL) -> bool:
+        """Start the defined guest ``name``; False when it was running already."""
+        return operations.start_guest(self.host(host), name)
+
+    def shutdown_guest(self, name: str, *, host: str = LOCAL, timeout: float = 120.0
+                       ) -> bool:
+        """Ask the guest OS to power off and wait up to ``timeout`` seconds; False when it
+        was not running. A guest that does not stop is a HypervisorError, left running."""
+        return operations.shutdown_guest(self.host(host), name, timeout)
+
     def plan_migration(self, domain: str, *, source: str, destination: str,
                        options: _migrate.MigrationOptions | None = None,
                        api: str | None = None) -> _migrate.Plan:

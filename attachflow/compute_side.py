@@ -89,6 +89,10 @@ class Hypervisor(abc.ABC):
     def start(self, name: str) -> None: ...
 
     @abc.abstractmethod
+    def shutdown(self, name: str) -> None:
+        """Ask the guest OS to power off (ACPI); returns at once."""
+
+    @abc.abstractmethod
     def destroy(self, name: str) -> None: ...
 
     @abc.abstractmethod
@@ -345,6 +349,11 @@ class LibvirtHypervisor(Hypervisor):
     def start(self, name):
         dom = self._dom(name)
         self._wrap("start domain", dom.create)
+
+    def shutdown(self, name):
+        dom = self._dom(name)
+        if dom.isActive():
+            self._wrap("shut down domain", dom.shutdown)
 
     def destroy(self, name):
         dom = self._dom(name)

@@ -298,3 +298,29 @@ def boot(storage: StorageAPI, host: ComputeHost, transport: Transport, name: str
            lambda: flow.finish_attach(att, "/dev/vda", host.cfg.connector_host))
     return Result("boot", volume_id, name, host.name, "vda", flow.api, transport.name,
                   att.attachment_id, time.monotonic() - start, tx.completed)
+
+
+def start_guest(host: ComputeHost, name: str) -> bool:
+    """Start the defined guest ``name``; False when it was running already."""
+    if host.hypervisor.lookup(name).active:
+        return False
+    host.hypervisor.start(name)
+    return True
+
+
+def shutdown_guest(host: ComputeHost, name: str, timeout: float = 120.0,
+                   poll: float = 0.5) -> bool:
+    """Ask the guest OS to power off and wait until it has; False when it was not
+    running. A guest still running after ``timeout`` seconds is a HypervisorError (it
+    is left running: forcing it off could lose its data)."""
+    hv = host.hypervisor
+    if not hv.lookup(name).active:
+        return False
+    hv.shutdown(name)
+    deadline = time.monotonic() + timeout
+    while hv.lookup(name).active:
+        if time.monotonic() >= deadline:
+            raise errors.HypervisorError(
+                f"guest {name} on {host.name} did not shut down within {timeout:g} s")
+        time.sleep(poll)
+    return True

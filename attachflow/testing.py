@@ -406,6 +406,7 @@ class FakeHypervisor(_Faults, Hypervisor):
         self.domains: dict[str, _Domain] = {}
         self.secrets: dict[str, str] = {}
         self.refuse_detach: set[str] = set()  # target devs whose guest will not let go
+        self.ignore_shutdown: set[str] = set()  # domains whose guest OS ignores ACPI
         self.sessions: set[tuple[str, str]] = set()  # (domain, iqn) logged in by QEMU
         # migration: a job in flight, what the tests do while it runs, what it ended with
         self.job: dict[str, Any] | None = None
@@ -618,9 +619,19 @@ class FakeHypervisor(_Faults, Hypervisor):
             self._login(name, disk)
         d.active, d.live, d.live_meta = True, list(d.config), dict(d.config_meta)
 
+    def shutdown(self, name):
+        # a guest OS that honours ACPI powers off; one in ``ignore_shutdown`` does not
+        self._enter("shutdown")
+        d = self._dom(name)
+        if d.active and name not in self.ignore_shutdown:
+            self._power_off(d)
+
     def destroy(self, name):
         self._enter("destroy")
-        d = self._dom(name)
+        self._power_off(self._dom(name))
+
+    def _power_off(self, d: _Domain) -> None:
+        name = d.name
         d.active, d.live = False, []
         self.sessions = {s for s in self.sessions if s[0] != name}
         if not d.persistent:

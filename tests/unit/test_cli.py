@@ -6,6 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from attachflow import cli, errors
+from attachflow.client import Client
 from attachflow.testing import FakeCinder, fake_host
 
 
@@ -13,9 +14,13 @@ from attachflow.testing import FakeCinder, fake_host
 def world(monkeypatch):
     cinder = FakeCinder()
     host = fake_host("hosta", target=cinder)
-    host.close = lambda: None
-    monkeypatch.setattr(cli, "_storage", lambda os_cloud: cinder)
-    monkeypatch.setattr(cli, "_host", lambda name: host)
+
+    def client(transport=None, api=None, os_cloud=None, progress=None):
+        # the CLI's own client, on the twins
+        return Client(transport=transport, api=api, progress=progress, storage=cinder,
+                      hosts={"local": host, "hosta": host})
+
+    monkeypatch.setattr(cli, "_client", client)
     return cinder, host
 
 
@@ -103,9 +108,9 @@ def test_boot(world):
 
 
 def test_internal_errors_are_one_line(world, monkeypatch):
-    def broken(name):
+    def broken(self, name):
         raise ZeroDivisionError("oops")
-    monkeypatch.setattr(cli, "_host", broken)
+    monkeypatch.setattr(Client, "host", broken)
     result = run("attach", "v", "d", "--transport", "native")
     assert result.exit_code == 1
     assert result.stderr.startswith("attachflow: internal error: ZeroDivisionError")
@@ -126,8 +131,9 @@ def test_migrate_on_timeout_postcopy_starts_the_migration_with_the_post_copy_fla
     cinder, network = FakeCinder(), {}
     hosts = {name: fake_host(name, cinder, address, network)
              for name, address in (("hosta", "198.18.0.11"), ("hostb", "198.18.0.12"))}
-    monkeypatch.setattr(cli, "_storage", lambda os_cloud: cinder)
-    monkeypatch.setattr(cli, "_host", hosts.__getitem__)
+    monkeypatch.setattr(cli, "_client", lambda transport=None, api=None, os_cloud=None,
+                        progress=None: Client(transport=transport, api=api, storage=cinder,
+                                              progress=progress, hosts=hosts))
     result = run("boot", "vm", "--volume", cinder.create_volume(), "--transport", "native",
                  "--host", "hosta")
     assert result.exit_code == 0, result.output
