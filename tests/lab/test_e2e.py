@@ -130,7 +130,7 @@ def test_failures_are_clear_and_change_nothing(lab, cleanup, api):
         "volume in use": (["attach", busy, vm], 2, "in-use"),
         "device taken": (["attach", free, vm, "--device", "vda"], 2, "already in use"),
         "no such volume": (["attach", str(uuid.uuid4()), vm], 2, "not found"),
-        "not attached": (["detach", free, vm], 2, "not attached"),
+        "not attached": (["detach", free, vm, "--strict"], 2, "not attached"),
     }
     for case, (args, code, words) in cases.items():
         proc = lab.af(*args, "--host", "hosta", "--api", api, expect=None)
