@@ -1,9 +1,10 @@
 """The attachflow command line: a thin click layer over the public API (``attachflow.Client``).
 
+Every value is checked as it is parsed (``validate``), before anything is contacted.
 Exit codes: 0 success; 1 the operation failed (and what it had done was undone, or the
-message says what could not be); 2 bad usage or bad input (nothing was changed).
-Heavy libraries (cinderclient, os-brick, libvirt, paramiko) are imported only by the
-commands that use them, so ``attachflow --help`` starts fast.
+message says what could not be); 2 bad usage or bad input (nothing was changed). Every
+error is one line on stderr. Heavy libraries (cinderclient, os-brick, libvirt, paramiko)
+are imported only by the commands that use them, so ``attachflow --help`` starts fast.
 """
 
 from __future__ import annotations
@@ -19,14 +20,13 @@ from typing import Any, Callable
 import click
 
 import attachflow
-from attachflow import errors  # the exception tree the public API raises
+from attachflow import errors, output, validate  # the exception tree the API raises
 
 EXIT_FAILED = 1  # an unexpected error; AttachflowError carries its own exit code
 
-HOST_HELP = ("Compute host that runs the domain: 'local' (this machine, qemu:///system) or "
-             "a name from the hosts file ($ATTACHFLOW_HOSTS, default "
-             "~/.config/attachflow/hosts.toml); a bare name means root over SSH and "
-             "qemu+ssh://root@NAME/system.")
+HOST_HELP = ("Compute host: 'local' (this machine, qemu:///system), a name from the hosts "
+             "file ($ATTACHFLOW_HOSTS, default ~/.config/attachflow/hosts.toml), or an "
+             "explicit USER@ADDRESS [$ATTACHFLOW_HOST].")
 
 
 class _MaskingFormatter(logging.Formatter):
@@ -46,21 +46,8 @@ def _setup_logging(debug: bool) -> None:
     log.propagate = False
 
 
-def _emit(data: dict[str, Any] | list, fmt: str) -> None:
-    if fmt == "json":
-        click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
-        return
-    rows = data if isinstance(data, list) else [data]
-    for i, row in enumerate(rows):
-        if i:
-            click.echo("")
-        width = max((len(k) for k in row), default=0)
-        for key, value in row.items():
-            if isinstance(value, float):
-                value = f"{value:.2f}"
-            elif isinstance(value, (list, dict)):
-                value = json.dumps(value, default=str)
-            click.echo(f"{key.ljust(width)}  {value}")
+def _emit(data: dict[str, Any] | list, fmt: str, columns: tuple[str, ...] = ()) -> None:
+    output.emit(data, fmt, columns)
 
 
 def _boundary(fn: Callable) -> Callable:
@@ -80,7 +67,7 @@ def _boundary(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             click.echo("attachflow: interrupted", err=True)
             sys.exit(130)
-        except click.ClickException:
+        except (click.ClickException, BrokenPipeError):
             raise
         except Exception as exc:
             if debug:
@@ -92,22 +79,71 @@ def _boundary(fn: Callable) -> Callable:
     return wrapper
 
 
-def common(storage: bool = True, transport: bool = True) -> Callable:
+# -- parameter types: each runs a validator, so a bad value stops at parsing ---------------
+class _Checked(click.ParamType):
+    def __init__(self, name: str, check: Callable[[str], str]):
+        self.name = name
+        self._check = check
+
+    def convert(self, value, param, ctx):
+        try:
+            return self._check(value)
+        except errors.InputError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class _Number(click.ParamType):
+    """A finite number within ``validate.BOUNDS[kind]``; ints stay ints."""
+
+    def __init__(self, kind: str, cast: type = float):
+        self.kind, self.cast = kind, cast
+        self.name = "integer" if cast is int else "number"
+
+    def convert(self, value, param, ctx):
+        what = f"{param.opts[-1] if param else 'value'}"
+        try:
+            number = self.cast(value)
+        except (TypeError, ValueError):
+            self.fail(f"{what} must be {'a whole number' if self.cast is int else 'a number'}"
+                      f", not '{value}'", param, ctx)
+        try:
+            return validate.check_number(what, number, self.kind)
+        except errors.InputError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _bounds(kind: str, unit: str) -> str:
+    low, high = validate.BOUNDS[kind]
+    return f"{low:g} to {high:g} {unit}"
+
+
+VOLUME = _Checked("volume", validate.check_volume_id)
+DOMAIN = _Checked("domain", validate.check_domain)
+NEW_DOMAIN = _Checked("name", validate.check_new_domain)
+DEVICE = _Checked("device", validate.check_device)
+
+
+def common(storage: bool = True, transport: bool = True, result: bool = True) -> Callable:
     def decorate(fn):
         opts = [
             click.option("--host", default=lambda: os.environ.get("ATTACHFLOW_HOST", "local"),
                          show_default="local", help=HOST_HELP),
-            click.option("-f", "--format", "fmt", type=click.Choice(["table", "json"]),
-                         default="table", show_default=True, help="Output format."),
             click.option("--debug", is_flag=True,
-                         help="Trace every storage and hypervisor call on stderr "
-                              "(secrets masked)."),
+                         help="Trace every storage request, libvirt call, SSH command and "
+                              "os-brick call on stderr (secrets masked)."),
         ]
+        if result:
+            opts += [
+                click.option("-f", "--format", "fmt", type=click.Choice(output.FORMATS),
+                             default="table", show_default=True, help="Output format."),
+                click.option("-c", "--column", "columns", multiple=True, metavar="COLUMN",
+                             help="Show only this column (repeatable; in this order)."),
+            ]
         if transport:
             opts.append(click.option(
                 "--transport", type=click.Choice(["native", "kernel"]),
                 default=lambda: os.environ.get("ATTACHFLOW_TRANSPORT", "kernel"),
-                show_default="kernel",
+                show_default="kernel, or $ATTACHFLOW_TRANSPORT",
                 help="kernel: the host's iSCSI initiator through os-brick (block device); "
                      "native: QEMU's own initiator (network disk, CHAP in a libvirt "
                      "secret, no host session)."))
@@ -135,7 +171,33 @@ def _client(transport: str | None = None, api: str | None = None,
     return attachflow.Client(cloud=os_cloud, transport=transport, api=api, progress=progress)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Cli(click.Group):
+    """Usage errors, like every other error, are one line: what is wrong, and where help
+    is."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
+             **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except click.exceptions.Abort:
+            click.echo("attachflow: interrupted", err=True)
+            sys.exit(130)
+        except click.ClickException as exc:
+            where = exc.ctx.command_path if getattr(exc, "ctx", None) else "attachflow"
+            click.echo(f"attachflow: error: {exc.format_message()} (see '{where} --help')",
+                       err=True)
+            sys.exit(exc.exit_code)
+        except BrokenPipeError:
+            # the reader went away (`attachflow ... | head`): nothing more to say
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(141)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="attachflow")
 def cli():
     """Attach Cinder volumes to libvirt guests, detach them, boot volume-backed guests.
@@ -150,80 +212,89 @@ def cli():
 
     Storage credentials come from --os-cloud / OS_CLOUD (clouds.yaml), the usual OS_*
     variables, or noauth for labs (OS_AUTH_TYPE=noauth, OS_ENDPOINT, OS_USER_ID,
-    OS_PROJECT_ID). Every command undoes its own steps when one fails; exit status is 0
-    on success, 1 when the operation failed, 2 on bad usage or input (nothing changed).
+    OS_PROJECT_ID). Every command undoes its own steps when one fails, and is safe to run
+    again. Exit status is 0 on success, 1 when the operation failed, 2 on bad usage or
+    input (nothing changed).
     """
 
 
 @cli.command()
 @click.option("--multipath", is_flag=True, help="Ask os-brick for multipath properties.")
 @common(storage=False)
-def connector(host, fmt, debug, transport, multipath):
+def connector(host, fmt, columns, debug, transport, multipath):
     """Show the connector properties HOST sends to Cinder (initiator, ip, host, ...)."""
     with _client(transport) as client:
         props = client.connector(host, multipath=multipath)
-    _emit(props.to_dict(), fmt)
+    _emit(props.to_dict(), fmt, columns)
 
 
 @cli.command()
-@click.argument("volume")
-@click.argument("domain")
-@click.option("--device", default=None, metavar="vdX",
+@click.argument("volume", type=VOLUME)
+@click.argument("domain", type=DOMAIN)
+@click.option("--device", type=DEVICE, default=None, metavar="vdX",
               help="Target device name; default: the next free vdX in the domain.")
 @click.option("--multipath", is_flag=True, help="kernel transport: connect with multipath.")
-@click.option("--detach-timeout", type=click.FloatRange(min=1), default=60.0,
-              show_default=True, help="Seconds to wait for the guest if undo must detach.")
+@click.option("--detach-timeout", type=_Number("timeout"), default=60.0, show_default=True,
+              metavar="SECONDS",
+              help=f"Seconds to wait for the guest if undo must detach "
+                   f"({_bounds('timeout', 's')}).")
 @common()
-def attach(volume, domain, device, multipath, detach_timeout, host, fmt, debug, transport,
-           api, os_cloud):
-    """Attach Cinder VOLUME to libvirt DOMAIN as /dev/vdX.
+def attach(volume, domain, device, multipath, detach_timeout, host, fmt, columns, debug,
+           transport, api, os_cloud):
+    """Attach Cinder VOLUME (its id) to libvirt DOMAIN as /dev/vdX.
 
     Asks Cinder for the connection (attachment with this host's connector, or the
     legacy reserve + initialize_connection), connects the host (os-brick, or a libvirt
     secret for QEMU's initiator), hot-plugs the disk with the volume id as its serial
     (live and persistent; persistent only when the domain is shut off), and completes
     the attachment in Cinder. The device reported is the one found by serial in the
-    domain's XML.
+    domain's XML. A volume attached to DOMAIN already, as asked, is reported with
+    already=true and nothing changes.
     """
     with _client(transport, api, os_cloud) as client:
         result = client.attach(volume, domain, host=host, device=device,
                                multipath=multipath, detach_timeout=detach_timeout)
-    _emit(result.to_dict(), fmt)
+    _emit(result.to_dict(), fmt, columns)
 
 
 @cli.command()
-@click.argument("volume")
-@click.argument("domain")
-@click.option("--timeout", type=click.FloatRange(min=1), default=60.0, show_default=True,
-              help="Seconds to wait for the guest to release the disk (detach is retried "
-                   "within this time).")
+@click.argument("volume", type=VOLUME)
+@click.argument("domain", type=DOMAIN)
+@click.option("--timeout", type=_Number("timeout"), default=60.0, show_default=True,
+              metavar="SECONDS",
+              help=f"Seconds to wait for the guest to release the disk (detach is retried "
+                   f"within this time; {_bounds('timeout', 's')}).")
 @click.option("--strict", is_flag=True,
               help="Fail (exit 2) when the volume is not attached to DOMAIN, instead of "
                    "reporting that there was nothing to do.")
 @common()
-def detach(volume, domain, timeout, strict, host, fmt, debug, transport, api, os_cloud):
+def detach(volume, domain, timeout, strict, host, fmt, columns, debug, transport, api,
+           os_cloud):
     """Detach Cinder VOLUME from libvirt DOMAIN and clean up host and storage.
 
     Removes the disk from the persistent and the live definition and waits for the
     guest to release it, disconnects the host (os-brick, or removes the libvirt secret),
     then deletes the attachment in Cinder (legacy: terminate_connection + detach). The
     API and transport the volume was attached with are remembered in the domain's
-    metadata and used again. Running it again after a partial failure finishes the job.
+    metadata and used again. Running it again after a partial failure finishes the job;
+    a volume that is not attached is reported with already=true (see --strict).
     """
     explicit = click.get_current_context().get_parameter_source("transport")
     chosen = transport if explicit == click.core.ParameterSource.COMMANDLINE else None
     with _client(transport, api, os_cloud) as client:
         result = client.detach(volume, domain, host=host, transport=chosen, timeout=timeout,
                                strict=strict)
-    _emit(result.to_dict(), fmt)
+    _emit(result.to_dict(), fmt, columns)
 
 
 @cli.command()
-@click.argument("name")
-@click.option("--volume", required=True, help="Cinder volume for the root disk (vda).")
-@click.option("--memory", type=click.IntRange(min=16), default=128, show_default=True,
-              help="Memory in MiB.")
-@click.option("--vcpus", type=click.IntRange(min=1), default=1, show_default=True)
+@click.argument("name", type=NEW_DOMAIN)
+@click.option("--volume", type=VOLUME, required=True,
+              help="Cinder volume for the root disk (vda).")
+@click.option("--memory", type=_Number("memory", int), default=128, show_default=True,
+              metavar="MiB", help=f"Memory ({_bounds('memory', 'MiB')}).")
+@click.option("--vcpus", type=_Number("vcpus", int), default=1, show_default=True,
+              help=f"Virtual CPUs ({_bounds('vcpus', '')}).")
 @click.option("--virt-type", type=click.Choice(["kvm", "qemu"]),
               default=lambda: os.environ.get("ATTACHFLOW_VIRT_TYPE", "kvm"),
               show_default="kvm, or $ATTACHFLOW_VIRT_TYPE",
@@ -236,12 +307,13 @@ def detach(volume, domain, timeout, strict, host, fmt, debug, transport, api, os
 @click.option("--cmdline", default=lambda: os.environ.get("ATTACHFLOW_BOOT_CMDLINE"),
               help="Kernel command line for --kernel [$ATTACHFLOW_BOOT_CMDLINE].")
 @common()
-def boot(name, volume, memory, vcpus, virt_type, kernel, initrd, cmdline, host, fmt, debug,
-         transport, api, os_cloud):
+def boot(name, volume, memory, vcpus, virt_type, kernel, initrd, cmdline, host, fmt, columns,
+         debug, transport, api, os_cloud):
     """Define and start domain NAME whose root disk (vda) is Cinder VOLUME.
 
     The guest boots from the volume, or from --kernel/--initrd with the volume as vda.
     Its serial console is logged to /var/log/libvirt/qemu/NAME-console.log on the host.
+    A guest NAME already running from VOLUME is reported with already=true.
     """
     if (initrd or cmdline) and not kernel:
         raise click.UsageError("--initrd and --cmdline need --kernel")
@@ -249,19 +321,18 @@ def boot(name, volume, memory, vcpus, virt_type, kernel, initrd, cmdline, host, 
     with _client(transport, api, os_cloud) as client:
         result = client.boot(name, volume, host=host, memory_mib=memory, vcpus=vcpus,
                              virt_type=virt_type, direct_boot=direct)
-    _emit(result.to_dict(), fmt)
+    _emit(result.to_dict(), fmt, columns)
 
 
-def _progress_printer(fmt: str):
-    """Migration progress: JSON lines on stdout with -f json; a progress bar on a
-    terminal; else nothing."""
+def _progress_printer(kind: str):
+    """Migration progress on stderr: a bar, JSON lines, or nothing."""
     MigrationProgress = attachflow.MigrationProgress
-    if fmt == "json":
+    if kind == "json":
         def json_lines(event):
             if isinstance(event, MigrationProgress):
-                click.echo(json.dumps(event.to_dict(), sort_keys=True))
+                click.echo(json.dumps(event.to_dict(), sort_keys=True), err=True)
         return json_lines
-    if not sys.stderr.isatty():
+    if kind == "none" or (kind == "auto" and not sys.stderr.isatty()):
         return None
 
     def bar(event):
@@ -276,29 +347,34 @@ def _progress_printer(fmt: str):
 
 
 @cli.command()
-@click.argument("domain")
+@click.argument("domain", type=DOMAIN)
 @click.option("--to", "destination", required=True, metavar="HOST",
-              help="Destination compute host (a name from the hosts file or a bare name).")
+              help="Destination compute host (a name from the hosts file or USER@ADDRESS).")
 @click.option("--auto-converge", is_flag=True, help="Throttle the guest's vCPUs if memory "
                                                     "is dirtied faster than it is copied.")
 @click.option("--postcopy", is_flag=True, help="Allow switching to post-copy.")
-@click.option("--max-downtime", type=click.IntRange(min=1), default=None, metavar="MS",
-              help="Largest pause of the guest allowed at the switch-over.")
-@click.option("--bandwidth", type=click.IntRange(min=1), default=None, metavar="MiB/s",
-              help="Cap the migration's bandwidth.")
-@click.option("--timeout", "completion_timeout", type=click.FloatRange(min=1), default=None,
-              metavar="SECONDS", help="Completion timeout [default: 800 s per GiB of "
-                                      "guest memory, at least 60 s].")
+@click.option("--max-downtime", type=_Number("max_downtime", int), default=None,
+              metavar="MS", help=f"Largest pause of the guest allowed at the switch-over "
+                                 f"({_bounds('max_downtime', 'ms')}).")
+@click.option("--bandwidth", type=_Number("bandwidth", int), default=None, metavar="MiB/s",
+              help=f"Cap the migration's bandwidth ({_bounds('bandwidth', 'MiB/s')}).")
+@click.option("--timeout", "completion_timeout", type=_Number("timeout"), default=None,
+              metavar="SECONDS", help=f"Completion timeout ({_bounds('timeout', 's')}) "
+                                      "[default: 800 s per GiB of guest memory, at least "
+                                      "60 s].")
 @click.option("--on-timeout", type=click.Choice(["abort", "postcopy"]), default="abort",
               show_default=True, help="What to do when the timeout passes.")
 @click.option("--copy-local-disks", is_flag=True,
               help="Copy disks that are not Cinder volumes (block migration).")
+@click.option("--progress", type=click.Choice(["auto", "bar", "json", "none"]),
+              default="auto", show_default=True,
+              help="Progress on stderr: a bar (auto: on a terminal), JSON lines, or none.")
 @click.option("--dry-run", is_flag=True,
               help="Print the plan and the domain XML change; touch nothing.")
 @common(transport=False)
 def migrate(domain, destination, auto_converge, postcopy, max_downtime, bandwidth,
-            completion_timeout, on_timeout, copy_local_disks, dry_run, host, fmt, debug, api,
-            os_cloud):
+            completion_timeout, on_timeout, copy_local_disks, progress, dry_run, host, fmt,
+            columns, debug, api, os_cloud):
     """Live-migrate running DOMAIN from --host to --to over qemu+ssh.
 
     Every volume gets a connection for the destination first (attachments API: a new
@@ -314,26 +390,23 @@ def migrate(domain, destination, auto_converge, postcopy, max_downtime, bandwidt
         auto_converge=auto_converge, postcopy=postcopy, max_downtime_ms=max_downtime,
         bandwidth_mib=bandwidth, completion_timeout=completion_timeout,
         on_timeout=on_timeout, copy_local_disks=copy_local_disks)
-    printer = _progress_printer(fmt)
+    printer = _progress_printer(progress)
     with _client(api=api, os_cloud=os_cloud, progress=printer) as client:
         if dry_run:
             out = attachflow.migration_preview(client.plan_migration(
                 domain, source=host, destination=destination, options=options))
-            if fmt == "json":
-                _emit(out, "json")
-            else:
+            if fmt == "table":
                 for step in out["steps"]:
                     click.echo(f"- {step}")
                 click.echo(out["xml_diff"], nl=False)
+            else:
+                _emit(out, fmt, columns)
             return
         result = client.migrate(domain, source=host, destination=destination,
                                 options=options)
-        if printer is not None and fmt != "json":
+        if printer is not None and progress != "json":
             click.echo("", err=True)
-    if fmt == "json":
-        click.echo(json.dumps(dict(result.to_dict(), event="result"), sort_keys=True))
-    else:
-        _emit(result.to_dict(), fmt)
+    _emit(result.to_dict(), fmt, columns)
     if result.left_behind:
         for line in result.left_behind:
             click.echo(f"attachflow: warning: {line}", err=True)
@@ -442,7 +515,7 @@ def lab_env(debug):
 
 
 def main() -> None:
-    cli(prog_name="attachflow")
+    cli.main(prog_name="attachflow")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from attachflow import domxml, errors, record
+from attachflow import domxml, errors, record, validate
 from attachflow.cinder_side import StorageAPI, StorageAttachment, flow_for_record, Flow
 from attachflow.compute_side import ComputeHost, MigrationRequest
 from attachflow.connectors import check_fits, get_transport
@@ -117,6 +117,12 @@ def preflight(storage: StorageAPI, source: ComputeHost, destination: ComputeHost
               options: MigrationOptions | None = None) -> Plan:
     """Everything checked before anything changes; a failed check is a PreflightError."""
     options = options or MigrationOptions()
+    domain = validate.check_domain(domain)
+    for what, value, kind in (("--max-downtime (ms)", options.max_downtime_ms, "max_downtime"),
+                              ("--bandwidth (MiB/s)", options.bandwidth_mib, "bandwidth"),
+                              ("--timeout (s)", options.completion_timeout, "timeout")):
+        if value is not None:
+            validate.check_number(what, value, kind)
     if options.on_timeout not in ("abort", "postcopy"):
         raise errors.PreflightError(f"--on-timeout must be abort or postcopy, not "
                              f"'{options.on_timeout}'")

@@ -6,12 +6,11 @@ storage side (``cinder_side``), a transport (``connectors``) and the compute hos
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 import uuid as uuidlib
 from typing import Any
 
-from attachflow import domxml, errors, record
+from attachflow import domxml, errors, record, validate
 from attachflow.cinder_side import Flow, StorageAPI, flow_for_record, select_flow
 from attachflow.compute_side import ComputeHost, DomainRef
 from attachflow.connectors import check_fits, get_transport
@@ -20,7 +19,6 @@ from attachflow.events import Emitter, Listener
 from attachflow.record import VolumeRecord
 from attachflow.steps import Transaction
 
-DEVICE_RE = re.compile(r"^vd[a-z]{1,2}$")
 DEFAULT_DETACH_TIMEOUT = 60.0
 
 
@@ -84,8 +82,10 @@ def attach(storage: StorageAPI, host: ComputeHost, transport: Transport, volume_
     as asked, return that attachment (``already``) without changing anything."""
     start = time.monotonic()
     hv = host.hypervisor
-    if device is not None and not DEVICE_RE.match(device):
-        raise errors.InputError(f"device '{device}' is not a virtio disk name (vdb, vdc, ...)")
+    volume_id, domain = validate.check_volume_id(volume_id), validate.check_domain(domain)
+    if device is not None:
+        validate.check_device(device)
+    validate.check_number("the detach timeout", detach_timeout, "timeout")
     flow = select_flow(storage, api)
     ref = hv.lookup(domain)
     live, config = _definitions(host, ref)
@@ -167,6 +167,8 @@ def detach(storage: StorageAPI, host: ComputeHost, volume_id: str, domain: str,
     the domain (and that Cinder does not list as attached to it) is a success with
     ``already`` set, or ``NotAttached`` when ``strict``."""
     start = time.monotonic()
+    volume_id, domain = validate.check_volume_id(volume_id), validate.check_domain(domain)
+    validate.check_number("the detach timeout", timeout, "timeout")
     hv = host.hypervisor
     ref = hv.lookup(domain)
     live, config = _definitions(host, ref)
@@ -269,10 +271,9 @@ def boot(storage: StorageAPI, host: ComputeHost, transport: Transport, name: str
          progress: Listener | None = None) -> Result:
     start = time.monotonic()
     hv = host.hypervisor
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", name):
-        raise errors.InputError(f"'{name}' is not a valid domain name")
-    if memory_mib < 16 or vcpus < 1:
-        raise errors.InputError("memory must be at least 16 MiB and vcpus at least 1")
+    name, volume_id = validate.check_new_domain(name), validate.check_volume_id(volume_id)
+    validate.check_number("memory (MiB)", memory_mib, "memory")
+    validate.check_number("vcpus", vcpus, "vcpus")
     if virt_type not in ("kvm", "qemu"):
         raise errors.InputError(f"virt type '{virt_type}' is not kvm or qemu")
     flow = select_flow(storage, api)

@@ -136,8 +136,10 @@ def test_bad_input_changes_nothing(cinder, host, api):
     cases = [
         (errors.DomainNotFound, lambda: operations.attach(cinder, host, native, other,
                                                           "nosuch", api=api)),
-        (errors.VolumeNotFound, lambda: operations.attach(cinder, host, native,
-                                                          "0000-missing", "vm2", api=api)),
+        (errors.VolumeNotFound, lambda: operations.attach(
+            cinder, host, native, "7d7c1c6a-0b9e-4c56-9d3c-5f1c2b1e9a10", "vm2", api=api)),
+        (errors.InputError, lambda: operations.attach(cinder, host, native,
+                                                      "0000-missing", "vm2", api=api)),
         (errors.VolumeStateError, lambda: operations.attach(cinder, host, native, vol,
                                                             "vm2", api=api)),
         (errors.DeviceInUse, lambda: operations.attach(cinder, host, native, vol,

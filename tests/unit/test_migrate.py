@@ -185,7 +185,7 @@ def test_timeout_aborts_and_rolls_back(lab, monkeypatch):
     a.hypervisor.during_migration = lambda hv: hv.wait_for_abort(5)
     events = []
     plan = mig.preflight(cinder, a, b, "vm",
-                         options=mig.MigrationOptions(completion_timeout=0.05))
+                         options=mig.MigrationOptions(completion_timeout=1.0))
     with pytest.raises(errors.OperationFailed, match="completion timeout"):
         mig.migrate(cinder, plan, progress=events.append)
     assert "abort_job" in a.hypervisor.calls
@@ -203,7 +203,7 @@ def test_timeout_can_switch_to_postcopy(lab, monkeypatch):
     guest(lab, "attachments", "native", volumes=0)
     a.hypervisor.during_migration = lambda hv: hv.wait_for_abort(5)
     plan = mig.preflight(cinder, a, b, "vm", options=mig.MigrationOptions(
-        completion_timeout=0.05, on_timeout="postcopy", max_downtime_ms=300))
+        completion_timeout=1.0, on_timeout="postcopy", max_downtime_ms=300))
     result = mig.migrate(cinder, plan)
     # libvirt switches only a migration started with the post-copy flag
     assert [r.postcopy for r in a.hypervisor.migrations] == [True]
