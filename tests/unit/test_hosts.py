@@ -1,35 +1,120 @@
+"""The hosts file: names resolve only to what the operator wrote; the file is checked as
+a whole, and each error names the file, the line, the host and the key; libvirt gets the
+same user, port, key and known hosts as attachflow's own SSH."""
+
+import stat
+import urllib.parse
+
 import pytest
 
 from attachflow import errors
-from attachflow.hosts import load_host
+from attachflow.hosts import load_host, load_hosts
 
 
-def test_bare_name_means_root_over_ssh(tmp_path):
-    cfg = load_host("compute7", env={"ATTACHFLOW_HOSTS": str(tmp_path / "none.toml")})
-    assert (cfg.address, cfg.ssh_user, cfg.libvirt_uri) == \
-        ("compute7", "root", "qemu+ssh://root@compute7/system")
-
-
-def test_local_is_this_machine(tmp_path):
-    cfg = load_host("local", env={"ATTACHFLOW_HOSTS": str(tmp_path / "none.toml")})
-    assert cfg.local and cfg.libvirt_uri == "qemu:///system"
-
-
-def test_hosts_file(tmp_path):
+@pytest.fixture
+def hosts_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
     path = tmp_path / "hosts.toml"
-    path.write_text('[hosts.hosta]\naddress = "198.18.0.11"\nssh_key = "/k"\n'
-                    'known_hosts = "/kh"\n')
-    cfg = load_host("hosta", env={"ATTACHFLOW_HOSTS": str(path)})
-    assert cfg.address == "198.18.0.11" and cfg.ssh_key == "/k"
-    assert cfg.libvirt_uri == "qemu+ssh://root@198.18.0.11/system"
-    path.write_text('[hosts.hosta]\naddres = "typo"\n')
-    with pytest.raises(errors.InputError, match="unknown keys"):
-        load_host("hosta", env={"ATTACHFLOW_HOSTS": str(path)})
-    path.write_text('[hosts.hosta\n')
-    with pytest.raises(errors.InputError, match="hosts file"):
-        load_host("hosta", env={"ATTACHFLOW_HOSTS": str(path)})
+    path.write_text('[hosts.hosta]\naddress = "198.18.0.11"\n\n'
+                    '[hosts.hostb]\naddress = "198.18.0.12"\n')
+    return path
 
 
-def test_bad_host_name(tmp_path):
-    with pytest.raises(errors.UnknownHost):
-        load_host("root@x", env={"ATTACHFLOW_HOSTS": str(tmp_path / "none.toml")})
+def env_of(path):
+    return {"ATTACHFLOW_HOSTS": str(path)}
+
+
+def test_a_typo_is_refused_and_names_the_known_hosts(hosts_file):
+    with pytest.raises(errors.UnknownHost) as info:
+        load_host("hsota", env=env_of(hosts_file))
+    assert str(info.value).startswith("unknown host 'hsota'; known: hosta, hostb, local")
+    assert info.value.exit_code == 2
+
+
+def test_no_hosts_file_knows_only_local_and_explicit_user_at_address(tmp_path):
+    env = env_of(tmp_path / "none.toml")
+    assert load_host("local", env=env).libvirt_uri == "qemu:///system"
+    with pytest.raises(errors.UnknownHost, match="known: local"):
+        load_host("compute7", env=env)
+    cfg = load_host("admin@10.0.0.7", env=env)
+    assert (cfg.name, cfg.address, cfg.ssh_user) == ("10.0.0.7", "10.0.0.7", "admin")
+    assert cfg.libvirt_uri == "qemu+ssh://admin@10.0.0.7/system?no_tty=1"
+    for bad in ("root@", "@x", "Root Admin@x", "root@x/y", "root@x y"):
+        with pytest.raises(errors.UnknownHost, match="is not USER@ADDRESS"):
+            load_host(bad, env=env)
+
+
+def test_libvirt_is_reached_with_the_entrys_user_port_key_and_known_hosts(hosts_file,
+                                                                          tmp_path):
+    hosts_file.write_text('[hosts.compute7]\naddress = "10.0.0.7"\nssh_user = "ops"\n'
+                          'ssh_port = 2222\nssh_key = "/keys/id"\n'
+                          'known_hosts = "/keys/known"\n')
+    cfg = load_host("compute7", env=env_of(hosts_file))
+    uri = urllib.parse.urlsplit(cfg.libvirt_uri)
+    assert (uri.scheme, uri.username, uri.hostname, uri.port, uri.path) == (
+        "qemu+ssh", "ops", "10.0.0.7", 2222, "/system")
+    params = dict(urllib.parse.parse_qsl(uri.query))
+    assert params["keyfile"] == "/keys/id"
+    wrapper = params["command"]
+    text = open(wrapper).read()
+    assert "UserKnownHostsFile=/keys/known" in text and "StrictHostKeyChecking=yes" in text
+    assert stat.S_IMODE(__import__("os").stat(wrapper).st_mode) == 0o700
+    # attachflow's own SSH takes the same settings
+    assert (cfg.ssh_user, cfg.ssh_port, cfg.ssh_key, cfg.known_hosts) == (
+        "ops", 2222, "/keys/id", "/keys/known")
+
+
+def test_an_explicit_libvirt_uri_is_kept(hosts_file):
+    hosts_file.write_text('[hosts.hosta]\naddress = "198.18.0.11"\n'
+                          'libvirt_uri = "qemu+tls://198.18.0.11/system"\n')
+    assert load_host("hosta", env=env_of(hosts_file)).libvirt_uri == \
+        "qemu+tls://198.18.0.11/system"
+
+
+@pytest.mark.parametrize("body,line,words", [
+    ('[hosts.hosta]\naddres = "typo"\n', 2, "host 'hosta', key 'addres': unknown key"),
+    ('[hosts.hosta]\naddress = "a"\nssh_port = "22"\n', 3,
+     "host 'hosta', key 'ssh_port': must be a port number from 1 to 65535, not '22'"),
+    ('[hosts.hosta]\naddress = "a"\nssh_port = 70000\n', 3, "key 'ssh_port'"),
+    ('[hosts.hosta]\naddress = "a"\nssh_port = true\n', 3, "key 'ssh_port'"),
+    ('[hosts.hosta]\nssh_user = "root"\n', 1, "host 'hosta', key 'address': missing"),
+    ('[hosts.hosta]\naddress = "a b"\n', 2, "key 'address': must be a host name"),
+    ('[hosts.hosta]\naddress = "a"\nssh_user = "Bad User"\n', 3, "key 'ssh_user'"),
+    ('[hosts.hosta]\naddress = "a"\nssh_key = ""\n', 3, "key 'ssh_key': must be a path"),
+    ('[hosts.hosta]\naddress = 7\n', 2, "key 'address'"),
+    ('[hosts."bad/name"]\naddress = "a"\n', 1, "host 'bad/name': host names are"),
+])
+def test_a_malformed_file_names_the_file_line_host_and_key(hosts_file, body, line, words):
+    hosts_file.write_text('[hosts.fine]\naddress = "x"\n\n' + body)
+    with pytest.raises(errors.InputError) as info:
+        load_host("fine", env=env_of(hosts_file))  # any entry's fault fails the whole file
+    message = str(info.value)
+    assert message.startswith(f"hosts file {hosts_file}, line {line + 3}: "), message
+    assert words in message and info.value.exit_code == 2
+
+
+@pytest.mark.parametrize("body,line,words", [
+    ('[hosts.hosta]\naddress = "a"\n[host.hostb]\naddress = "b"\n', 3,
+     "key 'host': unknown top-level key"),
+    ('hosts = "hosta"\n', 1, "key 'hosts': must be a table"),
+    ('[hosts]\nhosta = "a"\n', 2, "host 'hosta': must be a table"),
+])
+def test_a_malformed_file_layout_names_the_line(hosts_file, body, line, words):
+    hosts_file.write_text(body)
+    with pytest.raises(errors.InputError) as info:
+        load_hosts(env_of(hosts_file))
+    assert str(info.value).startswith(f"hosts file {hosts_file}, line {line}: ")
+    assert words in str(info.value)
+
+
+def test_broken_toml_names_the_file(hosts_file):
+    hosts_file.write_text("[hosts.hosta\n")
+    with pytest.raises(errors.InputError, match=f"hosts file {hosts_file}: "):
+        load_hosts(env_of(hosts_file))
+
+
+def test_an_unreadable_file_is_one_line(hosts_file):
+    hosts_file.unlink()
+    hosts_file.mkdir()
+    with pytest.raises(errors.InputError, match="hosts file .*: Is a directory"):
+        load_hosts(env_of(hosts_file))
