@@ -89,7 +89,7 @@ class _Checked(click.ParamType):
         try:
             return self._check(value)
         except errors.InputError as exc:
-            self.fail(str(exc), param, ctx)
+            raise click.UsageError(str(exc), ctx) from None
 
 
 class _Number(click.ParamType):
@@ -104,17 +104,17 @@ class _Number(click.ParamType):
         try:
             number = self.cast(value)
         except (TypeError, ValueError):
-            self.fail(f"{what} must be {'a whole number' if self.cast is int else 'a number'}"
-                      f", not '{value}'", param, ctx)
+            raise click.UsageError(f"{what} must be "
+                                   f"{'a whole number' if self.cast is int else 'a number'}"
+                                   f", not '{value}'", ctx) from None
         try:
             return validate.check_number(what, number, self.kind)
         except errors.InputError as exc:
-            self.fail(str(exc), param, ctx)
+            raise click.UsageError(str(exc), ctx) from None
 
 
 def _bounds(kind: str, unit: str) -> str:
-    low, high = validate.BOUNDS[kind]
-    return f"{low:g} to {high:g} {unit}"
+    return f"{validate.bounds_text(kind)} {unit}".rstrip()
 
 
 VOLUME = _Checked("volume", validate.check_volume_id)

@@ -70,12 +70,18 @@ def check_device(value: str) -> str:
     return value
 
 
+def bounds_text(kind: str) -> str:
+    """``BOUNDS[kind]`` as a user reads it: "16 to 1048576"."""
+    return " to ".join(str(int(b)) if float(b).is_integer() else f"{b:g}"
+                       for b in BOUNDS[kind])
+
+
 def check_number(what: str, value: float, kind: str) -> float:
     """``value`` finite and within ``BOUNDS[kind]``; ``what`` names it in the error."""
     low, high = BOUNDS[kind]
     if isinstance(value, bool) or not isinstance(value, (int, float)) \
             or not math.isfinite(value) or not low <= value <= high:
-        raise errors.InputError(f"{what} must be a number from {low:g} to {high:g}, "
+        raise errors.InputError(f"{what} must be a number from {bounds_text(kind)}, "
                                 f"not {_shown(value)}")
     return value
 
