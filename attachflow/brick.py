@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import json
+import logging
 import os
 import shlex
 import threading
@@ -18,7 +19,10 @@ from typing import Any
 
 from attachflow import errors
 from attachflow.hosts import HostConfig, local_address
+from attachflow.model import masked
 from attachflow.remote import Runner
+
+LOG = logging.getLogger("attachflow.brick")
 
 
 class HostConnector(abc.ABC):
@@ -56,6 +60,7 @@ def _brick():
 
 class BrickLocal(HostConnector):
     def properties(self, my_ip, multipath):
+        LOG.debug("os-brick: connector properties (ip %s, multipath %s)", my_ip, multipath)
         try:
             return _brick().get_connector_properties(None, my_ip, multipath, False)
         except Exception as exc:
@@ -66,6 +71,7 @@ class BrickLocal(HostConnector):
                                                    device_scan_attempts=3)
 
     def connect(self, protocol, props, multipath):
+        LOG.debug("os-brick: connect_volume %s %s", protocol, masked(props))
         try:
             return dict(self._connector(protocol, multipath).connect_volume(props))
         except Exception as exc:
@@ -73,6 +79,7 @@ class BrickLocal(HostConnector):
                                    f"{_scrub(str(exc), props)}") from None
 
     def disconnect(self, protocol, props, device_info, multipath):
+        LOG.debug("os-brick: disconnect_volume %s %s %s", protocol, masked(props), device_info)
         try:
             self._connector(protocol, multipath).disconnect_volume(props, device_info,
                                                                    force=False)
@@ -97,6 +104,7 @@ class BrickRemote(HostConnector):
         self.cfg = cfg
 
     def _call(self, request: dict[str, Any]) -> Any:
+        LOG.debug("os-brick on %s: %s", self.cfg.name, masked(request))
         argv = shlex.split(self.cfg.remote_command) + ["host-call"]
         rc, out, err = self.runner.run(argv, json.dumps(request).encode())
         if rc != 0:

@@ -29,21 +29,22 @@ HOST_HELP = ("Compute host: 'local' (this machine, qemu:///system), a name from 
              "explicit USER@ADDRESS [$ATTACHFLOW_HOST].")
 
 
-class _MaskingFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        from attachflow.model import masked
-        if isinstance(record.args, dict):
-            record.args = masked(record.args)
-        return super().format(record)
+# What --debug traces besides attachflow's own lines (storage requests, libvirt calls, SSH
+# commands, os-brick calls): the HTTP client's request and response lines, Cinder's
+# client, and os-brick's own steps. Secrets are masked in all of them (``redact``).
+_DEBUG_LOGGERS = ("attachflow", "keystoneauth", "cinderclient", "os_brick")
 
 
 def _setup_logging(debug: bool) -> None:
+    from attachflow import redact
+    redact.install()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_MaskingFormatter("%(asctime)s %(name)s %(message)s", "%H:%M:%S"))
-    log = logging.getLogger("attachflow")
-    log.handlers[:] = [handler]
-    log.setLevel(logging.DEBUG if debug else logging.WARNING)
-    log.propagate = False
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s", "%H:%M:%S"))
+    for name in _DEBUG_LOGGERS:
+        log = logging.getLogger(name)
+        log.handlers[:] = [handler] if debug or name == "attachflow" else []
+        log.setLevel(logging.DEBUG if debug else logging.WARNING)
+        log.propagate = False
 
 
 def _emit(data: dict[str, Any] | list, fmt: str, columns: tuple[str, ...] = ()) -> None:

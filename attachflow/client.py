@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
-from attachflow import domxml, errors, operations
+from attachflow import domxml, errors, operations, redact
 from attachflow import migrate as _migrate
 from attachflow.cinder_side import CinderStorage, StorageAPI
 from attachflow.compute_side import ComputeHost, open_host
@@ -49,6 +49,7 @@ class Client:
                  progress: Listener | None = None, storage: StorageAPI | None = None,
                  hosts: Mapping[str, ComputeHost] | None = None,
                  env: Mapping[str, str] | None = None):
+        redact.install()  # whatever the caller's logging shows, it shows no secret
         env = dict(os.environ if env is None else env)
         if hosts_file is not None:
             env["ATTACHFLOW_HOSTS"] = str(hosts_file)

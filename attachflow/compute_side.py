@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import logging
 import threading
 import time
 from typing import Any, Callable
@@ -27,6 +28,8 @@ from attachflow.brick import BrickLocal, BrickRemote, HostConnector
 from attachflow.hosts import LOCAL, HostConfig, load_host
 from attachflow.model import Secret
 from attachflow.remote import Runner, SSHRunner
+
+LOG = logging.getLogger("attachflow.libvirt")
 
 
 # ---------------------------------------------------------------------------------------
@@ -180,11 +183,16 @@ class LibvirtHypervisor(Hypervisor):
 
     def _wrap(self, what: str, fn: Callable[[], Any]) -> Any:
         libvirt = _libvirt()
+        started = time.monotonic()
         try:
-            return fn()
+            result = fn()
         except libvirt.libvirtError as exc:
+            LOG.debug("libvirt %s on %s: %s", what, self.host_name, _lverr(exc))
             raise errors.HypervisorError(f"{what} on {self.host_name}: {_lverr(exc)}") \
                 from None
+        LOG.debug("libvirt %s on %s (%.0f ms)", what, self.host_name,
+                  (time.monotonic() - started) * 1000)
+        return result
 
     def lookup(self, name):
         dom = self._dom(name)

@@ -108,7 +108,7 @@ def load_host(name: str, env: Mapping[str, str] | None = None) -> HostConfig:
         return HostConfig(name=LOCAL, address=local_address(), libvirt_uri=LOCAL_URI)
     user, at, address = (name or "").partition("@")
     if at:
-        if not _USER.match(user) or not _ADDRESS.match(address):
+        if not _USER.fullmatch(user) or not _ADDRESS.fullmatch(address):
             raise errors.UnknownHost(f"'{name}' is not USER@ADDRESS")
         return HostConfig(name=address, address=address, ssh_user=user,
                           libvirt_uri=ssh_uri(user, address, 22, None, None))
@@ -196,7 +196,7 @@ class _Locator:
 
 
 def _entry(where: _Locator, name: str, entry: Any) -> HostConfig:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise where.error(name, None, "host names are letters, digits, '_', '.', '-'")
     if not isinstance(entry, dict):
         raise where.error(name, None, "must be a table ([hosts.NAME])")
@@ -208,9 +208,9 @@ def _entry(where: _Locator, name: str, entry: Any) -> HostConfig:
         if valid and key == "ssh_port":
             valid = 1 <= value <= 65535
         elif valid and key == "ssh_user":
-            valid = bool(_USER.match(value))
+            valid = bool(_USER.fullmatch(value))
         elif valid and key in ("address", "hostname"):
-            valid = bool(_ADDRESS.match(value))
+            valid = bool(_ADDRESS.fullmatch(value))
         elif valid:
             valid = bool(value.strip())
         if not valid:

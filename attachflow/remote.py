@@ -8,6 +8,7 @@ paramiko, host keys always checked) behind the ``Runner`` seam; its in-memory tw
 from __future__ import annotations
 
 import abc
+import logging
 import os
 import select
 import shlex
@@ -18,6 +19,8 @@ import time
 from attachflow import errors
 from attachflow.hosts import HostConfig
 
+
+LOG = logging.getLogger("attachflow.ssh")
 
 class Runner(abc.ABC):
     @abc.abstractmethod
@@ -109,7 +112,11 @@ class SSHRunner(Runner):
             # Held until the end: paramiko's stdin file sends EOF when it is collected.
             files = client.exec_command(command, timeout=timeout)
             chan = files[0].channel
-            return _exchange(chan, stdin or b"", deadline)
+            started = time.monotonic()
+            answer = _exchange(chan, stdin or b"", deadline)
+            LOG.debug("%s -> exit %d (%.0f ms)", where, answer[0],
+                      (time.monotonic() - started) * 1000)
+            return answer
         except (paramiko.SSHException, OSError, EOFError) as exc:
             # paramiko says "Timeout opening channel." when the same deadline expires
             if isinstance(exc, TimeoutError) or time.monotonic() >= deadline:

@@ -40,7 +40,7 @@ BOUNDS = {
 
 
 def check_volume_id(value: str) -> str:
-    if not isinstance(value, str) or not _UUID.match(value):
+    if not isinstance(value, str) or not _UUID.fullmatch(value):
         raise errors.InputError(f"volume id '{_shown(value)}' is not a UUID "
                                 "(Cinder's volume ids look like "
                                 "7d7c1c6a-0b9e-4c56-9d3c-5f1c2b1e9a10)")
@@ -49,14 +49,14 @@ def check_volume_id(value: str) -> str:
 
 
 def check_domain(value: str) -> str:
-    if not isinstance(value, str) or not _DOMAIN.match(value):
+    if not isinstance(value, str) or not _DOMAIN.fullmatch(value):
         raise errors.InputError(f"domain name '{_shown(value)}' is not valid for libvirt "
                                 "(1-255 characters, no '/' or control characters)")
     return value
 
 
 def check_new_domain(value: str) -> str:
-    if not isinstance(value, str) or not _NEW_DOMAIN.match(value):
+    if not isinstance(value, str) or not _NEW_DOMAIN.fullmatch(value):
         raise errors.InputError(f"'{_shown(value)}' is not a valid name for a new domain "
                                 "(letters, digits, '_', '.', '-'; at most 64; starting "
                                 "with a letter or digit)")
@@ -64,7 +64,7 @@ def check_new_domain(value: str) -> str:
 
 
 def check_device(value: str) -> str:
-    if not isinstance(value, str) or not _DEVICE.match(value):
+    if not isinstance(value, str) or not _DEVICE.fullmatch(value):
         raise errors.InputError(f"device '{_shown(value)}' is not a virtio disk name "
                                 "(vdb, vdc, ..., vdzz)")
     return value

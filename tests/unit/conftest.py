@@ -6,13 +6,15 @@ from attachflow.testing import FakeCinder, fake_host
 
 
 @pytest.fixture(autouse=True)
-def _attachflow_logger_restored():
-    """The CLI points the "attachflow" logger at stderr and stops it propagating;
-    put it back so that log-capturing tests see the same logger whatever ran first."""
-    log = logging.getLogger("attachflow")
-    saved = (log.handlers[:], log.level, log.propagate)
+def _loggers_restored():
+    """The CLI points its loggers at stderr and stops them propagating; put them back so
+    that log-capturing tests see the same loggers whatever ran first."""
+    from attachflow.cli import _DEBUG_LOGGERS
+    logs = [logging.getLogger(name) for name in _DEBUG_LOGGERS]
+    saved = [(log.handlers[:], log.level, log.propagate) for log in logs]
     yield
-    log.handlers[:], log.level, log.propagate = saved
+    for log, (handlers, level, propagate) in zip(logs, saved):
+        log.handlers[:], log.level, log.propagate = handlers, level, propagate
 
 
 @pytest.fixture
