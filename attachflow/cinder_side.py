@@ -102,24 +102,37 @@ def _env(env: Mapping[str, str], name: str) -> str | None:
     return value if value else None
 
 
-DEFAULT_TIMEOUT = 90.0  # seconds per HTTP request; Cinder's own RPC timeout is 60 s
+# How long one storage request may take (ATTACHFLOW_STORAGE_TIMEOUT), and one call with
+# its retries (ATTACHFLOW_STORAGE_DEADLINE): a storage API that accepts connections but
+# never answers fails the command in about a minute. Cinder answers an attach in
+# seconds; its own RPC timeout to the volume service is 60 s.
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_DEADLINE = 60.0
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _env(env, name)
+    if not value:
+        return default
+    from attachflow import validate
+    try:
+        return validate.check_number(name, float(value), "timeout")
+    except (ValueError, errors.InputError):
+        raise errors.InputError(f"{name} '{value}' is not a number of seconds from "
+                                f"{validate.bounds_text('timeout')}") from None
 
 
 def _timeout(env: Mapping[str, str]) -> float:
-    value = _env(env, "ATTACHFLOW_STORAGE_TIMEOUT")
-    try:
-        return float(value) if value else DEFAULT_TIMEOUT
-    except ValueError:
-        raise errors.InputError(f"ATTACHFLOW_STORAGE_TIMEOUT '{value}' is not a number") \
-            from None
+    return _seconds(env, "ATTACHFLOW_STORAGE_TIMEOUT", DEFAULT_TIMEOUT)
 
 
 def make_session(cloud: str | None = None, env: Mapping[str, str] | None = None):
     """A keystoneauth1 session from a clouds.yaml cloud, the OS_* variables, or noauth.
 
     noauth (labs): OS_AUTH_TYPE=noauth with OS_ENDPOINT, OS_USER_ID, OS_PROJECT_ID.
-    Every request times out after ATTACHFLOW_STORAGE_TIMEOUT seconds (default 90): a
-    storage API that stops answering must not hang an attach forever.
+    Every request times out after ATTACHFLOW_STORAGE_TIMEOUT seconds (default 30), and a
+    call's retries stop after ATTACHFLOW_STORAGE_DEADLINE (default 60): a storage API
+    that stops answering must not hang an attach.
     """
     env = os.environ if env is None else env
     cloud = cloud or _env(env, "OS_CLOUD")
@@ -206,7 +219,8 @@ def _translate(exc: BaseException, what: str) -> errors.AttachflowError:
     return errors.StorageError(f"{what}: {type(exc).__name__}: {exc}")
 
 
-def _retrying(kind: str, sleep: Callable[[float], None] = time.sleep):
+def _retrying(kind: str, sleep: Callable[[float], None] = time.sleep,
+              deadline: float = DEFAULT_DEADLINE):
     import tenacity
 
     def retry_on(exc: BaseException) -> bool:
@@ -219,7 +233,7 @@ def _retrying(kind: str, sleep: Callable[[float], None] = time.sleep):
 
     return tenacity.Retrying(
         retry=tenacity.retry_if_exception(retry_on),
-        stop=tenacity.stop_after_attempt(4),
+        stop=tenacity.stop_after_attempt(4) | tenacity.stop_after_delay(deadline),
         wait=tenacity.wait_exponential(multiplier=0.2, max=2),
         sleep=sleep, reraise=True)
 
@@ -227,10 +241,12 @@ def _retrying(kind: str, sleep: Callable[[float], None] = time.sleep):
 class CinderStorage(StorageAPI):
     """StorageAPI over python-cinderclient. Construct with ``CinderStorage.connect``."""
 
-    def __init__(self, client, version: tuple[int, int], sleep=time.sleep):
+    def __init__(self, client, version: tuple[int, int], sleep=time.sleep,
+                 deadline: float = DEFAULT_DEADLINE):
         self._client = client
         self.version = version
         self._sleep = sleep
+        self._deadline = deadline
 
     @classmethod
     def connect(cls, cloud: str | None = None, env: Mapping[str, str] | None = None,
@@ -254,7 +270,8 @@ class CinderStorage(StorageAPI):
             raise _translate(exc, "microversion negotiation") from None
         version = (negotiated.ver_major, negotiated.ver_minor)
         LOG.debug("cinder: negotiated microversion %d.%d", *version)
-        return cls(client, version)
+        return cls(client, version,
+                   deadline=_seconds(env, "ATTACHFLOW_STORAGE_DEADLINE", DEFAULT_DEADLINE))
 
     def _call(self, what: str, fn: Callable[[], Any], kind: str = "write") -> Any:
         start = time.monotonic()
@@ -269,7 +286,7 @@ class CinderStorage(StorageAPI):
             if kind == "write":
                 result = once()
             else:
-                result = _retrying(kind, self._sleep)(once)
+                result = _retrying(kind, self._sleep, self._deadline)(once)
         except errors.StorageNotFound:
             if kind == "delete":
                 LOG.debug("cinder: %s -> already gone (404)", what)

@@ -359,7 +359,7 @@ def test_a_stopped_api_is_unavailable_with_a_short_message(api, storage):
 
 
 def test_requests_time_out_after_the_configured_storage_timeout(api):
-    storage = connect(api, ATTACHFLOW_STORAGE_TIMEOUT="0.3")
+    storage = connect(api, ATTACHFLOW_STORAGE_TIMEOUT="1")
     api.script("GET", f"/volumes/{VOL}", Answer(200, {}, delay=5))
     assert storage.get_volume(VOL).id == VOL  # the read is retried after the timeout
     assert len(api.calls()) == 2
@@ -370,6 +370,25 @@ def test_requests_time_out_after_the_configured_storage_timeout(api):
     assert len(api.calls()) == 1
 
 
+def test_retries_of_a_read_end_at_the_storage_deadline(api):
+    storage = CinderStorage.connect(env=api.env(ATTACHFLOW_STORAGE_TIMEOUT="1",
+                                                ATTACHFLOW_STORAGE_DEADLINE="1"))
+    api.clear()
+    api.script("GET", f"/volumes/{VOL}", *[Answer(200, {}, delay=5)] * 4)
+    with pytest.raises(errors.StorageUnavailable, match="timed out"):
+        storage.get_volume(VOL)
+    assert len(api.calls()) == 1  # the deadline passed with the first request
+
+
+@pytest.mark.parametrize("name", ["ATTACHFLOW_STORAGE_TIMEOUT", "ATTACHFLOW_STORAGE_DEADLINE"])
+@pytest.mark.parametrize("value", ["nan", "0", "-1", "inf", "soon"])
+def test_storage_timeouts_must_be_sensible_numbers(api, name, value):
+    with pytest.raises(errors.InputError, match=f"{name} '{value}' is not a number of "
+                                                "seconds from 1 to 86400"):
+        CinderStorage.connect(env=api.env(**{name: value}))
+    assert api.calls() == []
+
+
 @pytest.mark.filterwarnings("ignore:Support for InfluxDB")  # openstacksdk's own
 def test_a_cloud_from_clouds_yaml_has_its_endpoint_and_the_timeout(api, tmp_path,
                                                                    monkeypatch):
@@ -377,7 +396,7 @@ def test_a_cloud_from_clouds_yaml_has_its_endpoint_and_the_timeout(api, tmp_path
         f"clouds:\n  lab:\n    auth_type: none\n"
         f"    block_storage_endpoint_override: {api.endpoint}/p\n")
     monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(tmp_path / "clouds.yaml"))
-    storage = CinderStorage.connect(cloud="lab", env={"ATTACHFLOW_STORAGE_TIMEOUT": "0.3"})
+    storage = CinderStorage.connect(cloud="lab", env={"ATTACHFLOW_STORAGE_TIMEOUT": "1"})
     assert storage.version == (3, 71)
     api.clear()
     assert storage.get_volume(VOL).id == VOL

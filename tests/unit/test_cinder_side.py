@@ -101,7 +101,7 @@ def test_noauth_session_from_env():
                                        "OS_ENDPOINT": "http://127.0.0.1:8776/v3"})
     assert endpoint is None
     assert sess.get_endpoint() == "http://127.0.0.1:8776/v3/p"
-    assert sess.timeout == 90.0
+    assert sess.timeout == 30.0
     assert sess.get_auth_headers()["x-project-id"] == "p"
 
 
