@@ -31,7 +31,8 @@ if TYPE_CHECKING:  # imported on first use below, so that `attachflow --help` st
                                    StepUndone, UndoFailed)
     from attachflow.migrate import MigrationOptions, MigrationResult, Plan
     from attachflow.model import ConnectorProperties
-    from attachflow.operations import RESULT_SCHEMA_VERSION, Result
+    from attachflow.inventory import Entry
+    from attachflow.operations import RESULT_SCHEMA_VERSION, DeleteResult, Result
 
 _EXPORTS = {
     "attachflow.client": ("Client", "migration_preview"),
@@ -45,11 +46,47 @@ _EXPORTS = {
                           "StepUndone", "UndoFailed"),
     "attachflow.migrate": ("MigrationOptions", "MigrationResult", "Plan"),
     "attachflow.model": ("ConnectorProperties",),
-    "attachflow.operations": ("RESULT_SCHEMA_VERSION", "Result"),
+    "attachflow.inventory": ("Entry",),
+    "attachflow.operations": ("DeleteResult", "RESULT_SCHEMA_VERSION", "Result"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
-__all__ = sorted(_MODULE_OF)
+__all__ = [
+    "AttachflowError",
+    "Client",
+    "ConnectorProperties",
+    "DeleteResult",
+    "DeviceInUse",
+    "DeviceRemovalTimeout",
+    "DirectBoot",
+    "DomainNotFound",
+    "Entry",
+    "Event",
+    "HostError",
+    "HypervisorError",
+    "InputError",
+    "MigrationOptions",
+    "MigrationProgress",
+    "MigrationResult",
+    "NotAttached",
+    "OperationFailed",
+    "Plan",
+    "PreflightError",
+    "RESULT_SCHEMA_VERSION",
+    "Result",
+    "StepDone",
+    "StepStarted",
+    "StepUndone",
+    "StorageError",
+    "StorageNotFound",
+    "StorageUnavailable",
+    "TransportMismatch",
+    "UndoFailed",
+    "UnknownHost",
+    "VolumeNotFound",
+    "VolumeStateError",
+    "migration_preview",
+]
 
 
 def __getattr__(name: str) -> Any:

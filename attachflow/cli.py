@@ -414,6 +414,59 @@ def migrate(domain, destination, auto_converge, postcopy, max_downtime, bandwidt
         sys.exit(EXIT_FAILED)
 
 
+@cli.command("list")
+@click.argument("domain", type=DOMAIN, required=False)
+@common(transport=False)
+def list_volumes(domain, host, fmt, columns, debug, api, os_cloud):
+    """List the volumes attachflow attached on HOST (or to DOMAIN), per guest.
+
+    For each: the guest and its state, the volume, its device, transport, API and
+    attachment as recorded in the domain, the volume's status and the attachment the
+    storage API lists for the guest, and under 'problem' any disagreement between the
+    two sides (a disk with no attachment, an attachment with no disk, another
+    attachment than the recorded one, a volume that no longer exists). Exits 1 when
+    there is a disagreement.
+    """
+    with _client(api=api, os_cloud=os_cloud) as client:
+        entries = client.list_volumes(host=host, domain=domain)
+    wide = fmt in ("json", "yaml")  # documents carry every field; tables the main ones
+    _emit([e.to_dict() for e in entries], fmt, columns or (() if wide else _LIST_COLUMNS))
+    if any(e.problem != "ok" for e in entries):
+        sys.exit(EXIT_FAILED)
+
+
+_LIST_COLUMNS = ("domain", "volume_id", "device", "transport", "attachment_id",
+                 "volume_status", "problem")
+
+
+@cli.command()
+@click.argument("domain", type=DOMAIN)
+@click.option("--force", is_flag=True,
+              help="Delete a guest attachflow did not boot too (its recorded volumes are "
+                   "still detached first).")
+@click.option("--shutdown-timeout", type=_Number("timeout"), default=60.0,
+              show_default=True, metavar="SECONDS",
+              help=f"Seconds to let the guest OS power off before it is forced off "
+                   f"({_bounds('timeout', 's')}).")
+@click.option("--strict", is_flag=True,
+              help="Fail (exit 2) when DOMAIN does not exist, instead of reporting that "
+                   "there was nothing to do.")
+@common(transport=False)
+def delete(domain, force, shutdown_timeout, strict, host, fmt, columns, debug, api,
+           os_cloud):
+    """Stop and undefine DOMAIN, a guest attachflow booted, detaching its volumes first.
+
+    The guest is asked to power off (ACPI) and forced off after --shutdown-timeout; then
+    every volume attachflow attached is detached and released in the storage API (the
+    volumes themselves are kept), and the domain is undefined. A volume that cannot be
+    detached stops the delete before the domain is undefined: run it again to finish.
+    """
+    with _client(api=api, os_cloud=os_cloud) as client:
+        result = client.delete_guest(domain, host=host, force=force,
+                                     shutdown_timeout=shutdown_timeout, strict=strict)
+    _emit(result.to_dict(), fmt, columns)
+
+
 @cli.command("host-call", hidden=True)
 @_boundary
 def host_call(debug: bool = False):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
-from attachflow import domxml, errors, operations, redact
+from attachflow import domxml, errors, inventory, operations, redact
 from attachflow import migrate as _migrate
 from attachflow.cinder_side import CinderStorage, StorageAPI
 from attachflow.compute_side import ComputeHost, open_host
@@ -149,6 +149,22 @@ class Client:
         """Ask the guest OS to power off and wait up to ``timeout`` seconds; False when it
         was not running. A guest that does not stop is a HypervisorError, left running."""
         return operations.shutdown_guest(self.host(host), name, timeout)
+
+    def list_volumes(self, *, host: str = LOCAL, domain: str | None = None
+                     ) -> list[inventory.Entry]:
+        """Every volume attachflow attached on ``host`` (or to ``domain``), with its state
+        in the storage API and any disagreement between the two sides."""
+        return inventory.inventory(self.storage, self.host(host), domain)
+
+    def delete_guest(self, name: str, *, host: str = LOCAL, force: bool = False,
+                     shutdown_timeout: float = 60.0, strict: bool = False
+                     ) -> operations.DeleteResult:
+        """Stop and undefine a guest attachflow booted, detaching and releasing its
+        volumes first (``force``: any guest). A guest that does not exist is a success
+        with ``already`` set (``strict``: ``DomainNotFound``)."""
+        return operations.delete_guest(self.storage, self.host(host), name, force=force,
+                                       shutdown_timeout=shutdown_timeout, strict=strict,
+                                       progress=self.progress)
 
     def plan_migration(self, domain: str, *, source: str, destination: str,
                        options: _migrate.MigrationOptions | None = None,

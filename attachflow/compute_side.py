@@ -62,6 +62,10 @@ class Hypervisor(abc.ABC):
     def lookup(self, name: str) -> DomainRef: ...
 
     @abc.abstractmethod
+    def list_domains(self) -> list[DomainRef]:
+        """Every domain on the host, running or defined."""
+
+    @abc.abstractmethod
     def domain(self, name: str, inactive: bool = False,
                migratable: bool = False) -> domxml.Domain:
         """The domain's live (or persistent, with ``inactive``) definition, parsed."""
@@ -193,6 +197,12 @@ class LibvirtHypervisor(Hypervisor):
         LOG.debug("libvirt %s on %s (%.0f ms)", what, self.host_name,
                   (time.monotonic() - started) * 1000)
         return result
+
+    def list_domains(self):
+        found = self._wrap("list domains", lambda: self.conn.listAllDomains(0))
+        return sorted((self._wrap("describe domain", lambda d=d: DomainRef(
+            name=d.name(), uuid=d.UUIDString(), active=bool(d.isActive()),
+            persistent=bool(d.isPersistent()))) for d in found), key=lambda r: r.name)
 
     def lookup(self, name):
         dom = self._dom(name)

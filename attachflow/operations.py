@@ -15,6 +15,7 @@ from attachflow.cinder_side import Flow, StorageAPI, flow_for_record, select_flo
 from attachflow.compute_side import ComputeHost, DomainRef
 from attachflow.connectors import check_fits, get_transport
 from attachflow.connectors.base import Transport
+from attachflow import events
 from attachflow.events import Emitter, Listener
 from attachflow.record import VolumeRecord
 from attachflow.steps import Transaction
@@ -325,3 +326,63 @@ def shutdown_guest(host: ComputeHost, name: str, timeout: float = 120.0,
                 f"guest {name} on {host.name} did not shut down within {timeout:g} s")
         time.sleep(poll)
     return True
+
+
+@dataclasses.dataclass(frozen=True)
+class DeleteResult:
+    """What ``delete_guest`` did: the volumes it detached, in order."""
+
+    domain: str
+    host: str
+    detached: list[str]
+    seconds: float
+    already: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema_version": RESULT_SCHEMA_VERSION, "operation": "delete",
+                **dataclasses.asdict(self)}
+
+
+def delete_guest(storage: StorageAPI, host: ComputeHost, name: str, force: bool = False,
+                 shutdown_timeout: float = 60.0, strict: bool = False,
+                 progress: Listener | None = None) -> DeleteResult:
+    """Stop the guest ``name`` (ACPI, then off after ``shutdown_timeout``), detach and
+    release each of its volumes, then undefine it. Only a guest attachflow booted (its
+    vda is a recorded volume) unless ``force``. A volume that cannot be detached stops
+    the delete before the guest is undefined, so running it again finishes the job."""
+    start = time.monotonic()
+    name = validate.check_domain(name)
+    validate.check_number("the shutdown timeout", shutdown_timeout, "timeout")
+    hv = host.hypervisor
+    try:
+        ref = hv.lookup(name)
+    except errors.DomainNotFound:
+        if strict:
+            raise
+        return DeleteResult(name, host.name, [], time.monotonic() - start, already=True)
+    if not ref.persistent:
+        raise errors.InputError(f"domain '{name}' on {host.name} is transient: detach its "
+                                "volumes, then destroy it")
+    live, config = _definitions(host, ref)
+    records = record.read(live or config)
+    if not force and not any(rec.device == "vda" for rec in records.values()):
+        raise errors.InputError(f"domain '{name}' on {host.name} was not booted by attachflow "
+                                "(its vda is not a volume attachflow attached); --force "
+                                "deletes it anyway, detaching the volumes attachflow attached")
+    emit = Emitter(progress)
+    operation = f"delete {name}"
+    if ref.active:
+        try:
+            shutdown_guest(host, name, shutdown_timeout)
+        except errors.HypervisorError:
+            hv.destroy(name)  # it did not stop in time: the user asked for it to go
+        emit(events.StepDone(operation, "stop guest"))
+    detached = []
+    # The root volume last: until it goes, the guest is still recognisably attachflow's,
+    # so a delete stopped by a failure can be run again without --force.
+    for volume_id in sorted(records, key=lambda v: (records[v].device == "vda", v)):
+        detach(storage, host, volume_id, name, progress=progress)
+        detached.append(volume_id)
+    hv.undefine(name)
+    emit(events.StepDone(operation, "undefine guest"))
+    return DeleteResult(name, host.name, detached, time.monotonic() - start)

@@ -438,6 +438,11 @@ class FakeHypervisor(_Faults, Hypervisor):
             raise errors.DomainNotFound(f"domain '{name}' not found on host {self.host_name}")
         return self.domains[name]
 
+    def list_domains(self):
+        self._enter("list_domains")
+        return [DomainRef(d.name, d.uuid, d.active, d.persistent)
+                for _, d in sorted(self.domains.items())]
+
     def lookup(self, name):
         self._enter("lookup")
         d = self._dom(name)

@@ -161,6 +161,7 @@ def test_a_listener_that_raises_does_not_disturb_the_operation(world, caplog):
 
 
 def test_only_the_exported_names_are_public():
+    assert sorted(attachflow._MODULE_OF) == attachflow.__all__
     for name in attachflow.__all__:
         assert getattr(attachflow, name) is not None, name
     assert "Client" in dir(attachflow)
