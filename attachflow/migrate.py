@@ -109,7 +109,9 @@ class MigrationResult:
     left_behind: list[str]
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        from attachflow.operations import RESULT_SCHEMA_VERSION
+        return {"schema_version": RESULT_SCHEMA_VERSION, "operation": "migrate",
+                **dataclasses.asdict(self)}
 
 
 def preflight(storage: StorageAPI, source: ComputeHost, destination: ComputeHost,

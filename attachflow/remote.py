@@ -99,6 +99,8 @@ class SSHRunner(Runner):
         if not banner.startswith(b"SSH-"):
             raise errors.HostError(f"{self.cfg.address}:{self.cfg.ssh_port} does not speak "
                                    "SSH")
+        LOG.debug("ssh %s@%s:%d answers (%s)", self.cfg.ssh_user, self.cfg.address,
+                  self.cfg.ssh_port, banner.decode(errors="replace").strip())
 
     def run(self, argv, stdin=None, timeout=300):
         client = self._connect()

@@ -221,6 +221,8 @@ def env_lines() -> list[str]:
         ("OS_VOLUME_API_VERSION", layout.VOLUME_API_VERSION),
         ("ATTACHFLOW_HOSTS", str(hosts_file())),
         ("ATTACHFLOW_VIRT_TYPE", "qemu"),
+        # The lab's hosts run on a kernel without an iSCSI initiator: QEMU's own one it is.
+        ("ATTACHFLOW_TRANSPORT", "native"),
         # Guests boot a small kernel + initramfs (the hosts see the state dir), so
         # hot-unplug has a guest OS to complete it.
         ("ATTACHFLOW_BOOT_KERNEL", str(guest.image_dir() / "vmlinuz")),

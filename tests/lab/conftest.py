@@ -41,7 +41,6 @@ def lab():
     for line in manager.env_lines():
         name, _, value = line.removeprefix("export ").partition("=")
         os.environ[name] = shlex.split(value)[0] if value else ""
-    os.environ.setdefault("ATTACHFLOW_TRANSPORT", "native")
     if "ATTACHFLOW_BOOT_KERNEL" not in os.environ:
         from attachflow.lab import guest
         image = guest.build(manager.state_dir() / "guest")

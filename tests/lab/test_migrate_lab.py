@@ -66,10 +66,12 @@ def check_runs_on(lab, dom, vols, patterns, host, other):
 def test_migrate_there_and_back_with_data(lab, cleanup, api):
     dom, vols, patterns = make_guest(lab, cleanup, api)
     for src, dst in (("hosta", "hostb"), ("hostb", "hosta")):
-        proc = lab.af("migrate", dom, "--host", src, "--to", dst, "--api", api, "-f", "json")
-        lines = [json.loads(line) for line in proc.stdout.splitlines()]
-        result = lines[-1]
-        assert result["event"] == "result" and result["runs_on"] == dst
+        proc = lab.af("migrate", dom, "--host", src, "--to", dst, "--api", api, "-f", "json",
+                      "--progress", "json")
+        result = json.loads(proc.stdout)  # one document
+        progress = [json.loads(line) for line in proc.stderr.splitlines()]
+        assert all(p["event"] == "progress" and p["total"] > 0 for p in progress), progress
+        assert result["runs_on"] == dst and result["schema_version"] == 1
         assert not result["left_behind"] and not result["rolled_forward"]
         assert result["downtime_ms"] is not None
         check_runs_on(lab, dom, vols, patterns, dst, src)
