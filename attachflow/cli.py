@@ -216,6 +216,16 @@ def cli():
     OS_PROJECT_ID). Every command undoes its own steps when one fails, and is safe to run
     again. Exit status is 0 on success, 1 when the operation failed, 2 on bad usage or
     input (nothing changed).
+
+    \b
+    Environment:
+      ATTACHFLOW_HOSTS             hosts file (~/.config/attachflow/hosts.toml)
+      ATTACHFLOW_HOST              --host (local)
+      ATTACHFLOW_TRANSPORT         --transport (kernel)
+      ATTACHFLOW_VIRT_TYPE         boot --virt-type (kvm)
+      ATTACHFLOW_BOOT_KERNEL, _INITRD, _CMDLINE   boot --kernel, --initrd, --cmdline
+      ATTACHFLOW_STORAGE_TIMEOUT   seconds per storage API request (30; 1 to 86400)
+      ATTACHFLOW_STORAGE_DEADLINE  seconds per storage call, retries included (60)
     """
 
 
