@@ -69,6 +69,8 @@ def test_kernel_connector_is_what_os_brick_reports_under_the_hosts_name(cinder, 
     assert props == ConnectorProperties(
         host="hostk.example", ip="198.18.0.21", initiator="iqn.1993-08.org.debian:01:hostk",
         multipath=multipath, platform="x86_64", os_type="linux")
+    # a kernel transport made without saying otherwise is single-path
+    assert KernelISCSI().connector_properties(host).multipath is False
 
 
 @pytest.mark.parametrize("initiator", [None, ""])

@@ -296,7 +296,9 @@ def test_other_types_keep_their_data_with_secrets_masked():
         "volume_id": "v5", "encrypted": False}
     rec = conn.to_record()
     assert rec["driver_volume_type"] == "rbd" and "secret_uuid" not in rec
-    assert ConnectionInfo.from_record(rec, "v5").driver_volume_type == "rbd"
+    back = ConnectionInfo.from_record(rec, "v5")
+    assert back.driver_volume_type == "rbd" and back.to_brick() == conn.to_brick()
+    assert back.to_record() == rec
 
 
 def test_record_of_an_attachment_made_elsewhere_is_unknown():
