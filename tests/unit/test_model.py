@@ -130,6 +130,9 @@ def test_connector_without_host_or_ip_is_refused(missing):
     ("198.18.0.1", "198.18.0.1", 3260, "198.18.0.1:3260"),
     ("[fd00::1]:3262", "fd00::1", 3262, "[fd00::1]:3262"),
     ("storage.example:3260", "storage.example", 3260, "storage.example:3260"),
+    ("[storage.example]", "storage.example", 3260, "storage.example:3260"),
+    ("XSTOR-X", "XSTOR-X", 3260, "XSTOR-X:3260"),
+    ("XSTOR-X:3260", "XSTOR-X", 3260, "XSTOR-X:3260"),
 ])
 def test_portal_parses_and_prints(text, host, port, shown):
     portal = Portal.parse(text)
@@ -299,6 +302,14 @@ def test_other_types_keep_their_data_with_secrets_masked():
     back = ConnectionInfo.from_record(rec, "v5")
     assert back.driver_volume_type == "rbd" and back.to_brick() == conn.to_brick()
     assert back.to_record() == rec
+
+
+def test_other_types_parse_alike_in_both_shapes():
+    data = {"name": "volumes/volume-v5", "hosts": ["198.18.0.1"], "volume_id": "v5"}
+    nested = ConnectionInfo.from_cinder({"driver_volume_type": "rbd", "data": data}, "v5")
+    flat = ConnectionInfo.from_cinder(dict(data, driver_volume_type="rbd"), "v5")
+    assert flat == nested
+    assert flat.to_brick() == dict(data, access_mode="rw", encrypted=False, discard=False)
 
 
 def test_record_of_an_attachment_made_elsewhere_is_unknown():
