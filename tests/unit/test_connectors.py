@@ -37,7 +37,7 @@ def test_native_transport_refuses_multipath():
     with pytest.raises(errors.TransportMismatch) as exc:
         get_transport("native", multipath=True)
     assert exc.value.exit_code == 2
-    assert "--transport kernel" in exc.value.message
+    assert exc.value.message == "QEMU's own initiator has no multipath; use --transport kernel"
 
 
 @pytest.mark.parametrize("name", ["fc", "", "Kernel", "NATIVE"])
@@ -57,6 +57,18 @@ def test_only_iscsi_fits(name):
             check_fits(transport, other, "v1")
         assert exc.value.message == (f"volume v1 is exported as '{other}'; transport "
                                      f"'{name}' carries only iscsi")
+
+
+def test_refusal_lists_every_type_the_transport_carries():
+    class Wide(KernelISCSI):
+        name = "wide"
+        driver_volume_types = frozenset({"iser", "iscsi"})
+
+    check_fits(Wide(), "iser", "v1")
+    with pytest.raises(errors.TransportMismatch) as exc:
+        check_fits(Wide(), "rbd", "v1")
+    assert exc.value.message == ("volume v1 is exported as 'rbd'; transport 'wide' carries "
+                                 "only iscsi, iser")
 
 
 # -- kernel: os-brick on the host -----------------------------------------------------------
