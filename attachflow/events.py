@@ -24,30 +24,28 @@ class Event:
     operation: str
     kind: ClassVar[str] = "event"
     level: ClassVar[int] = logging.DEBUG
+    template: ClassVar[str] = "{operation}: {kind}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"event": self.kind, **dataclasses.asdict(self)}
 
     def describe(self) -> str:
-        return f"{self.operation}: {self.kind}"
+        """The event as one log line."""
+        return self.template.format(kind=self.kind, **dataclasses.asdict(self))
 
 
 @dataclasses.dataclass(frozen=True)
 class StepStarted(Event):
     step: str
     kind: ClassVar[str] = "step_started"
-
-    def describe(self) -> str:
-        return f"{self.operation}: {self.step} ..."
+    template: ClassVar[str] = "{operation}: {step} ..."
 
 
 @dataclasses.dataclass(frozen=True)
 class StepDone(Event):
     step: str
     kind: ClassVar[str] = "step_done"
-
-    def describe(self) -> str:
-        return f"{self.operation}: {self.step} done"
+    template: ClassVar[str] = "{operation}: {step} done"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,9 +53,7 @@ class StepUndone(Event):
     step: str
     kind: ClassVar[str] = "step_undone"
     level: ClassVar[int] = logging.INFO
-
-    def describe(self) -> str:
-        return f"{self.operation}: undid {self.step}"
+    template: ClassVar[str] = "{operation}: undid {step}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,9 +62,7 @@ class UndoFailed(Event):
     error: str
     kind: ClassVar[str] = "undo_failed"
     level: ClassVar[int] = logging.WARNING
-
-    def describe(self) -> str:
-        return f"{self.operation}: could NOT undo {self.step}: {self.error}"
+    template: ClassVar[str] = "{operation}: could NOT undo {step}: {error}"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -48,26 +48,26 @@ def check_volume_id(value: str) -> str:
     return f"{plain[:8]}-{plain[8:12]}-{plain[12:16]}-{plain[16:20]}-{plain[20:]}"
 
 
-def check_domain(value: str) -> str:
-    if not isinstance(value, str) or not _DOMAIN.fullmatch(value):
-        raise errors.InputError(f"domain name '{_shown(value)}' is not valid for libvirt "
-                                "(1-255 characters, no '/' or control characters)")
+def _checked(pattern: re.Pattern[str], value: str, problem: str) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise errors.InputError(problem.format(value=_shown(value)))
     return value
+
+
+def check_domain(value: str) -> str:
+    return _checked(_DOMAIN, value, "domain name '{value}' is not valid for libvirt "
+                                    "(1-255 characters, no '/' or control characters)")
 
 
 def check_new_domain(value: str) -> str:
-    if not isinstance(value, str) or not _NEW_DOMAIN.fullmatch(value):
-        raise errors.InputError(f"'{_shown(value)}' is not a valid name for a new domain "
-                                "(letters, digits, '_', '.', '-'; at most 64; starting "
-                                "with a letter or digit)")
-    return value
+    return _checked(_NEW_DOMAIN, value, "'{value}' is not a valid name for a new domain "
+                                        "(letters, digits, '_', '.', '-'; at most 64; "
+                                        "starting with a letter or digit)")
 
 
 def check_device(value: str) -> str:
-    if not isinstance(value, str) or not _DEVICE.fullmatch(value):
-        raise errors.InputError(f"device '{_shown(value)}' is not a virtio disk name "
-                                "(vdb, vdc, ..., vdzz)")
-    return value
+    return _checked(_DEVICE, value, "device '{value}' is not a virtio disk name "
+                                    "(vdb, vdc, ..., vdzz)")
 
 
 def bounds_text(kind: str) -> str:
