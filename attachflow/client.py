@@ -112,7 +112,8 @@ class Client:
         """Attach ``volume`` to ``domain`` as the next free vdX (or ``device``).
         Attaching a volume already attached there as asked returns its attachment with
         ``already`` set; another device, transport or guest is a refusal."""
-        return operations.attach(self.storage, self.host(host),
+        compute = self.host(host)  # a host that is not known fails before any contact
+        return operations.attach(self.storage, compute,
                                  self._transport(transport, multipath), volume, domain,
                                  api=self._api(api), device=device,
                                  detach_timeout=detach_timeout, progress=self.progress)
@@ -125,7 +126,8 @@ class Client:
         with. A volume that is not attached there is a success with ``already`` set
         (``strict``: ``NotAttached``). ``transport``, when given, must match."""
         chosen = _choice("transport", transport, TRANSPORTS) if transport else None
-        return operations.detach(self.storage, self.host(host), volume, domain,
+        compute = self.host(host)
+        return operations.detach(self.storage, compute, volume, domain,
                                  api=self._api(api), transport_name=chosen,
                                  timeout=timeout, strict=strict, progress=self.progress)
 
@@ -135,7 +137,8 @@ class Client:
              api: str | None = None) -> operations.Result:
         """Define and start ``name`` with ``volume`` as its root disk (vda). A guest of
         that name already running from that volume is returned with ``already`` set."""
-        return operations.boot(self.storage, self.host(host), self._transport(transport),
+        compute = self.host(host)
+        return operations.boot(self.storage, compute, self._transport(transport),
                                name, volume, api=self._api(api), memory_mib=memory_mib,
                                vcpus=vcpus, virt_type=virt_type, direct_boot=direct_boot,
                                progress=self.progress)
@@ -154,7 +157,8 @@ class Client:
                      ) -> list[inventory.Entry]:
         """Every volume attachflow attached on ``host`` (or to ``domain``), with its state
         in the storage API and any disagreement between the two sides."""
-        return inventory.inventory(self.storage, self.host(host), domain)
+        compute = self.host(host)
+        return inventory.inventory(self.storage, compute, domain)
 
     def delete_guest(self, name: str, *, host: str = LOCAL, force: bool = False,
                      shutdown_timeout: float = 60.0, strict: bool = False
@@ -162,7 +166,8 @@ class Client:
         """Stop and undefine a guest attachflow booted, detaching and releasing its
         volumes first (``force``: any guest). A guest that does not exist is a success
         with ``already`` set (``strict``: ``DomainNotFound``)."""
-        return operations.delete_guest(self.storage, self.host(host), name, force=force,
+        compute = self.host(host)
+        return operations.delete_guest(self.storage, compute, name, force=force,
                                        shutdown_timeout=shutdown_timeout, strict=strict,
                                        progress=self.progress)
 
@@ -171,8 +176,9 @@ class Client:
                        api: str | None = None) -> _migrate.Plan:
         """Check everything a migration needs, change nothing; ``PreflightError`` says
         what stands in the way. ``migration_preview(plan)`` shows the plan."""
-        return _migrate.preflight(self.storage, self.host(source), self.host(destination),
-                                  domain, api=self._api(api), options=options)
+        src, dst = self.host(source), self.host(destination)
+        return _migrate.preflight(self.storage, src, dst, domain, api=self._api(api),
+                                  options=options)
 
     def migrate(self, domain: str, *, source: str, destination: str,
                 options: _migrate.MigrationOptions | None = None, api: str | None = None

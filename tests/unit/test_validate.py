@@ -172,3 +172,37 @@ def test_help_states_the_bounds():
                            ("migrate", "1 to 600000 ms")):
         out = CliRunner().invoke(cli.cli, [command, "--help"]).output
         assert words in " ".join(out.split()), (command, out)
+
+
+def test_a_mistyped_host_is_refused_before_anything_is_contacted(tmp_path, monkeypatch):
+    hosts = tmp_path / "hosts.toml"
+    hosts.write_text('[hosts.hosta]\naddress = "198.18.0.11"\n\n'
+                     '[hosts.hostb]\naddress = "198.18.0.12"\n')
+    monkeypatch.setenv("ATTACHFLOW_HOSTS", str(hosts))
+
+    def no_contact(*args, **kwargs):
+        raise AssertionError("nothing may be contacted")
+
+    monkeypatch.setattr("attachflow.client.CinderStorage.connect", no_contact)
+    monkeypatch.setattr("attachflow.compute_side.LibvirtHypervisor", no_contact)
+    monkeypatch.setattr("attachflow.compute_side.SSHRunner", no_contact)
+    for args in (["connector", "--host", "hsota", "--transport", "native"],
+                 ["attach", VOL, "vm1", "--host", "hsota"],
+                 ["migrate", "vm1", "--host", "hosta", "--to", "hsotb"]):
+        result = CliRunner().invoke(cli.cli, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert result.stderr.strip().splitlines() == [
+            f"attachflow: error: unknown host '{args[args.index('hsota') if 'hsota' in args else -1]}'"
+            f"; known: hosta, hostb, local (hosts file {hosts}; or give USER@ADDRESS)"], args
+
+
+def test_a_malformed_hosts_file_stops_every_command_with_one_line(tmp_path, monkeypatch):
+    hosts = tmp_path / "hosts.toml"
+    hosts.write_text('[hosts.hosta]\naddress = "198.18.0.11"\nssh_port = "22"\n')
+    monkeypatch.setenv("ATTACHFLOW_HOSTS", str(hosts))
+    result = CliRunner().invoke(cli.cli, ["connector", "--host", "local", "--transport",
+                                          "native"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        f"attachflow: error: hosts file {hosts}, line 3: host 'hosta', key 'ssh_port': "
+        "must be a port number from 1 to 65535, not '22'"]
