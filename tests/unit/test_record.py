@@ -44,6 +44,19 @@ def test_a_move_keeps_the_volume_and_device_and_takes_the_new_connection():
     assert moved.connector["host"] == "hostb"
 
 
+def test_a_move_records_the_destination_connection_without_its_secret():
+    rec = VolumeRecord.for_attachment(attachment(), "kernel", "hosta", "vdc")
+    new_raw = dict(RAW, target_portal="198.18.0.2:3260",
+                   target_iqn="iqn.2010-10.org.openstack:volume-v1-b", target_lun=4)
+    dest = StorageAttachment("v1", "guest-uuid", "attachments", "a2",
+                             ConnectionInfo.from_cinder(new_raw, "v1"), {"host": "hostb"})
+    moved = rec.moved_to(dest, "hostb")
+    assert moved.connection == dest.connection.without_secrets()
+    assert (moved.connection.portal, moved.connection.lun) == (Portal("198.18.0.2", 3260), 4)
+    assert moved.connection.auth_password is None
+    assert moved.connector == {"host": "hostb"}
+
+
 def _disk(disk_type: str) -> domxml.Disk:
     source = domxml.BlockSource("/dev/sdx") if disk_type == "block" else \
         domxml.NetworkISCSISource("iqn.t", 1, (Portal("198.18.0.1", 3260),))

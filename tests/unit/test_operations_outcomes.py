@@ -1,0 +1,230 @@
+"""What attach, detach and boot report back and leave behind, read the way a user would:
+the result printed (operation, volume, domain, host, device, API, transport, attachment,
+the steps done), the attachment Cinder shows, the record in the domain's metadata, and
+the exact error for each kind of bad input."""
+
+import pytest
+
+from attachflow import errors, operations, record
+from attachflow.connectors import get_transport
+
+ATTACH_STEPS = ["connector properties", "storage connect ({api})", "check transport",
+                "host connect ({transport})", "guest attach", "find disk by serial",
+                "record in domain metadata", "storage complete ({api})"]
+BOOT_STEPS = ["connector properties", "storage connect ({api})", "check transport",
+              "host connect ({transport})", "define domain", "start domain",
+              "storage complete ({api})"]
+DETACH_STEPS = ["storage begin detach ({api})", "guest detach (persistent)",
+                "guest detach (live)", "host disconnect ({transport})",
+                "remove record from domain metadata", "storage release ({api})"]
+
+
+def steps(names, api, transport):
+    return [n.format(api=api, transport=transport) for n in names]
+
+
+def attachment_of(cinder, vol):
+    (att,) = cinder.volumes[vol].attachments.values()
+    return att
+
+
+def check_seconds(res):
+    assert isinstance(res.seconds, float) and 0 <= res.seconds < 30
+
+
+@pytest.mark.parametrize("api", ["attachments", "legacy"])
+@pytest.mark.parametrize("transport", ["native", "kernel"])
+def test_boot_reports_what_it_did_and_cinder_and_the_record_agree(cinder, host, api,
+                                                                   transport):
+    vol = cinder.create_volume()
+    res = operations.boot(cinder, host, get_transport(transport), "vm9", vol, api=api)
+    dom = host.hypervisor.domains["vm9"]
+    att = attachment_of(cinder, vol)
+    assert (att.instance_id, att.status, att.connector["host"]) == (dom.uuid, "attached",
+                                                                    "hosta")
+    if api == "legacy":  # os-attach names the device and the host
+        assert (att.mountpoint, att.mode) == ("/dev/vda", "rw")
+    rec = record.read(host.hypervisor.domain("vm9"))[vol]
+    assert (rec.api, rec.transport, rec.host, rec.device) == (api, transport, "hosta", "vda")
+    assert rec.attachment_id == res.attachment_id
+    if api == "attachments":
+        assert res.attachment_id == att.id
+    else:  # the legacy API has no attachment id until os-attach
+        assert res.attachment_id is None
+    out = res.to_dict()
+    check_seconds(res)
+    del out["seconds"]
+    assert out == {"operation": "boot", "volume_id": vol, "domain": "vm9", "host": "hosta",
+                   "device": "vda", "api": api, "transport": transport,
+                   "attachment_id": res.attachment_id,
+                   "steps": steps(BOOT_STEPS, api, transport)}
+
+
+@pytest.mark.parametrize("api", ["attachments", "legacy"])
+@pytest.mark.parametrize("transport", ["native", "kernel"])
+def test_attach_and_detach_report_what_they_did(cinder, host, api, transport):
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+    res = operations.attach(cinder, host, get_transport(transport), vol, "vm1", api=api)
+    att = attachment_of(cinder, vol)
+    if api == "legacy":
+        assert (att.mountpoint, att.connector) == ("/dev/vdb", {"host": "hosta"})
+    out = res.to_dict()
+    check_seconds(res)
+    del out["seconds"]
+    assert out == {"operation": "attach", "volume_id": vol, "domain": "vm1",
+                   "host": "hosta", "device": "vdb", "api": api, "transport": transport,
+                   "attachment_id": record.read(host.hypervisor.domain("vm1"))[vol]
+                   .attachment_id, "steps": steps(ATTACH_STEPS, api, transport)}
+    cinder.calls.clear()
+    res = operations.detach(cinder, host, vol, "vm1")
+    out = res.to_dict()
+    check_seconds(res)
+    del out["seconds"]
+    assert out["steps"] == steps(DETACH_STEPS, api, transport)
+    assert (out["operation"], out["volume_id"], out["domain"], out["host"], out["device"],
+            out["api"], out["transport"]) == ("detach", vol, "vm1", "hosta", "vdb", api,
+                                              transport)
+    if api == "attachments":
+        # a recorded attachment needs no fresh connection info, whatever the transport
+        assert cinder.calls == ["attachment_delete"]
+        assert out["attachment_id"] == att.id
+    assert cinder.volumes[vol].status == "available"
+
+
+def test_boot_accepts_the_smallest_guest_and_capital_letters_in_its_name(cinder, host):
+    vol = cinder.create_volume()
+    res = operations.boot(cinder, host, get_transport("native"), "VM.Web-1_a", vol,
+                          memory_mib=16, vcpus=1)
+    assert res.domain == "VM.Web-1_a" and host.hypervisor.domains["VM.Web-1_a"].active
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"name": "bad name"}, "'bad name' is not a valid domain name"),
+    ({"name": "-x"}, "'-x' is not a valid domain name"),
+    ({"memory_mib": 15}, "memory must be at least 16 MiB and vcpus at least 1"),
+    ({"vcpus": 0}, "memory must be at least 16 MiB and vcpus at least 1"),
+    ({"virt_type": "xen"}, "virt type 'xen' is not kvm or qemu"),
+    ({"name": "vm1"}, "a domain named 'vm1' already exists on hosta"),
+])
+def test_boot_refuses_bad_input_with_a_clear_message(cinder, host, kwargs, message):
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+    args = {"name": "vm9", **kwargs}
+    with pytest.raises(errors.InputError) as info:
+        operations.boot(cinder, host, get_transport("native"), args.pop("name"), vol, **args)
+    assert str(info.value) == message and info.value.exit_code == 2
+    assert cinder.volumes[vol].status == "available" and not cinder.volumes[vol].attachments
+    assert sorted(host.hypervisor.domains) == ["vm1"]
+
+
+def test_a_failed_boot_names_the_operation_and_the_step(cinder, host):
+    vol = cinder.create_volume()
+    host.hypervisor.fail("start", errors.HypervisorError("no KVM here"))
+    with pytest.raises(errors.OperationFailed) as info:
+        operations.boot(cinder, host, get_transport("native"), "vm9", vol)
+    assert str(info.value) == (f"boot vm9 from {vol} failed at step 'start domain': "
+                               "no KVM here (all earlier steps undone)")
+
+
+def test_a_failed_detach_names_the_operation_and_the_step(cinder, host):
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+    operations.attach(cinder, host, get_transport("native"), vol, "vm1")
+    cinder.fail("attachment_delete", errors.StorageUnavailable("cinder went away"))
+    with pytest.raises(errors.OperationFailed) as info:
+        operations.detach(cinder, host, vol, "vm1")
+    assert str(info.value) == (
+        f"detach {vol} from vm1 failed at step 'storage release (attachments)': "
+        "cinder went away (all earlier steps undone)")
+
+
+def test_detach_of_a_volume_not_attached_says_so(cinder, host):
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+    with pytest.raises(errors.NotAttached) as info:
+        operations.detach(cinder, host, vol, "vm1")
+    assert str(info.value) == f"volume {vol} is not attached to vm1"
+    assert cinder.calls == []
+
+
+def test_detach_with_another_transport_than_attached_is_refused(cinder, host):
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+    operations.attach(cinder, host, get_transport("native"), vol, "vm1")
+    cinder.calls.clear()
+    with pytest.raises(errors.TransportMismatch) as info:
+        operations.detach(cinder, host, vol, "vm1", transport_name="kernel")
+    assert str(info.value) == (f"volume {vol} was attached with transport 'native', "
+                               "not 'kernel'")
+    assert cinder.calls == [] and cinder.volumes[vol].status == "in-use"
+    # naming the transport it was attached with is fine
+    res = operations.detach(cinder, host, vol, "vm1", transport_name="native")
+    assert res.transport == "native" and cinder.volumes[vol].status == "available"
+
+
+@pytest.mark.parametrize("api", ["attachments", "legacy"])
+def test_detach_from_a_shut_off_guest_reports_the_device(cinder, host, api):
+    host.hypervisor.add_domain("vm1", active=False)
+    vol = cinder.create_volume()
+    operations.attach(cinder, host, get_transport("kernel"), vol, "vm1", api=api)
+    res = operations.detach(cinder, host, vol, "vm1")
+    assert res.device == "vdb"
+    assert res.steps == [s for s in steps(DETACH_STEPS, api, "kernel")
+                         if s != "guest detach (live)"]
+    assert not host.brick.sessions and cinder.volumes[vol].status == "available"
+
+
+@pytest.mark.parametrize("api", ["attachments", "legacy"])
+@pytest.mark.parametrize("transport", ["native", "kernel"])
+def test_detach_from_a_transient_guest(cinder, host, api, transport):
+    host.hypervisor.add_domain("vm1", persistent=False)
+    vol = cinder.create_volume()
+    operations.attach(cinder, host, get_transport(transport), vol, "vm1", api=api)
+    assert host.hypervisor.domains["vm1"].config == []
+    res = operations.detach(cinder, host, vol, "vm1")
+    assert res.device == "vdb"
+    assert res.steps == [s for s in steps(DETACH_STEPS, api, transport)
+                         if s != "guest detach (persistent)"]
+    assert host.hypervisor.domain("vm1").disk(vol) is None
+    assert not host.brick.sessions and not host.hypervisor.secrets
+    assert not host.hypervisor.sessions
+    assert cinder.volumes[vol].status == "available"
+
+
+@pytest.mark.parametrize("api", ["attachments", "legacy"])
+def test_detach_of_a_recorded_kernel_volume_whose_disk_is_gone(cinder, host, api):
+    """Someone removed the disk from the guest: the record still says how the host is
+    connected, and detach ends that connection."""
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+    operations.attach(cinder, host, get_transport("kernel"), vol, "vm1", api=api)
+    dom = host.hypervisor.domains["vm1"]
+    dom.live = [d for d in dom.live if d.serial != vol]
+    dom.config = [d for d in dom.config if d.serial != vol]
+    assert host.brick.sessions
+    res = operations.detach(cinder, host, vol, "vm1")
+    assert (res.transport, res.device) == ("kernel", None)
+    assert res.steps == [s for s in steps(DETACH_STEPS, api, "kernel")
+                         if not s.startswith("guest detach")]
+    assert not host.brick.sessions and not host.brick.devices
+    assert record.read(host.hypervisor.domain("vm1")) == {}
+    assert cinder.volumes[vol].status == "available"
+
+
+@pytest.mark.parametrize("api", ["attachments", "legacy"])
+@pytest.mark.parametrize("transport", ["native", "kernel"])
+def test_detach_without_a_record_asks_for_what_it_needs(cinder, host, api, transport):
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+    operations.attach(cinder, host, get_transport(transport), vol, "vm1", api=api)
+    dom = host.hypervisor.domains["vm1"]
+    dom.live_meta, dom.config_meta = {}, {}
+    res = operations.detach(cinder, host, vol, "vm1", api=api)
+    expected = [f"storage begin detach ({api})", "connector properties"]
+    if transport == "kernel":
+        expected.append("storage connection info")
+    expected += ["guest detach (persistent)", "guest detach (live)",
+                 f"host disconnect ({transport})", f"storage release ({api})"]
+    assert res.steps == expected
+    assert cinder.volumes[vol].status == "available"
