@@ -5,8 +5,8 @@ the exact error for each kind of bad input."""
 
 import pytest
 
-from attachflow import errors, operations, record
-from attachflow.connectors import get_transport
+from attachflow import domxml, errors, operations, record
+from attachflow.connectors import get_transport, iscsi_native
 
 ATTACH_STEPS = ["connector properties", "storage connect ({api})", "check transport",
                 "host connect ({transport})", "guest attach", "find disk by serial",
@@ -227,4 +227,57 @@ def test_detach_without_a_record_asks_for_what_it_needs(cinder, host, api, trans
     expected += ["guest detach (persistent)", "guest detach (live)",
                  f"host disconnect ({transport})", f"storage release ({api})"]
     assert res.steps == expected
+    assert cinder.volumes[vol].status == "available"
+
+
+def test_detach_removes_the_secret_the_disk_names_whatever_its_name(cinder, host,
+                                                                    monkeypatch):
+    """A guest whose secret another tool named: the disk says which secret it is."""
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+    with monkeypatch.context() as other_tool:
+        other_tool.setattr(iscsi_native, "secret_usage",
+                           lambda volume_id, owner: f"other-tool-{volume_id}")
+        operations.attach(cinder, host, get_transport("native"), vol, "vm1")
+    assert list(host.hypervisor.secrets) == [f"other-tool-{vol}"]
+    operations.detach(cinder, host, vol, "vm1")
+    assert not host.hypervisor.secrets
+    assert cinder.volumes[vol].status == "available"
+
+
+@pytest.mark.parametrize("api", ["attachments", "legacy"])
+def test_detach_of_a_recorded_native_volume_whose_disk_is_gone(cinder, host, api):
+    """Without the disk to name it, the secret is found by the volume and the guest."""
+    uuid = host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+    operations.attach(cinder, host, get_transport("native"), vol, "vm1", api=api)
+    assert list(host.hypervisor.secrets) == [iscsi_native.secret_usage(vol, uuid)]
+    dom = host.hypervisor.domains["vm1"]
+    dom.live = [d for d in dom.live if d.serial != vol]
+    dom.config = [d for d in dom.config if d.serial != vol]
+    res = operations.detach(cinder, host, vol, "vm1")
+    assert (res.transport, res.device) == ("native", None)
+    assert not host.hypervisor.secrets
+    assert record.read(host.hypervisor.domain("vm1")) == {}
+    assert cinder.volumes[vol].status == "available"
+
+
+def test_an_unrecorded_disk_whose_type_says_nothing_is_detached_as_native(cinder, host):
+    """Attached by another tool as a disk of a type attachflow does not make: without a
+    record or a transport named, detach takes the default transport, native."""
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+    operations.attach(cinder, host, get_transport("native"), vol, "vm1")
+    dom = host.hypervisor.domains["vm1"]
+    dom.live_meta, dom.config_meta = {}, {}
+    odd = domxml.Disk.parse(
+        f'<disk type="file" device="disk"><driver name="qemu" type="raw"/>'
+        f'<source file="/var/lib/other/{vol}"/><target dev="vdb" bus="virtio"/>'
+        f'<serial>{vol}</serial></disk>')
+    dom.live = [odd if d.serial == vol else d for d in dom.live]
+    dom.config = [odd if d.serial == vol else d for d in dom.config]
+    res = operations.detach(cinder, host, vol, "vm1")
+    assert (res.transport, res.device) == ("native", "vdb")
+    assert host.hypervisor.domain("vm1").disk(vol) is None
+    assert not host.hypervisor.secrets
     assert cinder.volumes[vol].status == "available"
