@@ -3,6 +3,8 @@ the result printed (operation, volume, domain, host, device, API, transport, att
 the steps done), the attachment Cinder shows, the record in the domain's metadata, and
 the exact error for each kind of bad input."""
 
+import json
+
 import pytest
 
 from attachflow import domxml, errors, operations, record
@@ -280,4 +282,86 @@ def test_an_unrecorded_disk_whose_type_says_nothing_is_detached_as_native(cinder
     assert (res.transport, res.device) == ("native", "vdb")
     assert host.hypervisor.domain("vm1").disk(vol) is None
     assert not host.hypervisor.secrets
+    assert cinder.volumes[vol].status == "available"
+
+
+@pytest.mark.parametrize("transport", ["native", "kernel"])
+def test_boot_writes_a_complete_record_into_the_domain(cinder, host, transport):
+    """What `virsh metadata` shows: the record stands on its own, without the disk."""
+    vol = cinder.create_volume()
+    operations.boot(cinder, host, get_transport(transport), "vm9", vol, api="legacy")
+    for inactive in (False, True):
+        raw = json.loads(host.hypervisor.domain("vm9", inactive=inactive)
+                         .volume_entries()[vol])
+        assert (raw["api"], raw["transport"], raw["host"], raw["device"]) == \
+            ("legacy", transport, "hosta", "vda")
+
+
+def test_attach_refuses_bad_input_with_a_clear_message(cinder, host):
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+    operations.attach(cinder, host, get_transport("native"), vol, "vm1")
+    other = cinder.create_volume()
+    cinder.calls.clear()
+    native = get_transport("native")
+    cases = [
+        (errors.VolumeStateError, f"volume {vol} is already attached to vm1",
+         lambda: operations.attach(cinder, host, native, vol, "vm1")),
+        (errors.InputError, "device 'sdb' is not a virtio disk name (vdb, vdc, ...)",
+         lambda: operations.attach(cinder, host, native, other, "vm1", device="sdb")),
+        (errors.DeviceInUse, "device vdb is already in use in vm1",
+         lambda: operations.attach(cinder, host, native, other, "vm1", device="vdb")),
+    ]
+    for kind, message, call in cases:
+        with pytest.raises(kind) as info:
+            call()
+        assert str(info.value) == message
+    assert cinder.calls == [] and cinder.volumes[other].status == "available"
+
+
+def test_a_failed_attach_names_the_operation_and_the_step(cinder, host):
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+    cinder.fail("attachment_complete", errors.StorageUnavailable("cinder went away"))
+    with pytest.raises(errors.OperationFailed) as info:
+        operations.attach(cinder, host, get_transport("native"), vol, "vm1")
+    assert str(info.value) == (
+        f"attach {vol} to vm1 failed at step 'storage complete (attachments)': "
+        "cinder went away (all earlier steps undone)")
+
+
+def test_undoing_an_attach_waits_for_the_guest_as_long_as_asked(cinder, host):
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+    host.hypervisor.fail("set_metadata", errors.HypervisorError("libvirtd went away"))
+    host.hypervisor.refuse_detach.add("vdb")
+    with pytest.raises(errors.OperationFailed) as info:
+        operations.attach(cinder, host, get_transport("native"), vol, "vm1",
+                          detach_timeout=7)
+    assert info.value.step == "record in domain metadata"
+    assert "could NOT undo: guest attach: guest 'vm1' did not release vdb within 7 s" \
+        in str(info.value)
+
+
+def test_a_disk_waiting_in_the_persistent_definition_keeps_its_name_and_volume(cinder,
+                                                                               host):
+    """A disk added for the next boot only is in the persistent definition alone: its
+    device name is taken and its volume is attached."""
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+    dom = host.hypervisor.domains["vm1"]
+    operations.attach(cinder, host, get_transport("native"), vol, "vm1")
+    dom.live = [d for d in dom.live if d.serial != vol]  # as if attached config-only
+    other = cinder.create_volume()
+    with pytest.raises(errors.VolumeStateError, match="already attached"):
+        operations.attach(cinder, host, get_transport("native"), vol, "vm1")
+    with pytest.raises(errors.DeviceInUse, match="vdb is already in use"):
+        operations.attach(cinder, host, get_transport("native"), other, "vm1",
+                          device="vdb")
+    assert operations.attach(cinder, host, get_transport("native"), other,
+                             "vm1").device == "vdc"
+    # detach takes it out of the persistent definition (the live one has none)
+    res = operations.detach(cinder, host, vol, "vm1")
+    assert res.steps[1:3] == ["guest detach (persistent)", "host disconnect (native)"]
+    assert host.hypervisor.domain("vm1", inactive=True).disk(vol) is None
     assert cinder.volumes[vol].status == "available"
