@@ -365,3 +365,43 @@ def test_a_disk_waiting_in_the_persistent_definition_keeps_its_name_and_volume(c
     assert res.steps[1:3] == ["guest detach (persistent)", "host disconnect (native)"]
     assert host.hypervisor.domain("vm1", inactive=True).disk(vol) is None
     assert cinder.volumes[vol].status == "available"
+
+
+@pytest.mark.parametrize("api", ["attachments", "legacy"])
+@pytest.mark.parametrize("transport", ["native", "kernel"])
+def test_a_volume_exported_with_discard_gets_unmap_in_the_domain(cinder, host, api,
+                                                                  transport):
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+    real_conn = cinder._conn
+
+    def with_discard(*args):  # a backend that reports discard support
+        return dict(real_conn(*args), discard=True)
+
+    cinder._conn = with_discard
+    operations.attach(cinder, host, get_transport(transport), vol, "vm1", api=api)
+    for inactive in (False, True):
+        disk = host.hypervisor.domain("vm1", inactive=inactive).disk(vol)
+        assert disk.element().find("driver").get("discard") == "unmap"
+    plain = cinder.create_volume()
+    cinder._conn = real_conn
+    operations.attach(cinder, host, get_transport(transport), plain, "vm1", api=api)
+    assert host.hypervisor.domain("vm1").disk(plain).element().find("driver") \
+        .get("discard") is None
+
+
+def test_attachments_api_tells_cinder_the_guest_device(cinder, host):
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+    operations.attach(cinder, host, get_transport("native"), vol, "vm1", device="vdd")
+    assert attachment_of(cinder, vol).mountpoint == "/dev/vdd"
+
+
+@pytest.mark.parametrize("transport", ["native", "kernel"])
+def test_a_volume_of_another_kind_is_refused_naming_it(cinder, host, transport):
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume(driver_volume_type="rbd")
+    with pytest.raises(errors.OperationFailed) as info:
+        operations.attach(cinder, host, get_transport(transport), vol, "vm1")
+    assert str(info.value.cause) == (f"volume {vol} is exported as 'rbd'; transport "
+                                     f"'{transport}' carries only iscsi")

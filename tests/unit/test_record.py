@@ -1,6 +1,7 @@
 """The volume record kept in a domain's metadata: its JSON form, defaults, and the
 operations that write it."""
 
+import dataclasses
 import json
 
 import pytest
@@ -146,3 +147,12 @@ def test_only_a_kernel_connection_made_with_multipath_is_multipath():
     assert rec("kernel", {}).multipath is False
     # QEMU's own initiator has no multipath, whatever the connector said
     assert rec("native", {"multipath": True}).multipath is False
+
+
+def test_equal_records_are_stored_as_the_same_text():
+    """However the connector's fields came in, equal records give identical metadata."""
+    one = VolumeRecord.for_attachment(attachment(), "native", "hosta", "vdb")
+    other = dataclasses.replace(one, connector=dict(reversed(list(one.connector.items()))))
+    assert one == other and list(one.connector) != list(other.connector)
+    assert record.entries({"v1": one}) == record.entries({"v1": other})
+    assert record.metadata_xml({"v1": one}) == record.metadata_xml({"v1": other})
