@@ -4,6 +4,7 @@ the steps done), the attachment Cinder shows, the record in the domain's metadat
 the exact error for each kind of bad input."""
 
 import json
+import re
 
 import pytest
 
@@ -405,3 +406,24 @@ def test_a_volume_of_another_kind_is_refused_naming_it(cinder, host, transport):
         operations.attach(cinder, host, get_transport(transport), vol, "vm1")
     assert str(info.value.cause) == (f"volume {vol} is exported as 'rbd'; transport "
                                      f"'{transport}' carries only iscsi")
+
+
+def test_a_disk_libvirt_kept_without_its_serial_is_undone_and_named(cinder, host):
+    """If the hypervisor drops the serial, attach cannot find its disk: it says so and
+    undoes everything."""
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+    real_attach = host.hypervisor.attach_device
+
+    def drop_serial(name, disk, live, config):
+        bare = domxml.Disk.parse(re.sub(r"<serial>[^<]*</serial>", "", disk.to_xml()))
+        return real_attach(name, bare, live, config)
+
+    host.hypervisor.attach_device = drop_serial
+    with pytest.raises(errors.OperationFailed) as info:
+        operations.attach(cinder, host, get_transport("native"), vol, "vm1")
+    assert info.value.step == "find disk by serial"
+    assert str(info.value.cause) == f"disk with serial {vol} not found in vm1 after attach"
+    assert "could NOT undo" not in str(info.value)
+    assert [d.target_dev for d in host.hypervisor.domains["vm1"].live] == ["vda"]
+    assert cinder.volumes[vol].status == "available" and not host.hypervisor.secrets
