@@ -450,9 +450,13 @@ class FakeHypervisor(_Faults, Hypervisor):
 
     def domain(self, name, inactive=False, migratable=False):
         d = self._dom(name)
-        live = d.active and not inactive
+        # A transient domain has no persistent definition: libvirt formats its live one
+        # (without runtime-only parts) when asked for the inactive XML.
+        live = d.active and (not inactive or not d.persistent)
         disks = [x.with_alias(f"virtio-disk{i}") for i, x in enumerate(d.live)] if live \
             else d.config
+        if live and inactive:  # aliases are runtime-only
+            disks = list(d.live)
         # Through the XML, as libvirt hands it over.
         return domxml.Domain.parse(domxml.assemble(
             d.name, d.uuid, disks, d.live_meta if live else d.config_meta).to_xml())

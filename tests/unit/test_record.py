@@ -1,6 +1,7 @@
 """The volume record kept in a domain's metadata: its JSON form, defaults, and the
 operations that write it."""
 
+import dataclasses
 import json
 
 import pytest
@@ -42,6 +43,19 @@ def test_a_move_keeps_the_volume_and_device_and_takes_the_new_connection():
         ("v1", "vdc", "kernel", "attachments")
     assert moved.attachment_id == "a2" and moved.host == "hostb"
     assert moved.connector["host"] == "hostb"
+
+
+def test_a_move_records_the_destination_connection_without_its_secret():
+    rec = VolumeRecord.for_attachment(attachment(), "kernel", "hosta", "vdc")
+    new_raw = dict(RAW, target_portal="198.18.0.2:3260",
+                   target_iqn="iqn.2010-10.org.openstack:volume-v1-b", target_lun=4)
+    dest = StorageAttachment("v1", "guest-uuid", "attachments", "a2",
+                             ConnectionInfo.from_cinder(new_raw, "v1"), {"host": "hostb"})
+    moved = rec.moved_to(dest, "hostb")
+    assert moved.connection == dest.connection.without_secrets()
+    assert (moved.connection.portal, moved.connection.lun) == (Portal("198.18.0.2", 3260), 4)
+    assert moved.connection.auth_password is None
+    assert moved.connector == {"host": "hostb"}
 
 
 def _disk(disk_type: str) -> domxml.Disk:
@@ -96,3 +110,49 @@ def test_a_multipath_connection_is_disconnected_as_one(cinder, host):
         seen.append(multipath), real(proto, props, info, multipath))
     operations.detach(cinder, host, vol, "vm1")
     assert seen == [True] and not host.brick.sessions
+
+
+def test_every_default_of_a_record_written_without_fields():
+    bare = VolumeRecord.from_json("v1", {"transport": "native"})
+    assert bare == VolumeRecord("v1", None, "native", None, "", "", {},
+                                ConnectionInfo.from_record({}, "v1"))
+    assert bare.connection.volume_id == "v1" and not bare.multipath
+    # an api attachflow does not know is left to negotiation
+    assert VolumeRecord.from_json("v1", {"transport": "native", "api": "v2"}).api is None
+    assert VolumeRecord.from_json("v1", {"transport": "kernel", "api": "attachments"}).api \
+        == "attachments"
+    # the disk tells the device; a recorded device or transport wins over the disk's
+    assert VolumeRecord.from_json("v1", {}, _disk("block")).device == "vdd"
+    kept = VolumeRecord.from_json("v1", {"transport": "native", "device": "vdf",
+                                         "host": "hostb", "attachment_id": "a9",
+                                         "connector": {"host": "hostb"}}, _disk("block"))
+    assert (kept.transport, kept.device, kept.host, kept.attachment_id, kept.connector) \
+        == ("native", "vdf", "hostb", "a9", {"host": "hostb"})
+
+
+def test_records_without_transport_or_device_are_read_from_the_domain_disk():
+    dom = domxml.assemble("vm", "u", [_disk("block")],
+                          {"v1": json.dumps({"api": "legacy", "host": "hosta"})})
+    (rec,) = record.read(domxml.Domain.parse(dom.to_xml())).values()
+    assert (rec.volume_id, rec.api, rec.transport, rec.device, rec.host) == \
+        ("v1", "legacy", "kernel", "vdd", "hosta")
+    assert rec.connection.volume_id == "v1"
+
+
+def test_only_a_kernel_connection_made_with_multipath_is_multipath():
+    def rec(transport, connector):
+        return VolumeRecord.from_json("v1", {"transport": transport, "connector": connector})
+    assert rec("kernel", {"multipath": True}).multipath is True
+    assert rec("kernel", {"multipath": False}).multipath is False
+    assert rec("kernel", {}).multipath is False
+    # QEMU's own initiator has no multipath, whatever the connector said
+    assert rec("native", {"multipath": True}).multipath is False
+
+
+def test_equal_records_are_stored_as_the_same_text():
+    """However the connector's fields came in, equal records give identical metadata."""
+    one = VolumeRecord.for_attachment(attachment(), "native", "hosta", "vdb")
+    other = dataclasses.replace(one, connector=dict(reversed(list(one.connector.items()))))
+    assert one == other and list(one.connector) != list(other.connector)
+    assert record.entries({"v1": one}) == record.entries({"v1": other})
+    assert record.metadata_xml({"v1": one}) == record.metadata_xml({"v1": other})
