@@ -57,9 +57,10 @@ def test_boot_reports_what_it_did_and_cinder_and_the_record_agree(cinder, host, 
     out = res.to_dict()
     check_seconds(res)
     del out["seconds"]
-    assert out == {"operation": "boot", "volume_id": vol, "domain": "vm9", "host": "hosta",
+    assert out == {"schema_version": 1, "operation": "boot", "volume_id": vol,
+                   "domain": "vm9", "host": "hosta",
                    "device": "vda", "api": api, "transport": transport,
-                   "attachment_id": res.attachment_id,
+                   "attachment_id": res.attachment_id, "already": False,
                    "steps": steps(BOOT_STEPS, api, transport)}
 
 
@@ -75,7 +76,8 @@ def test_attach_and_detach_report_what_they_did(cinder, host, api, transport):
     out = res.to_dict()
     check_seconds(res)
     del out["seconds"]
-    assert out == {"operation": "attach", "volume_id": vol, "domain": "vm1",
+    assert out == {"schema_version": 1, "operation": "attach", "volume_id": vol,
+                   "domain": "vm1", "already": False,
                    "host": "hosta", "device": "vdb", "api": api, "transport": transport,
                    "attachment_id": record.read(host.hypervisor.domain("vm1"))[vol]
                    .attachment_id, "steps": steps(ATTACH_STEPS, api, transport)}
@@ -103,12 +105,16 @@ def test_boot_accepts_the_smallest_guest_and_capital_letters_in_its_name(cinder,
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"name": "bad name"}, "'bad name' is not a valid domain name"),
-    ({"name": "-x"}, "'-x' is not a valid domain name"),
-    ({"memory_mib": 15}, "memory must be at least 16 MiB and vcpus at least 1"),
-    ({"vcpus": 0}, "memory must be at least 16 MiB and vcpus at least 1"),
+    ({"name": "bad name"}, "'bad name' is not a valid name for a new domain (letters, "
+                           "digits, '_', '.', '-'; at most 64; starting with a letter or "
+                           "digit)"),
+    ({"name": "-x"}, "'-x' is not a valid name for a new domain (letters, digits, '_', "
+                     "'.', '-'; at most 64; starting with a letter or digit)"),
+    ({"memory_mib": 15}, "memory (MiB) must be a number from 16 to 1048576, not 15"),
+    ({"vcpus": 0}, "vcpus must be a number from 1 to 255, not 0"),
     ({"virt_type": "xen"}, "virt type 'xen' is not kvm or qemu"),
-    ({"name": "vm1"}, "a domain named 'vm1' already exists on hosta"),
+    ({"name": "vm1"}, "a domain named 'vm1' already exists on hosta and does not boot "
+                      "from volume {vol}"),
 ])
 def test_boot_refuses_bad_input_with_a_clear_message(cinder, host, kwargs, message):
     host.hypervisor.add_domain("vm1")
@@ -116,7 +122,7 @@ def test_boot_refuses_bad_input_with_a_clear_message(cinder, host, kwargs, messa
     args = {"name": "vm9", **kwargs}
     with pytest.raises(errors.InputError) as info:
         operations.boot(cinder, host, get_transport("native"), args.pop("name"), vol, **args)
-    assert str(info.value) == message and info.value.exit_code == 2
+    assert str(info.value) == message.format(vol=vol) and info.value.exit_code == 2
     assert cinder.volumes[vol].status == "available" and not cinder.volumes[vol].attachments
     assert sorted(host.hypervisor.domains) == ["vm1"]
 
@@ -146,7 +152,7 @@ def test_detach_of_a_volume_not_attached_says_so(cinder, host):
     host.hypervisor.add_domain("vm1")
     vol = cinder.create_volume()
     with pytest.raises(errors.NotAttached) as info:
-        operations.detach(cinder, host, vol, "vm1")
+        operations.detach(cinder, host, vol, "vm1", strict=True)
     assert str(info.value) == f"volume {vol} is not attached to vm1"
     assert cinder.calls == []
 
@@ -306,9 +312,9 @@ def test_attach_refuses_bad_input_with_a_clear_message(cinder, host):
     cinder.calls.clear()
     native = get_transport("native")
     cases = [
-        (errors.VolumeStateError, f"volume {vol} is already attached to vm1",
-         lambda: operations.attach(cinder, host, native, vol, "vm1")),
-        (errors.InputError, "device 'sdb' is not a virtio disk name (vdb, vdc, ...)",
+        (errors.DeviceInUse, f"volume {vol} is already attached to vm1 as vdb, not vdc",
+         lambda: operations.attach(cinder, host, native, vol, "vm1", device="vdc")),
+        (errors.InputError, "device 'sdb' is not a virtio disk name (vdb, vdc, ..., vdzz)",
          lambda: operations.attach(cinder, host, native, other, "vm1", device="sdb")),
         (errors.DeviceInUse, "device vdb is already in use in vm1",
          lambda: operations.attach(cinder, host, native, other, "vm1", device="vdb")),
@@ -354,8 +360,7 @@ def test_a_disk_waiting_in_the_persistent_definition_keeps_its_name_and_volume(c
     operations.attach(cinder, host, get_transport("native"), vol, "vm1")
     dom.live = [d for d in dom.live if d.serial != vol]  # as if attached config-only
     other = cinder.create_volume()
-    with pytest.raises(errors.VolumeStateError, match="already attached"):
-        operations.attach(cinder, host, get_transport("native"), vol, "vm1")
+    assert operations.attach(cinder, host, get_transport("native"), vol, "vm1").already
     with pytest.raises(errors.DeviceInUse, match="vdb is already in use"):
         operations.attach(cinder, host, get_transport("native"), other, "vm1",
                           device="vdb")
