@@ -235,7 +235,7 @@ class Bench:
                         libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
                     downtime = float(stats.get("downtime", 0))
                 else:
-                    result = json.loads(output.splitlines()[-1])
+                    result = json.loads(output)
                     downtime = float(result["downtime_ms"] or 0)
                     results["attachflow_peak_rss_mib"].append(rss)
                 results[kind].append(seconds)
