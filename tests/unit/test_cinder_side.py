@@ -178,3 +178,124 @@ def test_an_unusable_answer_leaves_no_attachment_or_export_behind():
                                                     "data": {"target_iqn": "iqn.x"}}),
                 vol_terminate_connection=terminate).initialize_connection("v1", {"host": "h"})
     assert terminate.count == 1
+
+
+# ---------------------------------------------------------------------------------------
+# what a user reads when a call fails, by the kind of failure
+
+def test_a_refused_read_is_neither_retried_nor_called_unavailable():
+    show = Scripted(cexc.Forbidden(403, "Policy doesn't allow volume:attachment_show"))
+    with pytest.raises(errors.StorageError) as info:
+        storage(att_show=show).attachment_show("a1", "v1")
+    assert type(info.value) is errors.StorageError and info.value.exit_code == 1
+    assert str(info.value) == ("GET attachment a1: HTTP 403 (Policy doesn't allow "
+                               "volume:attachment_show)")
+    assert info.value.status == 403 and show.count == 1
+
+
+def test_a_missing_attachment_is_not_found_with_the_servers_words():
+    show = Scripted(cexc.NotFound(404, "VolumeAttachment a1 could not be found."))
+    with pytest.raises(errors.StorageNotFound) as info:
+        storage(att_show=show).attachment_show("a1", "v1")
+    assert str(info.value) == ("GET attachment a1: not found (VolumeAttachment a1 could "
+                               "not be found.)")
+    assert info.value.status == 404 and show.count == 1
+
+
+def test_server_errors_name_the_call_and_the_servers_words():
+    reserve = Scripted(cexc.ClientException(503, "busy"))
+    with pytest.raises(errors.StorageUnavailable) as info:
+        storage(vol_reserve=reserve).reserve("v1")
+    assert str(info.value) == "os-reserve v1: server error 503 (busy)"
+
+
+def test_an_unreachable_https_api_is_reported_by_its_first_clause():
+    story = ("Unable to establish connection to https://cinder.example:8776/v3/p/volumes/v1"
+             ": HTTPSConnectionPool(host='cinder.example', port=8776): Max retries exceeded"
+             " with url: /v3/p/volumes/v1 (Caused by ProxyError('Unable to connect to "
+             "proxy': HTTPSConnectionPool(host='proxy', port=3128)))")
+    get = Scripted(kexc.ConnectFailure(story))
+    with pytest.raises(errors.StorageUnavailable) as info:
+        storage(vol_get=get).get_volume("v1")
+    assert str(info.value) == ("GET volume v1: cannot reach the storage API (Unable to "
+                               "establish connection to https://cinder.example:8776/v3/p/"
+                               "volumes/v1)")
+    plain = story.replace("HTTPS", "HTTP").replace("https", "http")
+    with pytest.raises(errors.StorageUnavailable) as info:
+        storage(vol_get=Scripted(kexc.ConnectFailure(plain))).get_volume("v1")
+    assert str(info.value) == ("GET volume v1: cannot reach the storage API (Unable to "
+                               "establish connection to http://cinder.example:8776/v3/p/"
+                               "volumes/v1)")
+
+
+def test_keystoneauth_http_errors_are_translated_like_cinders():
+    # keystoneauth raises its own HTTP errors, e.g. from the identity service or a proxy
+    show = Scripted(kexc.http.NotFound())
+    with pytest.raises(errors.StorageNotFound) as info:
+        storage(att_show=show).attachment_show("a1", "v1")
+    assert str(info.value) == "GET attachment a1: not found" and info.value.status == 404
+    assert show.count == 1
+    get = Scripted(kexc.http.InternalServerError(), kexc.http.ServiceUnavailable(), VOLUME)
+    assert storage(vol_get=get).get_volume("v1").id == "v1" and get.count == 3
+    get = Scripted(kexc.http.InternalServerError())
+    with pytest.raises(errors.StorageUnavailable) as info:
+        storage(vol_get=get).get_volume("v1")
+    assert str(info.value) == "GET volume v1: server error 500"
+    assert info.value.status == 500 and get.count == 4
+    delete = Scripted(kexc.http.BadGateway(), None)
+    storage(att_delete=delete).attachment_delete("a1")
+    assert delete.count == 2  # answered with a server error: safe to repeat
+    get = Scripted(kexc.http.Forbidden())
+    with pytest.raises(errors.StorageError) as info:
+        storage(vol_get=get).get_volume("v1")
+    assert type(info.value) is errors.StorageError and info.value.status == 403
+    assert str(info.value) == "GET volume v1: HTTP 403 (Forbidden (HTTP 403))"
+    assert get.count == 1
+
+
+def test_other_client_failures_name_the_call():
+    get = Scripted(kexc.AuthorizationFailure("token expired"))
+    with pytest.raises(errors.StorageError) as info:
+        storage(vol_get=get).get_volume("v1")
+    assert str(info.value) == "GET volume v1: token expired" and get.count == 1
+    get = Scripted(cexc.UnsupportedVersion("Server does not support microversion 3.71"))
+    with pytest.raises(errors.StorageError) as info:
+        storage(vol_get=get).get_volume("v1")
+    assert str(info.value) == "GET volume v1: Server does not support microversion 3.71"
+    get = Scripted(ValueError("Expecting value: line 1 column 1 (char 0)"))
+    with pytest.raises(errors.StorageError) as info:
+        storage(vol_get=get).get_volume("v1")
+    assert str(info.value) == ("GET volume v1: ValueError: Expecting value: line 1 "
+                               "column 1 (char 0)")
+    assert get.count == 1
+
+
+def test_reads_back_off_exponentially_between_tries():
+    sleeps = []
+    get = Scripted(cexc.ClientException(503, "busy"))
+    client = types.SimpleNamespace(volumes=types.SimpleNamespace(get=get))
+    with pytest.raises(errors.StorageUnavailable):
+        CinderStorage(client, (3, 71), sleep=sleeps.append).get_volume("v1")
+    assert sleeps == pytest.approx([0.2, 0.4, 0.8])
+
+
+def test_a_volume_read_with_only_the_fields_every_cinder_sends():
+    bare = types.SimpleNamespace(id="v1", status="available", attachments=None)
+    vol = storage(vol_get=Scripted(bare)).get_volume("v1")
+    assert (vol.name, vol.size, vol.multiattach, vol.attachments) == (None, 0, False, ())
+    assert (vol.attach_status, vol.migration_status) == (None, None)
+    full = types.SimpleNamespace(
+        id="v1", name="data", status="in-use", size=3, multiattach=True,
+        attach_status="attached", migration_status="migrating",
+        attachments=[{"id": "a9", "server_id": "i1", "host_name": "hosta",
+                      "device": "/dev/vdb"}])
+    vol = storage(vol_get=Scripted(full)).get_volume("v1")
+    assert (vol.size, vol.multiattach) == (3, True)
+    assert (vol.attach_status, vol.migration_status) == ("attached", "migrating")
+    assert vol.attachment_for("i1").attachment_id == "a9"  # a Cinder without attachment_id
+
+
+def test_an_attachment_shown_without_connection_info_has_no_connection():
+    shown = storage(att_show=Scripted(types.SimpleNamespace(id="a2", status="reserved")))\
+        .attachment_show("a2", "v1")
+    assert shown is None
