@@ -790,3 +790,67 @@ def test_legacy_flow_destination(api, storage):
     assert bodies(api) == [
         ("POST", action, {"os-terminate_connection": {"connector": DEST.to_dict()}}),
         ("POST", action, {"os-terminate_connection": {"connector": HOST_CONNECTOR}})]
+
+
+# ---------------------------------------------------------------------------------------
+# sessions: Keystone, regions and interfaces, the process environment
+
+def keystone_env(api, **extra):
+    return {"OS_AUTH_URL": f"http://127.0.0.1:{api.port}/identity/v3",
+            "OS_USERNAME": "demo", "OS_PASSWORD": "secret", "OS_PROJECT_NAME": "demo",
+            "OS_USER_DOMAIN_NAME": "Default", "OS_PROJECT_DOMAIN_NAME": "Default",
+            **extra}
+
+
+def test_password_authentication_through_keystone(api):
+    storage = CinderStorage.connect(env=keystone_env(api))
+    login, = [r for r in api.requests if r.method == "POST"]
+    assert login.path == "/identity/v3/auth/tokens"
+    assert login.body["auth"]["identity"]["password"]["user"] == {
+        "name": "demo", "password": "secret", "domain": {"name": "Default"}}
+    assert login.body["auth"]["scope"] == {"project": {"name": "demo",
+                                                       "domain": {"name": "Default"}}}
+    api.clear()
+    storage.get_volume(VOL)
+    req = api.calls()[0]
+    assert req.header("X-Auth-Token") == "tok-1"
+    assert req.header("Host") == f"127.0.0.1:{api.port}"  # RegionOne's public endpoint
+    assert req.header("X-Service-Roles") is None  # only noauth claims the role
+
+
+def test_the_region_and_interface_pick_the_endpoint(api):
+    storage = CinderStorage.connect(env=keystone_env(api, OS_REGION_NAME="RegionTwo",
+                                                     OS_INTERFACE="internal"))
+    api.clear()
+    storage.get_volume(VOL)
+    assert api.calls()[0].header("Host") == f"localhost:{api.port}"
+
+
+def test_wrong_credentials_are_a_storage_error(api):
+    with pytest.raises(errors.StorageError, match="microversion negotiation"):
+        CinderStorage.connect(env=keystone_env(api, OS_PASSWORD="wrong"))
+
+
+def test_the_process_environment_is_read_when_none_is_given(api, monkeypatch):
+    for name, value in keystone_env(api, OS_REGION_NAME="RegionTwo",
+                                    OS_INTERFACE="internal",
+                                    ATTACHFLOW_STORAGE_TIMEOUT="0.3").items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("OS_CLOUD", raising=False)
+    storage = CinderStorage.connect()
+    api.clear()
+    storage.get_volume(VOL)
+    assert api.calls()[0].header("Host") == f"localhost:{api.port}"
+    api.script("POST", f"/volumes/{VOL}/action", Answer(202, delay=5))
+    with pytest.raises(errors.StorageUnavailable, match="timed out"):
+        storage.reserve(VOL)
+
+
+def test_a_given_environment_is_read_and_the_process_one_is_not(api, monkeypatch):
+    monkeypatch.setenv("OS_REGION_NAME", "RegionNone")
+    monkeypatch.setenv("OS_INTERFACE", "admin")
+    monkeypatch.setenv("OS_CLOUD", "nosuch")
+    storage = CinderStorage.connect(env=keystone_env(api))
+    api.clear()
+    storage.get_volume(VOL)
+    assert api.calls()[0].header("Host") == f"127.0.0.1:{api.port}"
