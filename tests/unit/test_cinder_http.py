@@ -854,3 +854,35 @@ def test_a_given_environment_is_read_and_the_process_one_is_not(api, monkeypatch
     api.clear()
     storage.get_volume(VOL)
     assert api.calls()[0].header("Host") == f"127.0.0.1:{api.port}"
+
+
+def test_an_endpoint_without_an_auth_url_means_noauth(api):
+    env = {k: v for k, v in api.env().items() if k != "OS_AUTH_TYPE"}
+    storage = CinderStorage.connect(env=env)
+    api.clear()
+    storage.get_volume(VOL)
+    req = api.calls()[0]
+    assert req.header("X-Project-Id") == "p" and req.header("X-Service-Roles") == "service"
+
+
+def test_an_auth_url_means_keystone_even_with_an_endpoint(api):
+    storage = CinderStorage.connect(env=keystone_env(api, OS_ENDPOINT=api.endpoint))
+    assert [r.path for r in api.requests if r.method == "POST"] == [
+        "/identity/v3/auth/tokens"]
+    api.clear()
+    storage.get_volume(VOL)
+    assert api.calls()[0].header("X-Auth-Token") == "tok-1"
+
+
+@pytest.mark.filterwarnings("ignore:Support for InfluxDB")  # openstacksdk's own
+def test_the_cloud_can_come_from_os_cloud(api, tmp_path, monkeypatch):
+    (tmp_path / "clouds.yaml").write_text(
+        f"clouds:\n  lab:\n    auth_type: none\n"
+        f"    block_storage_endpoint_override: {api.endpoint}/p\n")
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(tmp_path / "clouds.yaml"))
+    monkeypatch.delenv("OS_CLOUD", raising=False)
+    storage = CinderStorage.connect(env={"OS_CLOUD": "lab"})
+    api.clear()
+    assert storage.get_volume(VOL).id == VOL
+    with pytest.raises(errors.InputError, match="cloud 'nosuch'"):
+        CinderStorage.connect(env={"OS_CLOUD": "nosuch"})
