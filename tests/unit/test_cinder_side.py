@@ -299,3 +299,35 @@ def test_an_attachment_shown_without_connection_info_has_no_connection():
     shown = storage(att_show=Scripted(types.SimpleNamespace(id="a2", status="reserved")))\
         .attachment_show("a2", "v1")
     assert shown is None
+
+
+NOAUTH = {"OS_AUTH_TYPE": "noauth", "OS_USER_ID": "u", "OS_PROJECT_ID": "p",
+          "OS_ENDPOINT": "https://cinder.example:8776/v3"}
+
+
+def test_tls_verification_follows_os_insecure_and_os_cacert():
+    assert make_session(env=NOAUTH)[0].verify is True
+    assert make_session(env=dict(NOAUTH, OS_INSECURE="1"))[0].verify is False
+    assert make_session(env=dict(NOAUTH, OS_INSECURE=""))[0].verify is True
+    sess, _ = make_session(env=dict(NOAUTH, OS_CACERT="/etc/ssl/lab-ca.pem"))
+    assert sess.verify == "/etc/ssl/lab-ca.pem"
+    sess, _ = make_session(env=dict(NOAUTH, OS_CACERT="/etc/ssl/lab-ca.pem", OS_INSECURE="1"))
+    assert sess.verify == "/etc/ssl/lab-ca.pem"  # a CA given is used, not ignored
+
+
+def test_the_storage_timeout_is_read_from_the_environment():
+    assert make_session(env=dict(NOAUTH, ATTACHFLOW_STORAGE_TIMEOUT="12.5"))[0].timeout == 12.5
+    assert make_session(env=dict(NOAUTH, ATTACHFLOW_STORAGE_TIMEOUT=""))[0].timeout == 90.0
+    with pytest.raises(errors.InputError) as info:
+        make_session(env=dict(NOAUTH, ATTACHFLOW_STORAGE_TIMEOUT="soon"))
+    assert str(info.value) == "ATTACHFLOW_STORAGE_TIMEOUT 'soon' is not a number"
+    assert info.value.exit_code == 2
+
+
+def test_an_empty_variable_counts_as_unset():
+    with pytest.raises(errors.InputError) as info:
+        make_session(env=dict(NOAUTH, OS_USER_ID=""))
+    assert str(info.value) == ("storage credentials incomplete: set OS_USER_ID "
+                               "(or --os-cloud / OS_CLOUD)")
+    sess, endpoint = make_session(env=dict(NOAUTH, OS_CLOUD="", OS_AUTH_TYPE=""))
+    assert endpoint is None and sess.get_auth_headers()["x-project-id"] == "p"
