@@ -10,6 +10,7 @@ from keystoneauth1 import exceptions as kexc
 
 from attachflow import errors
 from attachflow.cinder_side import (AttachmentsFlow, CinderStorage, LegacyFlow,
+                                    StorageAttachment, flow_for_record,
                                     make_session, select_flow)
 
 
@@ -331,3 +332,61 @@ def test_an_empty_variable_counts_as_unset():
                                "(or --os-cloud / OS_CLOUD)")
     sess, endpoint = make_session(env=dict(NOAUTH, OS_CLOUD="", OS_AUTH_TYPE=""))
     assert endpoint is None and sess.get_auth_headers()["x-project-id"] == "p"
+
+
+def test_select_flow_at_the_microversion_boundary():
+    at, below = types.SimpleNamespace(version=(3, 44)), types.SimpleNamespace(version=(3, 43))
+    for api in ("auto", "attachments"):
+        flow = select_flow(at, api)
+        assert type(flow) is AttachmentsFlow and flow.storage is at
+    flow = select_flow(below, "auto")
+    assert type(flow) is LegacyFlow and flow.storage is below
+    assert type(select_flow(at, "legacy")) is LegacyFlow
+    with pytest.raises(errors.InputError) as info:
+        select_flow(below, "attachments")
+    assert str(info.value) == ("the storage API speaks microversion 3.43; the attachments "
+                               "API needs 3.44 (use --api legacy)")
+    with pytest.raises(errors.InputError) as info:
+        select_flow(at, "Auto")
+    assert str(info.value) == "unknown API 'Auto' (auto, attachments or legacy)"
+
+
+def _record(api, attachment_id="a1"):
+    from attachflow.model import ConnectionInfo
+    from attachflow.record import VolumeRecord
+    conn = ConnectionInfo.from_cinder(dict(ISCSI, driver_volume_type="iscsi"), "v1")
+    return VolumeRecord("v1", api, "kernel", attachment_id, "hosta", "vdb",
+                        {"host": "hosta", "ip": "198.18.0.11"}, conn.without_secrets())
+
+
+def test_detach_goes_through_the_api_the_volume_was_attached_with():
+    new = types.SimpleNamespace(version=(3, 71))
+    assert type(flow_for_record(new, _record("legacy"), "auto")) is LegacyFlow
+    assert type(flow_for_record(new, _record("attachments"), "auto")) is AttachmentsFlow
+    assert type(flow_for_record(new, _record(None), "auto")) is AttachmentsFlow
+    assert type(flow_for_record(new, None, "auto")) is AttachmentsFlow
+    assert type(flow_for_record(new, _record("attachments"), "legacy")) is LegacyFlow
+    assert type(flow_for_record(new, _record("legacy"), "attachments")) is AttachmentsFlow
+    old = types.SimpleNamespace(version=(3, 40))
+    assert type(flow_for_record(old, _record(None), "auto")) is LegacyFlow
+    with pytest.raises(errors.InputError, match="needs 3.44"):
+        flow_for_record(old, _record("attachments"), "auto")
+    assert flow_for_record(new, _record("legacy"), "auto").storage is new
+
+
+def test_the_storage_attachment_a_record_describes():
+    from attachflow.model import ConnectionInfo
+    rec = _record("legacy", attachment_id=None)
+    att = StorageAttachment.from_record(rec, "v1", "i1")
+    assert (att.volume_id, att.instance_id, att.api, att.attachment_id) == (
+        "v1", "i1", "legacy", None)
+    assert att.connection == rec.connection
+    assert att.connector == {"host": "hosta", "ip": "198.18.0.11"}
+    att.connector["host"] = "elsewhere"
+    assert rec.connector["host"] == "hosta"  # the record is not changed through it
+    att = StorageAttachment.from_record(_record(None), "v1", "i1")
+    assert (att.api, att.attachment_id) == ("attachments", "a1")
+    att = StorageAttachment.from_record(None, "v1", "i1")
+    assert (att.volume_id, att.instance_id, att.api, att.attachment_id) == (
+        "v1", "i1", "attachments", None)
+    assert att.connection == ConnectionInfo("unknown", "v1") and att.connector == {}
