@@ -886,3 +886,18 @@ def test_the_cloud_can_come_from_os_cloud(api, tmp_path, monkeypatch):
     assert storage.get_volume(VOL).id == VOL
     with pytest.raises(errors.InputError, match="cloud 'nosuch'"):
         CinderStorage.connect(env={"OS_CLOUD": "nosuch"})
+
+
+def test_debug_logs_show_what_cinder_answered(api, storage, caplog):
+    caplog.set_level(logging.DEBUG, logger="attachflow.cinder")
+    new = storage.attachment_create(VOL, INSTANCE, CONNECTOR)
+    storage.attachment_update(new.attachment_id, VOL, CONNECTOR)
+    storage.attachment_show(new.attachment_id, VOL)
+    storage.reserve(VOL)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 4
+    for line in lines[:3]:  # the answer as data, its password masked
+        assert f"'target_iqn': 'iqn.2010-10.org.openstack:volume-{VOL}'" in line
+        assert "'auth_password': '***'" in line
+    assert lines[1].startswith(f"cinder: PUT attachment {new.attachment_id} -> {{")
+    assert lines[3].startswith(f"cinder: os-reserve {VOL} -> 202 (")

@@ -2,6 +2,7 @@
 and session construction. cinderclient's own exception classes are raised by a stand-in
 client, so the translation is tested against the real types."""
 
+import logging
 import types
 
 import pytest
@@ -390,3 +391,13 @@ def test_the_storage_attachment_a_record_describes():
     assert (att.volume_id, att.instance_id, att.api, att.attachment_id) == (
         "v1", "i1", "attachments", None)
     assert att.connection == ConnectionInfo("unknown", "v1") and att.connector == {}
+
+
+def test_an_answer_that_cannot_be_shown_is_logged_by_its_type(caplog):
+    class Odd:
+        def to_dict(self):
+            raise ValueError("no")
+
+    caplog.set_level(logging.DEBUG, logger="attachflow.cinder")
+    storage(vol_reserve=Scripted(Odd())).reserve("v1")
+    assert caplog.records[-1].getMessage().startswith("cinder: os-reserve v1 -> Odd (")
