@@ -553,6 +553,10 @@ def test_attachments_flow_connect_updates_when_create_ignores_the_connector(api,
         "id": ATT, "status": "reserved", "instance": INSTANCE, "volume_id": VOL,
         "connection_info": {}}}))
     api.attachments[ATT] = {"id": ATT, "volume_id": VOL, "status": "reserved"}
+    flat = {k: v for k, v in api._connection(VOL, ATT).items() if k != "volume_id"}
+    api.script("PUT", f"/attachments/{ATT}", Answer(200, {"attachment": {
+        "id": ATT, "status": "attaching", "instance": INSTANCE, "volume_id": VOL,
+        "connection_info": flat}}))
     att = AttachmentsFlow(storage).connect(VOL, INSTANCE, PROPS, "/dev/vdb")
     assert bodies(api)[1] == ("PUT", f"/attachments/{ATT}",
                               {"attachment": {"connector": CONNECTOR}})

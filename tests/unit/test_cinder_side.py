@@ -342,6 +342,9 @@ def test_select_flow_at_the_microversion_boundary():
         assert type(flow) is AttachmentsFlow and flow.storage is at
     flow = select_flow(below, "auto")
     assert type(flow) is LegacyFlow and flow.storage is below
+    # without an API named, the microversion decides
+    assert type(select_flow(at)) is AttachmentsFlow
+    assert type(select_flow(below)) is LegacyFlow
     assert type(select_flow(at, "legacy")) is LegacyFlow
     with pytest.raises(errors.InputError) as info:
         select_flow(below, "attachments")
