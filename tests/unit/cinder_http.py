@@ -203,8 +203,9 @@ class FakeCinderAPI:
 
     def _token(self, body: Any) -> Answer:
         """Keystone's answer to a password authentication: a token whose catalog has
-        Cinder public in RegionOne (as 127.0.0.1) and internal in RegionTwo (as
-        localhost), so a request's Host header tells which endpoint was chosen."""
+        Cinder public in RegionOne (as 127.0.0.1), public in RegionTwo (as localhost) and
+        internal in RegionTwo (as 127.1), so a request's Host header tells which
+        endpoint was chosen."""
         user = body["auth"]["identity"]["password"]["user"]
         if user.get("password") != "secret":
             return Answer(401, {"error": {"code": 401, "title": "Unauthorized",
@@ -213,8 +214,10 @@ class FakeCinderAPI:
         endpoints = [
             {"id": "e1", "interface": "public", "region": "RegionOne",
              "region_id": "RegionOne", "url": f"http://127.0.0.1:{self.port}/v3/{PROJECT}"},
-            {"id": "e2", "interface": "internal", "region": "RegionTwo",
-             "region_id": "RegionTwo", "url": f"http://localhost:{self.port}/v3/{PROJECT}"}]
+            {"id": "e2", "interface": "public", "region": "RegionTwo",
+             "region_id": "RegionTwo", "url": f"http://localhost:{self.port}/v3/{PROJECT}"},
+            {"id": "e3", "interface": "internal", "region": "RegionTwo",
+             "region_id": "RegionTwo", "url": f"http://127.1:{self.port}/v3/{PROJECT}"}]
         token = {"methods": ["password"], "expires_at": "2999-01-01T00:00:00.000000Z",
                  "issued_at": "2024-05-02T10:00:00.000000Z",
                  "user": {"id": "u", "name": user.get("name"),

@@ -822,12 +822,18 @@ def test_password_authentication_through_keystone(api):
     assert req.header("X-Service-Roles") is None  # only noauth claims the role
 
 
-def test_the_region_and_interface_pick_the_endpoint(api):
-    storage = CinderStorage.connect(env=keystone_env(api, OS_REGION_NAME="RegionTwo",
-                                                     OS_INTERFACE="internal"))
+@pytest.mark.parametrize("region, interface, host", [
+    ("RegionTwo", None, "localhost"),
+    ("RegionTwo", "internal", "127.1"),
+    (None, "internal", "127.1"),
+])
+def test_the_region_and_interface_pick_the_endpoint(api, region, interface, host):
+    extra = {k: v for k, v in [("OS_REGION_NAME", region), ("OS_INTERFACE", interface)]
+             if v is not None}
+    storage = CinderStorage.connect(env=keystone_env(api, **extra))
     api.clear()
     storage.get_volume(VOL)
-    assert api.calls()[0].header("Host") == f"localhost:{api.port}"
+    assert api.calls()[0].header("Host") == f"{host}:{api.port}"
 
 
 def test_wrong_credentials_are_a_storage_error(api):
@@ -844,7 +850,7 @@ def test_the_process_environment_is_read_when_none_is_given(api, monkeypatch):
     storage = CinderStorage.connect()
     api.clear()
     storage.get_volume(VOL)
-    assert api.calls()[0].header("Host") == f"localhost:{api.port}"
+    assert api.calls()[0].header("Host") == f"127.1:{api.port}"
     api.script("POST", f"/volumes/{VOL}/action", Answer(202, delay=5))
     with pytest.raises(errors.StorageUnavailable, match="timed out"):
         storage.reserve(VOL)
@@ -905,3 +911,27 @@ def test_debug_logs_show_what_cinder_answered(api, storage, caplog):
         assert "'auth_password': '***'" in line
     assert lines[1].startswith(f"cinder: PUT attachment {new.attachment_id} -> {{")
     assert lines[3].startswith(f"cinder: os-reserve {VOL} -> 202 (")
+
+
+def test_a_failed_negotiation_says_so_first():
+    with FakeCinderAPI() as api:
+        api.stop()
+        with pytest.raises(errors.StorageUnavailable) as info:
+            CinderStorage.connect(env=api.env())
+    assert str(info.value).startswith("microversion negotiation: cannot reach the storage "
+                                      "API (")
+
+
+def test_debug_logs_say_the_microversion_how_long_calls_took_and_what_was_gone(api,
+                                                                               caplog):
+    caplog.set_level(logging.DEBUG, logger="attachflow.cinder")
+    storage = connect(api)
+    assert caplog.records[-1].getMessage() == "cinder: negotiated microversion 3.71"
+    api.script("GET", f"/volumes/{VOL}", Answer(200, {"volume": api.volumes[VOL]},
+                                                delay=0.1))
+    storage.get_volume(VOL)
+    took = caplog.records[-1].getMessage().rsplit("(", 1)[1]
+    assert took.endswith(" ms)") and 100 <= int(took[:-4]) < 10000
+    storage.attachment_delete(ATT)  # unknown to Cinder: already gone
+    assert caplog.records[-1].getMessage() == (f"cinder: DELETE attachment {ATT} -> "
+                                               "already gone (404)")
