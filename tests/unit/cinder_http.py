@@ -49,6 +49,7 @@ class Answer:
     status: int
     body: Any = None  # sent as JSON; a str is sent as it is, as text/html
     delay: float = 0.0  # seconds to wait before answering
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)  # sent besides
 
 
 def fault(status: int, message: str) -> Answer:
@@ -182,6 +183,15 @@ class FakeCinderAPI:
             self.requests.append(req)
             if req.method == "GET" and req.path == "/":
                 return self._versions()
+            if req.method == "GET" and req.path.rstrip("/") == "/identity/v3":
+                return Answer(200, {"version": {
+                    "id": "v3.14", "status": "stable", "updated": "2020-04-07T00:00:00Z",
+                    "links": [{"rel": "self",
+                               "href": f"http://127.0.0.1:{self.port}/identity/v3/"}],
+                    "media-types": [{"base": "application/json",
+                                     "type": "application/vnd.openstack.identity-v3+json"}]}})
+            if req.method == "POST" and req.path == "/identity/v3/auth/tokens":
+                return self._token(req.body)
             prefix = f"/v3/{PROJECT}"
             if not req.path.startswith(prefix + "/"):
                 return fault(404, f"no route for {req.path}")
@@ -190,6 +200,34 @@ class FakeCinderAPI:
             if queued:
                 return queued.pop(0)
             return self._route(req.method, path, req.body)
+
+    def _token(self, body: Any) -> Answer:
+        """Keystone's answer to a password authentication: a token whose catalog has
+        Cinder public in RegionOne (as 127.0.0.1), public in RegionTwo (as localhost) and
+        internal in RegionTwo (as 127.1), so a request's Host header tells which
+        endpoint was chosen."""
+        user = body["auth"]["identity"]["password"]["user"]
+        if user.get("password") != "secret":
+            return Answer(401, {"error": {"code": 401, "title": "Unauthorized",
+                                          "message": "The request you have made requires "
+                                                     "authentication."}})
+        endpoints = [
+            {"id": "e1", "interface": "public", "region": "RegionOne",
+             "region_id": "RegionOne", "url": f"http://127.0.0.1:{self.port}/v3/{PROJECT}"},
+            {"id": "e2", "interface": "public", "region": "RegionTwo",
+             "region_id": "RegionTwo", "url": f"http://localhost:{self.port}/v3/{PROJECT}"},
+            {"id": "e3", "interface": "internal", "region": "RegionTwo",
+             "region_id": "RegionTwo", "url": f"http://127.1:{self.port}/v3/{PROJECT}"}]
+        token = {"methods": ["password"], "expires_at": "2999-01-01T00:00:00.000000Z",
+                 "issued_at": "2024-05-02T10:00:00.000000Z",
+                 "user": {"id": "u", "name": user.get("name"),
+                          "domain": {"id": "default", "name": "Default"}},
+                 "project": {"id": PROJECT, "name": "demo",
+                             "domain": {"id": "default", "name": "Default"}},
+                 "roles": [{"id": "r1", "name": "member"}],
+                 "catalog": [{"id": "s1", "type": "volumev3", "name": "cinderv3",
+                              "endpoints": endpoints}]}
+        return Answer(201, {"token": token}, headers={"X-Subject-Token": "tok-1"})
 
     def _versions(self) -> Answer:
         # GET / on Cinder answers 300 Multiple Choices with the versions document
@@ -302,6 +340,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if req.header("OpenStack-API-Version"):
                 self.send_header("OpenStack-API-Version", req.header("OpenStack-API-Version"))
             self.send_header("x-openstack-request-id", "req-" + str(uuid.uuid4()))
+            for name, value in ans.headers.items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(payload)
         except (BrokenPipeError, ConnectionResetError):

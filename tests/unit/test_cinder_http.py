@@ -12,9 +12,10 @@ import logging
 import pytest
 
 from attachflow import errors
-from attachflow.cinder_side import CinderStorage, LegacyFlow, select_flow
+from attachflow.cinder_side import AttachmentsFlow, CinderStorage, LegacyFlow, select_flow
 from attachflow.model import (ConnectionInfo, ConnectorProperties, NewAttachment, Volume,
                               VolumeAttachment)
+from attachflow.record import VolumeRecord
 
 from cinder_http import (CHAP_PASSWORD, PORTAL, Answer, FakeCinderAPI, fault,
                          iscsi_data)
@@ -449,3 +450,507 @@ def test_debug_logs_show_no_password(api, storage, caplog):
     storage.initialize_connection(VOL, CONNECTOR)
     assert len(caplog.records) == 4 and "auth_username" in caplog.text
     assert CHAP_PASSWORD not in caplog.text
+
+
+# ---------------------------------------------------------------------------------------
+# errors name the call that failed
+
+CALLS = {
+    "get_volume": (lambda s: s.get_volume(VOL), ("GET", f"/volumes/{VOL}"),
+                   f"GET volume {VOL}"),
+    "attachment_create": (lambda s: s.attachment_create(VOL, INSTANCE, CONNECTOR),
+                          ("POST", "/attachments"), f"POST attachment volume={VOL}"),
+    "attachment_update": (lambda s: s.attachment_update(ATT, VOL, CONNECTOR),
+                          ("PUT", f"/attachments/{ATT}"), f"PUT attachment {ATT}"),
+    "attachment_show": (lambda s: s.attachment_show(ATT, VOL),
+                        ("GET", f"/attachments/{ATT}"), f"GET attachment {ATT}"),
+    "attachment_complete": (lambda s: s.attachment_complete(ATT),
+                            ("POST", f"/attachments/{ATT}/action"),
+                            f"POST attachment {ATT} os-complete"),
+    "attachment_delete": (lambda s: s.attachment_delete(ATT),
+                          ("DELETE", f"/attachments/{ATT}"), f"DELETE attachment {ATT}"),
+    **{name: (call, ("POST", f"/volumes/{VOL}/action"), f"os-{name} {VOL}")
+       for name, call in [
+           ("reserve", lambda s: s.reserve(VOL)),
+           ("unreserve", lambda s: s.unreserve(VOL)),
+           ("initialize_connection", lambda s: s.initialize_connection(VOL, CONNECTOR)),
+           ("terminate_connection", lambda s: s.terminate_connection(VOL, CONNECTOR)),
+           ("attach", lambda s: s.attach(VOL, INSTANCE, "/dev/vdb", "hosta")),
+           ("begin_detaching", lambda s: s.begin_detaching(VOL)),
+           ("roll_detaching", lambda s: s.roll_detaching(VOL)),
+           ("detach", lambda s: s.detach(VOL, ATT))]},
+}
+
+
+@pytest.mark.parametrize("name", sorted(CALLS))
+def test_an_error_names_the_call_and_gives_the_servers_words(api, storage, name):
+    call, route, what = CALLS[name]
+    api.script(*route, *[fault(503, "busy")] * 4)
+    with pytest.raises(errors.StorageUnavailable) as info:
+        call(storage)
+    assert str(info.value) == f"{what}: server error 503 (busy)"
+
+
+def test_reads_retry_when_the_api_cannot_be_reached(api, storage):
+    api.stop()
+    with pytest.raises(errors.StorageUnavailable, match=f"GET attachment {ATT}: cannot"):
+        storage.attachment_show(ATT, VOL)
+    assert len(storage.sleeps) == 3
+
+
+def test_connection_info_without_a_volume_id_is_the_volumes(api, storage):
+    data = {k: v for k, v in iscsi_data(VOL).items() if k != "volume_id"}
+    flat = dict(data, driver_volume_type="iscsi", attachment_id=ATT)
+    doc = {"id": ATT, "status": "attaching", "instance": INSTANCE, "volume_id": VOL,
+           "attach_mode": "rw", "connection_info": flat}
+    api.script("POST", "/attachments", Answer(200, {"attachment": doc}))
+    assert storage.attachment_create(VOL, INSTANCE, CONNECTOR).connection.volume_id == VOL
+    api.script("PUT", f"/attachments/{ATT}", Answer(200, {"attachment": doc}))
+    assert storage.attachment_update(ATT, VOL, CONNECTOR).volume_id == VOL
+    api.script("GET", f"/attachments/{ATT}", Answer(200, {"attachment": doc}))
+    assert storage.attachment_show(ATT, VOL).volume_id == VOL
+    api.script("POST", f"/volumes/{VOL}/action", Answer(200, {"connection_info": {
+        "driver_volume_type": "iscsi", "data": data}}))
+    assert storage.initialize_connection(VOL, CONNECTOR).volume_id == VOL
+
+
+def test_an_unusable_answer_is_reported_even_when_taking_it_back_fails(api, storage):
+    broken = {k: v for k, v in iscsi_data(VOL).items() if k != "target_portal"}
+    api.script("POST", "/attachments", Answer(200, {"attachment": {
+        "id": ATT, "status": "attaching", "instance": INSTANCE, "volume_id": VOL,
+        "connection_info": dict(broken, driver_volume_type="iscsi")}}))
+    api.script("DELETE", f"/attachments/{ATT}", *[fault(500, "boom")] * 4)
+    with pytest.raises(errors.InputError, match="lacks 'target_portal'"):
+        storage.attachment_create(VOL, INSTANCE, CONNECTOR)
+    assert api.routes() == [("POST", "/attachments")] + [("DELETE", f"/attachments/{ATT}")] * 4
+    api.clear()
+    api.script("POST", f"/volumes/{VOL}/action", Answer(200, {"connection_info": {
+        "driver_volume_type": "iscsi", "data": broken}}), fault(503, "busy"))
+    with pytest.raises(errors.InputError, match="lacks 'target_portal'"):
+        storage.initialize_connection(VOL, CONNECTOR)
+    assert api.routes() == [("POST", f"/volumes/{VOL}/action")] * 2
+    assert api.calls()[1].body == {"os-terminate_connection": {"connector": CONNECTOR}}
+
+
+# ---------------------------------------------------------------------------------------
+# the flows, in Cinder's terms
+
+PROPS = ConnectorProperties.from_dict({k: v for k, v in CONNECTOR.items()
+                                       if k != "mountpoint"})
+HOST_CONNECTOR = {k: v for k, v in CONNECTOR.items() if k != "mountpoint"}
+DEST = ConnectorProperties.from_dict(dict(HOST_CONNECTOR, host="hostb", ip="198.18.0.12"))
+
+
+def bodies(api):
+    return [(r.method, r.path[len("/v3/p"):], r.body) for r in api.calls()]
+
+
+def attached_volume(api, attachment_id=ATT):
+    api.add_volume(VOL, status="in-use", attachments=[
+        {"id": VOL, "attachment_id": attachment_id, "volume_id": VOL,
+         "server_id": INSTANCE, "host_name": "hosta", "device": "/dev/vdb"}])
+
+
+def record(api_name, attachment_id, connector=HOST_CONNECTOR):
+    conn = ConnectionInfo.from_cinder({"driver_volume_type": "iscsi",
+                                       "data": iscsi_data(VOL)}, VOL)
+    return VolumeRecord(VOL, api_name, "kernel", attachment_id, "hosta", "vdb",
+                        dict(connector), conn.without_secrets())
+
+
+def test_attachments_flow_connect_sends_the_mountpoint(api, storage):
+    att = AttachmentsFlow(storage).connect(VOL, INSTANCE, PROPS, "/dev/vdb")
+    assert bodies(api) == [("POST", "/attachments", {"attachment": {
+        "volume_uuid": VOL, "instance_uuid": INSTANCE, "connector": CONNECTOR}})]
+    assert (att.volume_id, att.instance_id, att.api) == (VOL, INSTANCE, "attachments")
+    assert att.attachment_id in api.attachments and att.connector == CONNECTOR
+    assert att.connection.attachment_id == att.attachment_id
+
+
+def test_attachments_flow_connect_updates_when_create_ignores_the_connector(api, storage):
+    api.script("POST", "/attachments", Answer(200, {"attachment": {
+        "id": ATT, "status": "reserved", "instance": INSTANCE, "volume_id": VOL,
+        "connection_info": {}}}))
+    api.attachments[ATT] = {"id": ATT, "volume_id": VOL, "status": "reserved"}
+    flat = {k: v for k, v in api._connection(VOL, ATT).items() if k != "volume_id"}
+    api.script("PUT", f"/attachments/{ATT}", Answer(200, {"attachment": {
+        "id": ATT, "status": "attaching", "instance": INSTANCE, "volume_id": VOL,
+        "connection_info": flat}}))
+    att = AttachmentsFlow(storage).connect(VOL, INSTANCE, PROPS, "/dev/vdb")
+    assert bodies(api)[1] == ("PUT", f"/attachments/{ATT}",
+                              {"attachment": {"connector": CONNECTOR}})
+    assert len(api.calls()) == 2
+    assert (att.volume_id, att.instance_id, att.attachment_id) == (VOL, INSTANCE, ATT)
+    assert att.connection.volume_id == VOL and str(att.connection.portal) == PORTAL
+    assert att.connector == CONNECTOR
+
+
+def test_attachments_flow_connect_deletes_what_it_cannot_update(api, storage):
+    api.script("POST", "/attachments", Answer(200, {"attachment": {
+        "id": ATT, "status": "reserved", "instance": INSTANCE, "volume_id": VOL,
+        "connection_info": {}}}))
+    api.script("PUT", f"/attachments/{ATT}", fault(500, "boom"))
+    api.attachments[ATT] = {"id": ATT, "volume_id": VOL, "status": "reserved"}
+    with pytest.raises(errors.StorageUnavailable, match="PUT attachment"):
+        AttachmentsFlow(storage).connect(VOL, INSTANCE, PROPS, "/dev/vdb")
+    assert api.routes()[1:] == [("PUT", f"/attachments/{ATT}"),
+                                ("DELETE", f"/attachments/{ATT}")]
+    assert api.attachments == {}
+
+
+@pytest.mark.parametrize("flow", [AttachmentsFlow, LegacyFlow])
+def test_a_refusal_with_the_volume_available_keeps_the_servers_words(api, storage, flow):
+    route = ("POST", "/attachments") if flow is AttachmentsFlow else \
+        ("POST", f"/volumes/{VOL}/action")
+    api.script(*route, fault(400, "Invalid input received: connector lacks initiator"))
+    with pytest.raises(errors.VolumeStateError) as info:
+        flow(storage).connect(VOL, INSTANCE, PROPS, "/dev/vdb")
+    assert "connector lacks initiator" in str(info.value)
+    assert api.routes() == [route, ("GET", f"/volumes/{VOL}")]
+
+
+def test_a_refusal_of_an_in_use_multiattach_volume_keeps_the_servers_words(api, storage):
+    api.add_volume(VOL, status="in-use", multiattach=True)
+    api.script("POST", "/attachments", fault(400, "Invalid input received: no more slots"))
+    with pytest.raises(errors.VolumeStateError, match="no more slots"):
+        AttachmentsFlow(storage).connect(VOL, INSTANCE, PROPS, "/dev/vdb")
+
+
+@pytest.mark.parametrize("attachments, says", [
+    ([], f"volume {VOL} is in-use; it must be available"),
+    ([{"attachment_id": ATT, "server_id": "s1", "host_name": "hosta"},
+      {"attachment_id": "a2", "server_id": "s2", "host_name": "hostb"}],
+     f"volume {VOL} is in-use (attached to s1 on hosta, s2 on hostb); "
+     "it must be available"),
+])
+def test_a_refusal_of_a_volume_in_use_says_where_it_is_attached(api, storage, attachments,
+                                                                 says):
+    api.add_volume(VOL, status="in-use", attachments=attachments)
+    api.script("POST", "/attachments", fault(400, "Invalid volume"))
+    with pytest.raises(errors.VolumeStateError) as info:
+        AttachmentsFlow(storage).connect(VOL, INSTANCE, PROPS, "/dev/vdb")
+    assert str(info.value) == says
+
+
+def test_a_refusal_of_a_missing_volume_says_so(api, storage):
+    with pytest.raises(errors.VolumeNotFound) as info:
+        AttachmentsFlow(storage).connect("nosuch", INSTANCE, PROPS, "/dev/vdb")
+    assert str(info.value) == "volume nosuch not found in Cinder"
+
+
+@pytest.mark.parametrize("with_record", [True, False])
+def test_attachments_flow_detach(api, storage, with_record):
+    attached_volume(api)
+    flat = {k: v for k, v in api._connection(VOL, ATT).items() if k != "volume_id"}
+    api.attachments[ATT] = {"id": ATT, "volume_id": VOL, "status": "attached",
+                            "connection_info": flat}
+    rec = record("attachments", ATT) if with_record else None
+    flow = AttachmentsFlow(storage)
+    att = flow.begin_detach(VOL, INSTANCE, rec)
+    assert api.routes() == ([] if with_record else [("GET", f"/volumes/{VOL}")])
+    assert (att.volume_id, att.instance_id, att.api, att.attachment_id) == (
+        VOL, INSTANCE, "attachments", ATT)
+    assert att.connector == (HOST_CONNECTOR if with_record else {})
+    assert att.connection == (rec.connection if with_record
+                              else ConnectionInfo("unknown", VOL))
+    api.clear()
+    fresh = flow.fresh_connection(att)
+    assert api.routes() == [("GET", f"/attachments/{ATT}")]
+    assert fresh.volume_id == VOL and fresh.auth_password.reveal() == CHAP_PASSWORD
+    api.clear()
+    flow.release(att)
+    assert api.routes() == [("DELETE", f"/attachments/{ATT}")]
+
+
+def test_attachments_flow_detach_of_a_volume_not_attached_to_the_guest(api, storage):
+    with pytest.raises(errors.NotAttached) as info:
+        AttachmentsFlow(storage).begin_detach(VOL, INSTANCE, None)
+    assert str(info.value) == f"Cinder has no attachment of volume {VOL} to {INSTANCE}"
+    with pytest.raises(errors.NotAttached) as info:
+        LegacyFlow(storage).begin_detach(VOL, INSTANCE, None)
+    assert str(info.value) == f"Cinder has no attachment of volume {VOL} to {INSTANCE}"
+    assert ("POST", f"/volumes/{VOL}/action") not in api.routes()
+
+
+def test_a_fresh_connection_of_a_reserved_attachment_is_an_error(api, storage):
+    api.attachments[ATT] = {"id": ATT, "volume_id": VOL, "status": "reserved",
+                            "connection_info": {}}
+    att = AttachmentsFlow(storage).begin_detach(VOL, INSTANCE, record("attachments", ATT))
+    with pytest.raises(errors.StorageError) as info:
+        AttachmentsFlow(storage).fresh_connection(att)
+    assert str(info.value) == f"attachment {ATT} of volume {VOL} has no connection"
+
+
+def test_attachments_flow_destination(api, storage):
+    flow = AttachmentsFlow(storage)
+    source = flow.begin_detach(VOL, INSTANCE, record("attachments", ATT))
+    dest = flow.connect_destination(source, DEST)
+    assert bodies(api) == [("POST", "/attachments", {"attachment": {
+        "volume_uuid": VOL, "instance_uuid": INSTANCE, "connector": DEST.to_dict()}})]
+    assert (dest.volume_id, dest.instance_id, dest.api) == (VOL, INSTANCE, "attachments")
+    assert dest.attachment_id in api.attachments and dest.attachment_id != ATT
+    assert dest.connector == DEST.to_dict() and dest.connection.volume_id == VOL
+
+
+def test_attachments_flow_destination_without_connection_info_is_taken_back(api, storage):
+    api.script("POST", "/attachments", Answer(200, {"attachment": {
+        "id": "a2", "status": "reserved", "instance": INSTANCE, "volume_id": VOL,
+        "connection_info": {}}}))
+    api.attachments["a2"] = {"id": "a2", "volume_id": VOL}
+    flow = AttachmentsFlow(storage)
+    source = flow.begin_detach(VOL, INSTANCE, record("attachments", ATT))
+    with pytest.raises(errors.StorageError) as info:
+        flow.connect_destination(source, DEST)
+    assert str(info.value) == ("the storage API returned no connection info for the "
+                               "destination attachment")
+    assert api.routes() == [("POST", "/attachments"), ("DELETE", "/attachments/a2")]
+
+
+def legacy_connect(api, storage, access_mode="rw"):
+    data = dict(iscsi_data(VOL), access_mode=access_mode)
+    api.script("POST", f"/volumes/{VOL}/action", Answer(202), Answer(200, {
+        "connection_info": {"driver_volume_type": "iscsi", "data": data}}))
+    att = LegacyFlow(storage).connect(VOL, INSTANCE, PROPS, "/dev/vdb")
+    api.clear()
+    return att
+
+
+def test_legacy_flow_attach(api, storage):
+    att = legacy_connect(api, storage, access_mode="ro")
+    assert (att.volume_id, att.instance_id, att.api, att.attachment_id) == (
+        VOL, INSTANCE, "legacy", None)
+    assert att.connector == HOST_CONNECTOR
+    LegacyFlow(storage).finish_attach(att, "/dev/vdc", "hostz")
+    assert bodies(api) == [("POST", f"/volumes/{VOL}/action", {"os-attach": {
+        "instance_uuid": INSTANCE, "mountpoint": "/dev/vdc", "mode": "ro",
+        "host_name": "hostz"}})]
+
+
+def test_legacy_flow_undo_in_its_requests(api, storage):
+    att = legacy_connect(api, storage, access_mode="ro")
+    LegacyFlow(storage).undo_connect(att)  # Cinder shows no attachment: detach without id
+    action = f"/volumes/{VOL}/action"
+    assert bodies(api) == [
+        ("POST", action, {"os-terminate_connection": {"connector": HOST_CONNECTOR}}),
+        ("POST", action, {"os-attach": {"instance_uuid": INSTANCE, "mountpoint": "/dev/null",
+                                        "mode": "ro", "host_name": "hosta"}}),
+        ("GET", f"/volumes/{VOL}", None),
+        ("POST", action, {"os-begin_detaching": None}),
+        ("POST", action, {"os-detach": {"attachment_id": None}})]
+
+
+def test_legacy_flow_undo_when_attach_fails_unreserves(api, storage):
+    att = legacy_connect(api, storage)
+    action = f"/volumes/{VOL}/action"
+    api.script("POST", action, Answer(202), fault(400, "Invalid volume"))
+    with pytest.raises(errors.VolumeStateError):
+        LegacyFlow(storage).undo_connect(att)
+    assert bodies(api)[-1] == ("POST", action, {"os-unreserve": None})
+    assert len(api.calls()) == 3
+
+
+def test_legacy_flow_undo_when_detach_fails_rolls_detaching_back(api, storage):
+    att = legacy_connect(api, storage)
+    attached_volume(api)
+    action = f"/volumes/{VOL}/action"
+    api.script("POST", action, Answer(202), Answer(202), Answer(202),
+               fault(500, "boom"))
+    with pytest.raises(errors.StorageUnavailable):
+        LegacyFlow(storage).undo_connect(att)
+    assert [b for _m, _p, b in bodies(api)][-2:] == [
+        {"os-detach": {"attachment_id": ATT}}, {"os-roll_detaching": None}]
+    assert api.routes()[-1] == ("POST", action)
+
+
+@pytest.mark.parametrize("with_record", [True, False])
+def test_legacy_flow_detach(api, storage, with_record):
+    attached_volume(api)
+    rec = record("legacy", None) if with_record else None
+    flow = LegacyFlow(storage)
+    att = flow.begin_detach(VOL, INSTANCE, rec)
+    action = f"/volumes/{VOL}/action"
+    assert bodies(api) == [("GET", f"/volumes/{VOL}", None),
+                           ("POST", action, {"os-begin_detaching": None})]
+    assert (att.volume_id, att.instance_id, att.api, att.attachment_id) == (
+        VOL, INSTANCE, "legacy", ATT)
+    assert att.connector == (HOST_CONNECTOR if with_record else {})
+    api.clear()
+    flow.release(att)
+    assert bodies(api) == [
+        ("POST", action, {"os-terminate_connection": {"connector": att.connector}}),
+        ("POST", action, {"os-detach": {"attachment_id": ATT}})]
+
+
+def test_legacy_flow_release_puts_the_export_back_when_detach_fails(api, storage):
+    attached_volume(api)
+    flow = LegacyFlow(storage)
+    att = flow.begin_detach(VOL, INSTANCE, record("legacy", None))
+    api.clear()
+    action = f"/volumes/{VOL}/action"
+    api.script("POST", action, Answer(202), fault(500, "boom"))
+    with pytest.raises(errors.StorageUnavailable, match="os-detach"):
+        flow.release(att)
+    assert bodies(api)[-1] == ("POST", action, {"os-initialize_connection": {
+        "connector": HOST_CONNECTOR}})
+
+
+def test_legacy_flow_destination(api, storage):
+    attached_volume(api)
+    flow = LegacyFlow(storage)
+    source = flow.begin_detach(VOL, INSTANCE, record("legacy", None))
+    api.clear()
+    dest = flow.connect_destination(source, DEST)
+    action = f"/volumes/{VOL}/action"
+    assert bodies(api) == [("POST", action, {"os-initialize_connection": {
+        "connector": DEST.to_dict()}})]
+    assert (dest.volume_id, dest.instance_id, dest.api, dest.attachment_id) == (
+        VOL, INSTANCE, "legacy", ATT)
+    assert dest.connector == DEST.to_dict()
+    api.clear()
+    flow.undo_connect_destination(dest)
+    flow.finish_destination(dest)
+    flow.release_source(source)
+    assert bodies(api) == [
+        ("POST", action, {"os-terminate_connection": {"connector": DEST.to_dict()}}),
+        ("POST", action, {"os-terminate_connection": {"connector": HOST_CONNECTOR}})]
+
+
+# ---------------------------------------------------------------------------------------
+# sessions: Keystone, regions and interfaces, the process environment
+
+def keystone_env(api, **extra):
+    return {"OS_AUTH_URL": f"http://127.0.0.1:{api.port}/identity/v3",
+            "OS_USERNAME": "demo", "OS_PASSWORD": "secret", "OS_PROJECT_NAME": "demo",
+            "OS_USER_DOMAIN_NAME": "Default", "OS_PROJECT_DOMAIN_NAME": "Default",
+            **extra}
+
+
+def test_password_authentication_through_keystone(api):
+    storage = CinderStorage.connect(env=keystone_env(api))
+    login, = [r for r in api.requests if r.method == "POST"]
+    assert login.path == "/identity/v3/auth/tokens"
+    assert login.body["auth"]["identity"]["password"]["user"] == {
+        "name": "demo", "password": "secret", "domain": {"name": "Default"}}
+    assert login.body["auth"]["scope"] == {"project": {"name": "demo",
+                                                       "domain": {"name": "Default"}}}
+    api.clear()
+    storage.get_volume(VOL)
+    req = api.calls()[0]
+    assert req.header("X-Auth-Token") == "tok-1"
+    assert req.header("Host") == f"127.0.0.1:{api.port}"  # RegionOne's public endpoint
+    assert req.header("X-Service-Roles") is None  # only noauth claims the role
+
+
+@pytest.mark.parametrize("region, interface, host", [
+    ("RegionTwo", None, "localhost"),
+    ("RegionTwo", "internal", "127.1"),
+    (None, "internal", "127.1"),
+])
+def test_the_region_and_interface_pick_the_endpoint(api, region, interface, host):
+    extra = {k: v for k, v in [("OS_REGION_NAME", region), ("OS_INTERFACE", interface)]
+             if v is not None}
+    storage = CinderStorage.connect(env=keystone_env(api, **extra))
+    api.clear()
+    storage.get_volume(VOL)
+    assert api.calls()[0].header("Host") == f"{host}:{api.port}"
+
+
+def test_wrong_credentials_are_a_storage_error(api):
+    with pytest.raises(errors.StorageError, match="microversion negotiation"):
+        CinderStorage.connect(env=keystone_env(api, OS_PASSWORD="wrong"))
+
+
+def test_the_process_environment_is_read_when_none_is_given(api, monkeypatch):
+    for name, value in keystone_env(api, OS_REGION_NAME="RegionTwo",
+                                    OS_INTERFACE="internal",
+                                    ATTACHFLOW_STORAGE_TIMEOUT="0.3").items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("OS_CLOUD", raising=False)
+    storage = CinderStorage.connect()
+    api.clear()
+    storage.get_volume(VOL)
+    assert api.calls()[0].header("Host") == f"127.1:{api.port}"
+    api.script("POST", f"/volumes/{VOL}/action", Answer(202, delay=5))
+    with pytest.raises(errors.StorageUnavailable, match="timed out"):
+        storage.reserve(VOL)
+
+
+def test_a_given_environment_is_read_and_the_process_one_is_not(api, monkeypatch):
+    monkeypatch.setenv("OS_REGION_NAME", "RegionNone")
+    monkeypatch.setenv("OS_INTERFACE", "admin")
+    monkeypatch.setenv("OS_CLOUD", "nosuch")
+    storage = CinderStorage.connect(env=keystone_env(api))
+    api.clear()
+    storage.get_volume(VOL)
+    assert api.calls()[0].header("Host") == f"127.0.0.1:{api.port}"
+
+
+def test_an_endpoint_without_an_auth_url_means_noauth(api):
+    env = {k: v for k, v in api.env().items() if k != "OS_AUTH_TYPE"}
+    storage = CinderStorage.connect(env=env)
+    api.clear()
+    storage.get_volume(VOL)
+    req = api.calls()[0]
+    assert req.header("X-Project-Id") == "p" and req.header("X-Service-Roles") == "service"
+
+
+def test_an_auth_url_means_keystone_even_with_an_endpoint(api):
+    storage = CinderStorage.connect(env=keystone_env(api, OS_ENDPOINT=api.endpoint))
+    assert [r.path for r in api.requests if r.method == "POST"] == [
+        "/identity/v3/auth/tokens"]
+    api.clear()
+    storage.get_volume(VOL)
+    assert api.calls()[0].header("X-Auth-Token") == "tok-1"
+
+
+@pytest.mark.filterwarnings("ignore:Support for InfluxDB")  # openstacksdk's own
+def test_the_cloud_can_come_from_os_cloud(api, tmp_path, monkeypatch):
+    (tmp_path / "clouds.yaml").write_text(
+        f"clouds:\n  lab:\n    auth_type: none\n"
+        f"    block_storage_endpoint_override: {api.endpoint}/p\n")
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(tmp_path / "clouds.yaml"))
+    monkeypatch.delenv("OS_CLOUD", raising=False)
+    storage = CinderStorage.connect(env={"OS_CLOUD": "lab"})
+    api.clear()
+    assert storage.get_volume(VOL).id == VOL
+    with pytest.raises(errors.InputError, match="cloud 'nosuch'"):
+        CinderStorage.connect(env={"OS_CLOUD": "nosuch"})
+
+
+def test_debug_logs_show_what_cinder_answered(api, storage, caplog):
+    caplog.set_level(logging.DEBUG, logger="attachflow.cinder")
+    new = storage.attachment_create(VOL, INSTANCE, CONNECTOR)
+    storage.attachment_update(new.attachment_id, VOL, CONNECTOR)
+    storage.attachment_show(new.attachment_id, VOL)
+    storage.reserve(VOL)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 4
+    for line in lines[:3]:  # the answer as data, its password masked
+        assert f"'target_iqn': 'iqn.2010-10.org.openstack:volume-{VOL}'" in line
+        assert "'auth_password': '***'" in line
+    assert lines[1].startswith(f"cinder: PUT attachment {new.attachment_id} -> {{")
+    assert lines[3].startswith(f"cinder: os-reserve {VOL} -> 202 (")
+
+
+def test_a_failed_negotiation_says_so_first():
+    with FakeCinderAPI() as api:
+        api.stop()
+        with pytest.raises(errors.StorageUnavailable) as info:
+            CinderStorage.connect(env=api.env())
+    assert str(info.value).startswith("microversion negotiation: cannot reach the storage "
+                                      "API (")
+
+
+def test_debug_logs_say_the_microversion_how_long_calls_took_and_what_was_gone(api,
+                                                                               caplog):
+    caplog.set_level(logging.DEBUG, logger="attachflow.cinder")
+    storage = connect(api)
+    assert caplog.records[-1].getMessage() == "cinder: negotiated microversion 3.71"
+    api.script("GET", f"/volumes/{VOL}", Answer(200, {"volume": api.volumes[VOL]},
+                                                delay=0.1))
+    storage.get_volume(VOL)
+    took = caplog.records[-1].getMessage().rsplit("(", 1)[1]
+    assert took.endswith(" ms)") and 100 <= int(took[:-4]) < 10000
+    storage.attachment_delete(ATT)  # unknown to Cinder: already gone
+    assert caplog.records[-1].getMessage() == (f"cinder: DELETE attachment {ATT} -> "
+                                               "already gone (404)")

@@ -2,6 +2,7 @@
 and session construction. cinderclient's own exception classes are raised by a stand-in
 client, so the translation is tested against the real types."""
 
+import logging
 import types
 
 import pytest
@@ -10,6 +11,7 @@ from keystoneauth1 import exceptions as kexc
 
 from attachflow import errors
 from attachflow.cinder_side import (AttachmentsFlow, CinderStorage, LegacyFlow,
+                                    StorageAttachment, flow_for_record,
                                     make_session, select_flow)
 
 
@@ -178,3 +180,227 @@ def test_an_unusable_answer_leaves_no_attachment_or_export_behind():
                                                     "data": {"target_iqn": "iqn.x"}}),
                 vol_terminate_connection=terminate).initialize_connection("v1", {"host": "h"})
     assert terminate.count == 1
+
+
+# ---------------------------------------------------------------------------------------
+# what a user reads when a call fails, by the kind of failure
+
+def test_a_refused_read_is_neither_retried_nor_called_unavailable():
+    show = Scripted(cexc.Forbidden(403, "Policy doesn't allow volume:attachment_show"))
+    with pytest.raises(errors.StorageError) as info:
+        storage(att_show=show).attachment_show("a1", "v1")
+    assert type(info.value) is errors.StorageError and info.value.exit_code == 1
+    assert str(info.value) == ("GET attachment a1: HTTP 403 (Policy doesn't allow "
+                               "volume:attachment_show)")
+    assert info.value.status == 403 and show.count == 1
+
+
+def test_a_missing_attachment_is_not_found_with_the_servers_words():
+    show = Scripted(cexc.NotFound(404, "VolumeAttachment a1 could not be found."))
+    with pytest.raises(errors.StorageNotFound) as info:
+        storage(att_show=show).attachment_show("a1", "v1")
+    assert str(info.value) == ("GET attachment a1: not found (VolumeAttachment a1 could "
+                               "not be found.)")
+    assert info.value.status == 404 and show.count == 1
+
+
+def test_server_errors_name_the_call_and_the_servers_words():
+    reserve = Scripted(cexc.ClientException(503, "busy"))
+    with pytest.raises(errors.StorageUnavailable) as info:
+        storage(vol_reserve=reserve).reserve("v1")
+    assert str(info.value) == "os-reserve v1: server error 503 (busy)"
+
+
+def test_an_unreachable_https_api_is_reported_by_its_first_clause():
+    story = ("Unable to establish connection to https://cinder.example:8776/v3/p/volumes/v1"
+             ": HTTPSConnectionPool(host='cinder.example', port=8776): Max retries exceeded"
+             " with url: /v3/p/volumes/v1 (Caused by ProxyError('Unable to connect to "
+             "proxy': HTTPSConnectionPool(host='proxy', port=3128)))")
+    get = Scripted(kexc.ConnectFailure(story))
+    with pytest.raises(errors.StorageUnavailable) as info:
+        storage(vol_get=get).get_volume("v1")
+    assert str(info.value) == ("GET volume v1: cannot reach the storage API (Unable to "
+                               "establish connection to https://cinder.example:8776/v3/p/"
+                               "volumes/v1)")
+    plain = story.replace("HTTPS", "HTTP").replace("https", "http")
+    with pytest.raises(errors.StorageUnavailable) as info:
+        storage(vol_get=Scripted(kexc.ConnectFailure(plain))).get_volume("v1")
+    assert str(info.value) == ("GET volume v1: cannot reach the storage API (Unable to "
+                               "establish connection to http://cinder.example:8776/v3/p/"
+                               "volumes/v1)")
+
+
+def test_keystoneauth_http_errors_are_translated_like_cinders():
+    # keystoneauth raises its own HTTP errors, e.g. from the identity service or a proxy
+    show = Scripted(kexc.http.NotFound())
+    with pytest.raises(errors.StorageNotFound) as info:
+        storage(att_show=show).attachment_show("a1", "v1")
+    assert str(info.value) == "GET attachment a1: not found" and info.value.status == 404
+    assert show.count == 1
+    get = Scripted(kexc.http.InternalServerError(), kexc.http.ServiceUnavailable(), VOLUME)
+    assert storage(vol_get=get).get_volume("v1").id == "v1" and get.count == 3
+    get = Scripted(kexc.http.InternalServerError())
+    with pytest.raises(errors.StorageUnavailable) as info:
+        storage(vol_get=get).get_volume("v1")
+    assert str(info.value) == "GET volume v1: server error 500"
+    assert info.value.status == 500 and get.count == 4
+    delete = Scripted(kexc.http.BadGateway(), None)
+    storage(att_delete=delete).attachment_delete("a1")
+    assert delete.count == 2  # answered with a server error: safe to repeat
+    get = Scripted(kexc.http.Forbidden())
+    with pytest.raises(errors.StorageError) as info:
+        storage(vol_get=get).get_volume("v1")
+    assert type(info.value) is errors.StorageError and info.value.status == 403
+    assert str(info.value) == "GET volume v1: HTTP 403 (Forbidden (HTTP 403))"
+    assert get.count == 1
+
+
+def test_other_client_failures_name_the_call():
+    get = Scripted(kexc.AuthorizationFailure("token expired"))
+    with pytest.raises(errors.StorageError) as info:
+        storage(vol_get=get).get_volume("v1")
+    assert str(info.value) == "GET volume v1: token expired" and get.count == 1
+    get = Scripted(cexc.UnsupportedVersion("Server does not support microversion 3.71"))
+    with pytest.raises(errors.StorageError) as info:
+        storage(vol_get=get).get_volume("v1")
+    assert str(info.value) == "GET volume v1: Server does not support microversion 3.71"
+    get = Scripted(ValueError("Expecting value: line 1 column 1 (char 0)"))
+    with pytest.raises(errors.StorageError) as info:
+        storage(vol_get=get).get_volume("v1")
+    assert str(info.value) == ("GET volume v1: ValueError: Expecting value: line 1 "
+                               "column 1 (char 0)")
+    assert get.count == 1
+
+
+def test_reads_back_off_exponentially_between_tries():
+    sleeps = []
+    get = Scripted(cexc.ClientException(503, "busy"))
+    client = types.SimpleNamespace(volumes=types.SimpleNamespace(get=get))
+    with pytest.raises(errors.StorageUnavailable):
+        CinderStorage(client, (3, 71), sleep=sleeps.append).get_volume("v1")
+    assert sleeps == pytest.approx([0.2, 0.4, 0.8])
+
+
+def test_a_volume_read_with_only_the_fields_every_cinder_sends():
+    bare = types.SimpleNamespace(id="v1", status="available", attachments=None)
+    vol = storage(vol_get=Scripted(bare)).get_volume("v1")
+    assert (vol.name, vol.size, vol.multiattach, vol.attachments) == (None, 0, False, ())
+    assert (vol.attach_status, vol.migration_status) == (None, None)
+    full = types.SimpleNamespace(
+        id="v1", name="data", status="in-use", size=3, multiattach=True,
+        attach_status="attached", migration_status="migrating",
+        attachments=[{"id": "a9", "server_id": "i1", "host_name": "hosta",
+                      "device": "/dev/vdb"}])
+    vol = storage(vol_get=Scripted(full)).get_volume("v1")
+    assert (vol.size, vol.multiattach) == (3, True)
+    assert (vol.attach_status, vol.migration_status) == ("attached", "migrating")
+    assert vol.attachment_for("i1").attachment_id == "a9"  # a Cinder without attachment_id
+
+
+def test_an_attachment_shown_without_connection_info_has_no_connection():
+    shown = storage(att_show=Scripted(types.SimpleNamespace(id="a2", status="reserved")))\
+        .attachment_show("a2", "v1")
+    assert shown is None
+
+
+NOAUTH = {"OS_AUTH_TYPE": "noauth", "OS_USER_ID": "u", "OS_PROJECT_ID": "p",
+          "OS_ENDPOINT": "https://cinder.example:8776/v3"}
+
+
+def test_tls_verification_follows_os_insecure_and_os_cacert():
+    assert make_session(env=NOAUTH)[0].verify is True
+    assert make_session(env=dict(NOAUTH, OS_INSECURE="1"))[0].verify is False
+    assert make_session(env=dict(NOAUTH, OS_INSECURE=""))[0].verify is True
+    sess, _ = make_session(env=dict(NOAUTH, OS_CACERT="/etc/ssl/lab-ca.pem"))
+    assert sess.verify == "/etc/ssl/lab-ca.pem"
+    sess, _ = make_session(env=dict(NOAUTH, OS_CACERT="/etc/ssl/lab-ca.pem", OS_INSECURE="1"))
+    assert sess.verify == "/etc/ssl/lab-ca.pem"  # a CA given is used, not ignored
+
+
+def test_the_storage_timeout_is_read_from_the_environment():
+    assert make_session(env=dict(NOAUTH, ATTACHFLOW_STORAGE_TIMEOUT="12.5"))[0].timeout == 12.5
+    assert make_session(env=dict(NOAUTH, ATTACHFLOW_STORAGE_TIMEOUT=""))[0].timeout == 90.0
+    with pytest.raises(errors.InputError) as info:
+        make_session(env=dict(NOAUTH, ATTACHFLOW_STORAGE_TIMEOUT="soon"))
+    assert str(info.value) == "ATTACHFLOW_STORAGE_TIMEOUT 'soon' is not a number"
+    assert info.value.exit_code == 2
+
+
+def test_an_empty_variable_counts_as_unset():
+    with pytest.raises(errors.InputError) as info:
+        make_session(env=dict(NOAUTH, OS_USER_ID=""))
+    assert str(info.value) == ("storage credentials incomplete: set OS_USER_ID "
+                               "(or --os-cloud / OS_CLOUD)")
+    sess, endpoint = make_session(env=dict(NOAUTH, OS_CLOUD="", OS_AUTH_TYPE=""))
+    assert endpoint is None and sess.get_auth_headers()["x-project-id"] == "p"
+
+
+def test_select_flow_at_the_microversion_boundary():
+    at, below = types.SimpleNamespace(version=(3, 44)), types.SimpleNamespace(version=(3, 43))
+    for api in ("auto", "attachments"):
+        flow = select_flow(at, api)
+        assert type(flow) is AttachmentsFlow and flow.storage is at
+    flow = select_flow(below, "auto")
+    assert type(flow) is LegacyFlow and flow.storage is below
+    # without an API named, the microversion decides
+    assert type(select_flow(at)) is AttachmentsFlow
+    assert type(select_flow(below)) is LegacyFlow
+    assert type(select_flow(at, "legacy")) is LegacyFlow
+    with pytest.raises(errors.InputError) as info:
+        select_flow(below, "attachments")
+    assert str(info.value) == ("the storage API speaks microversion 3.43; the attachments "
+                               "API needs 3.44 (use --api legacy)")
+    with pytest.raises(errors.InputError) as info:
+        select_flow(at, "Auto")
+    assert str(info.value) == "unknown API 'Auto' (auto, attachments or legacy)"
+
+
+def _record(api, attachment_id="a1"):
+    from attachflow.model import ConnectionInfo
+    from attachflow.record import VolumeRecord
+    conn = ConnectionInfo.from_cinder(dict(ISCSI, driver_volume_type="iscsi"), "v1")
+    return VolumeRecord("v1", api, "kernel", attachment_id, "hosta", "vdb",
+                        {"host": "hosta", "ip": "198.18.0.11"}, conn.without_secrets())
+
+
+def test_detach_goes_through_the_api_the_volume_was_attached_with():
+    new = types.SimpleNamespace(version=(3, 71))
+    assert type(flow_for_record(new, _record("legacy"), "auto")) is LegacyFlow
+    assert type(flow_for_record(new, _record("attachments"), "auto")) is AttachmentsFlow
+    assert type(flow_for_record(new, _record(None), "auto")) is AttachmentsFlow
+    assert type(flow_for_record(new, None, "auto")) is AttachmentsFlow
+    assert type(flow_for_record(new, _record("attachments"), "legacy")) is LegacyFlow
+    assert type(flow_for_record(new, _record("legacy"), "attachments")) is AttachmentsFlow
+    old = types.SimpleNamespace(version=(3, 40))
+    assert type(flow_for_record(old, _record(None), "auto")) is LegacyFlow
+    with pytest.raises(errors.InputError, match="needs 3.44"):
+        flow_for_record(old, _record("attachments"), "auto")
+    assert flow_for_record(new, _record("legacy"), "auto").storage is new
+
+
+def test_the_storage_attachment_a_record_describes():
+    from attachflow.model import ConnectionInfo
+    rec = _record("legacy", attachment_id=None)
+    att = StorageAttachment.from_record(rec, "v1", "i1")
+    assert (att.volume_id, att.instance_id, att.api, att.attachment_id) == (
+        "v1", "i1", "legacy", None)
+    assert att.connection == rec.connection
+    assert att.connector == {"host": "hosta", "ip": "198.18.0.11"}
+    att.connector["host"] = "elsewhere"
+    assert rec.connector["host"] == "hosta"  # the record is not changed through it
+    att = StorageAttachment.from_record(_record(None), "v1", "i1")
+    assert (att.api, att.attachment_id) == ("attachments", "a1")
+    att = StorageAttachment.from_record(None, "v1", "i1")
+    assert (att.volume_id, att.instance_id, att.api, att.attachment_id) == (
+        "v1", "i1", "attachments", None)
+    assert att.connection == ConnectionInfo("unknown", "v1") and att.connector == {}
+
+
+def test_an_answer_that_cannot_be_shown_is_logged_by_its_type(caplog):
+    class Odd:
+        def to_dict(self):
+            raise ValueError("no")
+
+    caplog.set_level(logging.DEBUG, logger="attachflow.cinder")
+    storage(vol_reserve=Scripted(Odd())).reserve("v1")
+    assert caplog.records[-1].getMessage().startswith("cinder: os-reserve v1 -> Odd (")
