@@ -251,6 +251,14 @@ def test_a_new_source_takes_the_old_ones_place_and_sets_the_disk_type():
     assert _children(filled.to_xml()) == ["driver", "source", "target", "readonly"]
     assert filled.source == domxml.BlockSource("/dev/sr0") and filled.readonly
     assert empty.source is None
+    # a source written first, or after the target, stays where it was
+    first = _disk("<disk type='block'><source dev='/dev/a'/><target dev='vdb'/>"
+                  "<serial>v1</serial></disk>").with_source(domxml.BlockSource("/dev/b"))
+    assert _children(first.to_xml()) == ["source", "target", "serial"]
+    late = _disk("<disk type='block'><target dev='vdb'/><serial>v1</serial>"
+                 "<source dev='/dev/a'/></disk>").with_source(domxml.BlockSource("/dev/b"))
+    assert _children(late.to_xml()) == ["target", "serial", "source"]
+    assert late.source == domxml.BlockSource("/dev/b")
 
 
 def test_the_alias_libvirt_gives_replaces_any_other():
