@@ -2,6 +2,7 @@
 ATTACHFLOW_REGEN_GOLDEN=1 and review the diff."""
 
 import os
+import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -472,3 +473,13 @@ def test_a_domain_booted_from_a_kernel_with_a_given_emulator():
     cmdline_only = domxml.build_domain("vm2", "u2", 256, 2, "kvm", disk, {},
                                        direct_boot=domxml.DirectBoot("/k", cmdline="quiet"))
     assert _children(cmdline_only.to_xml(), "os") == ["type", "kernel", "cmdline"]
+
+
+def test_a_prefix_never_seen_before_is_kept_when_written_back():
+    # ElementTree's prefixes are process-wide: a fresh one shows what parsing does.
+    prefix = "tool" + uuid.uuid4().hex[:8]
+    xml = (f"<domain xmlns:{prefix}='urn:{prefix}'><name>vm</name><metadata>"
+           f"<{prefix}:keep>yes</{prefix}:keep></metadata><devices/></domain>")
+    out = domxml.Domain.parse(xml).with_changes(volume_entries={"v": "{}"}).to_xml()
+    assert f"<{prefix}:keep>yes</{prefix}:keep>" in out
+    assert f'xmlns:{prefix}="urn:{prefix}"' in out
