@@ -863,7 +863,7 @@ def test_wrong_credentials_are_a_storage_error(api):
 def test_the_process_environment_is_read_when_none_is_given(api, monkeypatch):
     for name, value in keystone_env(api, OS_REGION_NAME="RegionTwo",
                                     OS_INTERFACE="internal",
-                                    ATTACHFLOW_STORAGE_TIMEOUT="0.3").items():
+                                    ATTACHFLOW_STORAGE_TIMEOUT="1").items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("OS_CLOUD", raising=False)
     storage = CinderStorage.connect()

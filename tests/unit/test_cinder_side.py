@@ -319,10 +319,11 @@ def test_tls_verification_follows_os_insecure_and_os_cacert():
 
 def test_the_storage_timeout_is_read_from_the_environment():
     assert make_session(env=dict(NOAUTH, ATTACHFLOW_STORAGE_TIMEOUT="12.5"))[0].timeout == 12.5
-    assert make_session(env=dict(NOAUTH, ATTACHFLOW_STORAGE_TIMEOUT=""))[0].timeout == 90.0
+    assert make_session(env=dict(NOAUTH, ATTACHFLOW_STORAGE_TIMEOUT=""))[0].timeout == 30.0
     with pytest.raises(errors.InputError) as info:
         make_session(env=dict(NOAUTH, ATTACHFLOW_STORAGE_TIMEOUT="soon"))
-    assert str(info.value) == "ATTACHFLOW_STORAGE_TIMEOUT 'soon' is not a number"
+    assert str(info.value) == ("ATTACHFLOW_STORAGE_TIMEOUT 'soon' is not a number of "
+                               "seconds from 1 to 86400")
     assert info.value.exit_code == 2
 
 
