@@ -473,6 +473,11 @@ def test_the_destination_keeps_the_persistent_definition_not_the_live_one(lab):
     assert [d.target_dev for d in persistent.disks] == ["vda", "vdb", "hdc"]
     assert [d.target_dev for d in b.hypervisor.domain("vm").disks] == ["vda", "vdb"]
     assert all(persistent.disk(v) is not None for v in vols)
+    # on the destination's connection, with the destination's records, both definitions
+    records = record.read(persistent)
+    for v in vols:
+        assert persistent.disk(v).source.initiator_iqn == "iqn.2024-01.dev.attachflow:hostb"
+        assert records[v].host == "hostb" and records[v].connector["host"] == "hostb"
 
 
 def test_a_transient_guest_is_defined_on_the_destination_as_it_runs(lab):
@@ -597,3 +602,20 @@ def test_the_migration_call_runs_in_a_daemon_thread_an_interrupt_does_not_wait_f
         (threading.current_thread().name, threading.current_thread().daemon))
     mig.migrate(cinder, mig.preflight(cinder, a, b, "vm"))
     assert seen == [("migration", True)]
+
+
+def test_a_destination_definition_that_cannot_be_made_is_named_and_rolled_back(
+        lab, monkeypatch):
+    cinder, a, b = lab
+    vols = guest(lab, "attachments", "native", volumes=1)
+    before = where(lab, vols), host_leftovers(b)
+
+    def broken(plan, sources, atts):
+        raise errors.InputError("record too large")
+
+    monkeypatch.setattr(mig, "destination_definitions", broken)
+    with pytest.raises(errors.OperationFailed) as info:
+        mig.migrate(cinder, mig.preflight(cinder, a, b, "vm"))
+    assert str(info.value) == "migrate vm from hosta to hostb failed at step 'destination " \
+                              "XML': record too large (all earlier steps undone)"
+    assert (where(lab, vols), host_leftovers(b)) == before
