@@ -619,3 +619,17 @@ def test_a_destination_definition_that_cannot_be_made_is_named_and_rolled_back(
     assert str(info.value) == "migrate vm from hosta to hostb failed at step 'destination " \
                               "XML': record too large (all earlier steps undone)"
     assert (where(lab, vols), host_leftovers(b)) == before
+
+
+def test_a_multipath_volume_moves_on_multipath(lab):
+    cinder, a, b = lab
+    root = cinder.create_volume(portals=2)
+    operations.boot(cinder, a, get_transport("kernel", multipath=True), "vm", root,
+                    api="attachments")
+    plan = mig.preflight(cinder, a, b, "vm")
+    assert plan.connectors["kernel"].multipath is True
+    mig.migrate(cinder, plan)
+    (device,) = b.brick.maps  # one multipath device over both portals
+    assert len(b.brick.maps[device]) == 2 and not a.brick.maps
+    assert b.hypervisor.domain("vm").disk(root).source.path == device
+    assert record.read(b.hypervisor.domain("vm"))[root].multipath is True
