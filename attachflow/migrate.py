@@ -183,11 +183,11 @@ def preflight(storage: StorageAPI, source: ComputeHost, destination: ComputeHost
 
 
 def _is_empty(disk: domxml.Disk) -> bool:
-    """No medium: no ``<source>`` naming a file, device, volume or network disk (a file
-    or an image on other storage has a source attachflow does not parse, but is there)."""
+    """No medium: no ``<source>`` naming a file, device, directory, storage pool volume
+    or network disk (attachflow parses only its own sources; any other is still there)."""
     src = disk.element().find("source")
-    return src is None or not any(src.get(k) for k in ("file", "dev", "dir", "pool",
-                                                       "volume", "protocol", "name"))
+    return src is None or not any(src.get(k) for k in ("file", "dev", "dir", "volume",
+                                                       "protocol"))
 
 
 def _check_ssh(host: ComputeHost) -> None:
