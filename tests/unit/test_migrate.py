@@ -457,17 +457,17 @@ def test_empty_drives_are_nothing_to_move_and_any_other_disk_is_named(lab):
                                   'file="/images/data.qcow2"/><target dev="{dev}" '
                                   'bus="virtio"/></disk>'))
     for dev, xml in (
-            ("vdu", '<disk type="dir" device="disk"><source dir="/srv/share"/>'),
-            ("vdt", '<disk type="volume" device="disk"><source pool="default" '
-                    'volume="data.img"/>'),
-            ("vds", '<disk type="network" device="disk"><source protocol="rbd" '
-                    'name="rbd/data"/>'),
+            ("fdb", '<disk type="dir" device="floppy"><source dir="/srv/share"/>'),
+            ("hdg", '<disk type="volume" device="cdrom"><source pool="default" '
+                    'volume="install.iso"/>'),
+            ("hdh", '<disk type="network" device="cdrom"><source protocol="https" '
+                    'name="/isos/install.iso"/>'),
             ("hdf", '<disk type="file" device="cdrom"><source startupPolicy="optional"/>')):
         dom.live.append(_empty(dev, xml + '<target dev="{dev}" bus="virtio"/></disk>'))
     plan = mig.preflight(cinder, a, b, "vm",
                          options=mig.MigrationOptions(copy_local_disks=True))
     # the empty CD-ROM (hdf) is nothing to move
-    assert plan.local_disks == ["hde", "vdw", "vdv", "vdu", "vdt", "vds"]
+    assert plan.local_disks == ["hde", "vdw", "vdv", "fdb", "hdg", "hdh"]
 
 
 def test_the_destination_keeps_the_persistent_definition_not_the_live_one(lab):
