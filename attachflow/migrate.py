@@ -144,7 +144,8 @@ def preflight(storage: StorageAPI, source: ComputeHost, destination: ComputeHost
     volumes: list[VolumePlan] = []
     local: list[str] = []
     for disk in live.disks:
-        if disk.source is None and disk.disk_type in ("file", "block", ""):
+        empty = _is_empty(disk)
+        if empty and disk.disk_type in ("file", "block", ""):
             continue  # an empty drive, nothing to move
         if disk.serial and disk.serial in records:
             rec = records[disk.serial]
@@ -156,7 +157,7 @@ def preflight(storage: StorageAPI, source: ComputeHost, destination: ComputeHost
             volumes.append(VolumePlan(
                 disk.serial, disk.target_dev, rec, flow, transport,
                 StorageAttachment.from_record(rec, disk.serial, ref.uuid), disk))
-        elif disk.device in ("cdrom", "floppy") and disk.source is None:
+        elif disk.device in ("cdrom", "floppy") and empty:
             continue
         elif options.copy_local_disks:
             local.append(disk.target_dev)
@@ -188,6 +189,14 @@ def preflight(storage: StorageAPI, source: ComputeHost, destination: ComputeHost
                     from None
     return Plan(domain, ref.uuid, source, destination, volumes, local, connectors, live,
                 persistent, records, options)
+
+
+def _is_empty(disk: domxml.Disk) -> bool:
+    """No medium: no ``<source>`` naming a file, device, directory, storage pool volume
+    or network disk (attachflow parses only its own sources; any other is still there)."""
+    src = disk.element().find("source")
+    return src is None or not any(src.get(k) for k in ("file", "dev", "dir", "volume",
+                                                       "protocol"))
 
 
 def _check_ssh(host: ComputeHost) -> None:

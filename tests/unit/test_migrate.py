@@ -2,9 +2,13 @@
 destination and released on the source; every failure before the switch-over rolls back
 to exactly one attachment per volume (the source's); a failure after it rolls forward."""
 
+import dataclasses
+import threading
+import time
+
 import pytest
 
-from attachflow import errors, operations, record
+from attachflow import domxml, errors, operations, record
 from attachflow import migrate as mig
 from attachflow import migration_monitor
 from attachflow.connectors import get_transport, iscsi_native
@@ -346,3 +350,300 @@ def test_volumes_exported_otherwise_move_as_exported(lab, api, transport):
     for vol in vols:
         operations.detach(cinder, a, vol, "vm")
         assert cinder.volumes[vol].status == "available"
+
+
+def _empty(dev, xml):
+    return domxml.Disk.parse(xml.format(dev=dev))
+
+
+def test_dry_run_lists_every_step_and_the_destination_records(lab):
+    cinder, a, b = lab
+    root, data = guest(lab, "attachments", "native", volumes=1)
+    out = mig.dry_run(mig.preflight(cinder, a, b, "vm"))
+    assert out["steps"] == [
+        f"attachments: connection for hostb (volume {root}, vda)",
+        f"native: connect {root} on hostb",
+        f"attachments: connection for hostb (volume {data}, vdb)",
+        f"native: connect {data} on hostb",
+        "live migration hosta -> hostb",
+        f"attachments: complete {root} on hostb, disconnect hosta, release the source "
+        "connection",
+        f"attachments: complete {data} on hostb, disconnect hosta, release the source "
+        "connection"]
+    assert {k: v for k, v in out.items() if k not in ("steps", "xml_diff")} == {
+        "domain": "vm", "source": "hosta", "destination": "hostb", "volumes": [root, data],
+        "copy_disks": []}
+    diff = out["xml_diff"].splitlines()
+    assert diff[:2] == ["--- hosta/vm.xml", "+++ hostb/vm.xml"]
+    # the records shown for the destination carry the destination's connector
+    added = [line for line in diff if line.startswith("+") and "attachflow:volume id" in line]
+    assert len(added) == 2
+    assert all('"connector": {"host": "hostb", "initiator": "iqn.2024-01.dev.attachflow:'
+               'hostb", "ip": "198.18.0.12"' in line for line in added)
+
+
+def test_the_plan_names_the_local_disks_it_copies(lab):
+    cinder, a, b = lab
+    a.hypervisor.add_domain("localdisk", devices=("vda", "vdb"))
+    plan = mig.preflight(cinder, a, b, "localdisk",
+                         options=mig.MigrationOptions(copy_local_disks=True))
+    assert plan.steps() == ["live migration hosta -> hostb, copying vda, vdb"]
+    assert mig.dry_run(plan)["copy_disks"] == ["vda", "vdb"]
+
+
+def test_preflight_says_what_is_wrong(lab):
+    cinder, a, b = lab
+    root, data = guest(lab, "attachments", "native", volumes=1)
+    a.hypervisor.add_domain("stopped", active=False)
+
+    def refused(**kwargs):
+        with pytest.raises(errors.PreflightError) as info:
+            mig.preflight(cinder, kwargs.pop("src", a), kwargs.pop("dst", b),
+                          kwargs.pop("name", "vm"), **kwargs)
+        assert info.value.exit_code == 2
+        return str(info.value)
+
+    assert refused(options=mig.MigrationOptions(on_timeout="wait")) == \
+        "--on-timeout must be abort or postcopy, not 'wait'"
+    assert refused(dst=a) == "source and destination are the same host (hosta)"
+    assert refused(name="stopped") == "domain 'stopped' is not running on hosta"
+    meta = a.hypervisor.domains["vm"].live_meta
+    good = meta[data]
+    meta[data] = good.replace('"transport": "native"', '"transport": "nvme"')
+    assert refused().startswith(f"volume {data}: ")
+    meta[data] = "{not json"
+    message = refused()
+    assert data in message and message != "None"
+    meta[data] = good
+    b.brick.fail("properties", errors.HostError("brick broke"))
+    plan = mig.preflight(cinder, a, b, "vm")  # native needs no os-brick on hostb
+    assert [v.volume_id for v in plan.volumes] == [root, data]
+
+
+def test_preflight_says_why_the_destination_connector_is_unknown(lab):
+    cinder, a, b = lab
+    guest(lab, "attachments", "kernel", volumes=0)
+    b.brick.fail("properties", errors.HostError("brick broke"))
+    with pytest.raises(errors.PreflightError) as info:
+        mig.preflight(cinder, a, b, "vm")
+    assert str(info.value) == "destination hostb connector: brick broke"
+
+
+def test_empty_drives_are_nothing_to_move_and_any_other_disk_is_named(lab):
+    cinder, a, b = lab
+    vols = guest(lab, "attachments", "native", volumes=1)
+    empties = [_empty("hdc", '<disk type="file" device="cdrom"><target dev="{dev}" '
+                             'bus="sata"/></disk>'),
+               _empty("vdx", '<disk type="file" device="disk"><target dev="{dev}" '
+                             'bus="virtio"/></disk>'),
+               _empty("vdy", '<disk type="block" device="disk"><target dev="{dev}" '
+                             'bus="virtio"/></disk>'),
+               _empty("vdz", '<disk device="disk"><target dev="{dev}" bus="virtio"/></disk>'),
+               _empty("hdd", '<disk type="volume" device="cdrom"><target dev="{dev}" '
+                             'bus="sata"/></disk>'),
+               _empty("fda", '<disk type="network" device="floppy"><target dev="{dev}" '
+                             'bus="fdc"/></disk>')]
+    dom = a.hypervisor.domains["vm"]
+    dom.live[:0] = empties  # before the volumes: they are still all checked
+    plan = mig.preflight(cinder, a, b, "vm")
+    assert [v.volume_id for v in plan.volumes] == vols and plan.local_disks == []
+    # a CD-ROM with an image in it is a local disk like any other
+    dom.live.append(_empty("hde", '<disk type="file" device="cdrom"><source '
+                                  'file="/images/install.iso"/><target dev="{dev}" '
+                                  'bus="sata"/></disk>'))
+    dom.live.append(_empty("vdw", '<disk type="volume" device="disk"><target dev="{dev}" '
+                                  'bus="virtio"/></disk>'))
+    with pytest.raises(errors.PreflightError) as info:
+        mig.preflight(cinder, a, b, "vm")
+    assert str(info.value) == "disk hde of 'vm' is not a Cinder volume attached by " \
+                              "attachflow; copy it with --copy-local-disks or detach it first"
+    # so is a disk on a file (it used to be taken for an empty drive and left out)
+    dom.live.append(_empty("vdv", '<disk type="file" device="disk"><source '
+                                  'file="/images/data.qcow2"/><target dev="{dev}" '
+                                  'bus="virtio"/></disk>'))
+    for dev, xml in (
+            ("fdb", '<disk type="dir" device="floppy"><source dir="/srv/share"/>'),
+            ("hdg", '<disk type="volume" device="cdrom"><source pool="default" '
+                    'volume="install.iso"/>'),
+            ("hdh", '<disk type="network" device="cdrom"><source protocol="https" '
+                    'name="/isos/install.iso"/>'),
+            ("hdf", '<disk type="file" device="cdrom"><source startupPolicy="optional"/>')):
+        dom.live.append(_empty(dev, xml + '<target dev="{dev}" bus="virtio"/></disk>'))
+    plan = mig.preflight(cinder, a, b, "vm",
+                         options=mig.MigrationOptions(copy_local_disks=True))
+    # the empty CD-ROM (hdf) is nothing to move
+    assert plan.local_disks == ["hde", "vdw", "vdv", "fdb", "hdg", "hdh"]
+
+
+def test_the_destination_keeps_the_persistent_definition_not_the_live_one(lab):
+    cinder, a, b = lab
+    vols = guest(lab, "attachments", "native", volumes=1)
+    # a change for the next boot only: the persistent definition has an empty CD-ROM
+    a.hypervisor.domains["vm"].config.append(
+        _empty("hdc", '<disk type="file" device="cdrom"><target dev="{dev}" '
+                      'bus="sata"/></disk>'))
+    mig.migrate(cinder, mig.preflight(cinder, a, b, "vm"))
+    persistent = b.hypervisor.domain("vm", inactive=True)
+    assert [d.target_dev for d in persistent.disks] == ["vda", "vdb", "hdc"]
+    assert [d.target_dev for d in b.hypervisor.domain("vm").disks] == ["vda", "vdb"]
+    assert all(persistent.disk(v) is not None for v in vols)
+    # on the destination's connection, with the destination's records, both definitions
+    records = record.read(persistent)
+    for v in vols:
+        assert persistent.disk(v).source.initiator_iqn == "iqn.2024-01.dev.attachflow:hostb"
+        assert records[v].host == "hostb" and records[v].connector["host"] == "hostb"
+
+
+def test_a_transient_guest_is_defined_on_the_destination_as_it_runs(lab):
+    cinder, a, b = lab
+    a.hypervisor.add_domain("transient", persistent=False)
+    mig.migrate(cinder, mig.preflight(cinder, a, b, "transient",
+                                      options=mig.MigrationOptions(copy_local_disks=True)))
+    assert [d.target_dev for d in b.hypervisor.domain("transient", inactive=True).disks] \
+        == ["vda"]
+
+
+def test_the_request_carries_the_options_asked_for(lab):
+    cinder, a, b = lab
+    a.hypervisor.add_domain("localdisk", devices=("vda", "vdb"))
+    mig.migrate(cinder, mig.preflight(cinder, a, b, "localdisk", options=mig.MigrationOptions(
+        copy_local_disks=True, auto_converge=True, bandwidth_mib=100)))
+    (request,) = a.hypervisor.migrations
+    assert (request.dest_uri, request.auto_converge, request.bandwidth_mib,
+            request.copy_disks, request.postcopy) == \
+        ("test+fake://hostb/system", True, 100, ("vda", "vdb"), False)
+    assert request.persist is not None
+
+
+def test_a_failed_step_is_named_in_the_error(lab):
+    cinder, a, b = lab
+    root, data = guest(lab, "attachments", "native", volumes=1)
+    op = "migrate vm from hosta to hostb failed at step"
+    cinder.fail("attachment_create", errors.StorageUnavailable("cinder away"), after=1)
+    with pytest.raises(errors.OperationFailed) as info:
+        mig.migrate(cinder, mig.preflight(cinder, a, b, "vm"))
+    assert str(info.value) == f"{op} 'destination connection (attachments) {data}': " \
+                              "cinder away (all earlier steps undone)"
+    b.hypervisor.fail("define_secret", errors.HypervisorError("no secret"), after=1)
+    with pytest.raises(errors.OperationFailed) as info:
+        mig.migrate(cinder, mig.preflight(cinder, a, b, "vm"))
+    assert str(info.value) == f"{op} 'destination connect (native) {data}': no secret " \
+                              "(all earlier steps undone)"
+    cinder.volumes[data].driver_volume_type = "rbd"
+    before = where(lab, [root, data]), host_leftovers(b)
+    with pytest.raises(errors.OperationFailed) as info:
+        mig.migrate(cinder, mig.preflight(cinder, a, b, "vm"))
+    assert str(info.value) == f"{op} 'check transport {data}': volume {data} is exported " \
+                              "as 'rbd'; transport 'native' carries only iscsi (all earlier " \
+                              "steps undone)"
+    assert (where(lab, [root, data]), host_leftovers(b)) == before
+
+
+def test_a_refused_migration_is_named_in_the_error(lab):
+    cinder, a, b = lab
+    guest(lab, "attachments", "native", volumes=1)
+    a.hypervisor.fail("migrate", errors.HypervisorError("migrate broke"))
+    with pytest.raises(errors.OperationFailed) as info:
+        mig.migrate(cinder, mig.preflight(cinder, a, b, "vm"))
+    assert info.value.step == "live migration"
+    assert str(info.value) == "migrate vm from hosta to hostb failed at step 'live " \
+                              "migration': migrate broke (all earlier steps undone)"
+
+
+def test_a_failed_job_that_left_the_guest_on_neither_host_rolls_back(lab):
+    cinder, a, b = lab
+    vols = guest(lab, "attachments", "native", volumes=1)
+    before = where(lab, vols)[1], host_leftovers(b)
+
+    def crash(hv):
+        hv.domains["vm"].active = False
+        raise errors.HypervisorError("qemu crashed")
+
+    a.hypervisor.during_migration = crash
+    with pytest.raises(errors.OperationFailed, match="qemu crashed"):
+        mig.migrate(cinder, mig.preflight(cinder, a, b, "vm"))
+    assert (where(lab, vols)[1], host_leftovers(b)) == before
+
+
+def test_a_failed_job_that_left_the_guest_running_on_the_source_rolls_back(lab):
+    """Even with a copy left running on the destination: the source's is the guest."""
+    cinder, a, b = lab
+    vols = guest(lab, "attachments", "native", volumes=1)
+    before = where(lab, vols)[1], host_leftovers(b)
+
+    def half(hv):
+        b.hypervisor.domains["vm"] = dataclasses.replace(hv.domains["vm"])
+        raise errors.HypervisorError("finish failed")
+
+    a.hypervisor.during_migration = half
+    with pytest.raises(errors.OperationFailed, match="finish failed"):
+        mig.migrate(cinder, mig.preflight(cinder, a, b, "vm"))
+    assert a.hypervisor.domains["vm"].active
+    assert (where(lab, vols)[1], host_leftovers(b)) == before
+
+
+def test_the_result_reports_the_move(lab):
+    cinder, a, b = lab
+    vols = guest(lab, "attachments", "native", volumes=1)
+    result = mig.migrate(cinder, mig.preflight(cinder, a, b, "vm")).to_dict()
+    seconds = result.pop("seconds")
+    assert 0 <= seconds < 30
+    assert result == {"domain": "vm", "source": "hosta", "destination": "hostb",
+                      "runs_on": "hostb", "volumes": vols, "migration_seconds": 1.2,
+                      "downtime_ms": 25, "rolled_forward": False, "left_behind": []}
+
+
+def test_the_result_falls_back_to_the_time_seen_when_the_destination_has_no_statistics(
+        lab, monkeypatch):
+    cinder, a, b = lab
+    guest(lab, "attachments", "native", volumes=0)
+
+    def gone(name, completed=False):
+        raise errors.HypervisorError("no job statistics")
+
+    monkeypatch.setattr(b.hypervisor, "job_stats", gone)
+    a.hypervisor.during_migration = lambda hv: time.sleep(0.02)
+    result = mig.migrate(cinder, mig.preflight(cinder, a, b, "vm"))
+    assert 0.02 <= result.migration_seconds < 30 and result.downtime_ms is None
+    assert result.migration_seconds <= result.seconds
+
+
+def test_the_migration_call_runs_in_a_daemon_thread_an_interrupt_does_not_wait_for(lab):
+    cinder, a, b = lab
+    guest(lab, "attachments", "native", volumes=0)
+    seen = []
+    a.hypervisor.during_migration = lambda hv: seen.append(
+        (threading.current_thread().name, threading.current_thread().daemon))
+    mig.migrate(cinder, mig.preflight(cinder, a, b, "vm"))
+    assert seen == [("migration", True)]
+
+
+def test_a_destination_definition_that_cannot_be_made_is_named_and_rolled_back(
+        lab, monkeypatch):
+    cinder, a, b = lab
+    vols = guest(lab, "attachments", "native", volumes=1)
+    before = where(lab, vols), host_leftovers(b)
+
+    def broken(plan, sources, atts):
+        raise errors.InputError("record too large")
+
+    monkeypatch.setattr(mig, "destination_definitions", broken)
+    with pytest.raises(errors.OperationFailed) as info:
+        mig.migrate(cinder, mig.preflight(cinder, a, b, "vm"))
+    assert str(info.value) == "migrate vm from hosta to hostb failed at step 'destination " \
+                              "XML': record too large (all earlier steps undone)"
+    assert (where(lab, vols), host_leftovers(b)) == before
+
+
+def test_a_multipath_volume_moves_on_multipath(lab):
+    cinder, a, b = lab
+    root = cinder.create_volume(portals=2)
+    operations.boot(cinder, a, get_transport("kernel", multipath=True), "vm", root,
+                    api="attachments")
+    plan = mig.preflight(cinder, a, b, "vm")
+    assert plan.connectors["kernel"].multipath is True
+    mig.migrate(cinder, plan)
+    (device,) = b.brick.maps  # one multipath device over both portals
+    assert len(b.brick.maps[device]) == 2 and not a.brick.maps
+    assert b.hypervisor.domain("vm").disk(root).source.path == device
+    assert record.read(b.hypervisor.domain("vm"))[root].multipath is True

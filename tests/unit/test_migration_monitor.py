@@ -3,6 +3,8 @@ statistics: no migration, no thread. The timeout action comes when the completio
 is reached and not a poll earlier, once, as configured (abort or post-copy); the max
 downtime is set once, and only when a job exists."""
 
+import logging
+
 import pytest
 
 from attachflow import errors
@@ -174,26 +176,30 @@ class Hypervisor:
         self.calls = []
         self.refuse = {}  # method -> how many calls to refuse
 
-    def _call(self, method):
+    def _call(self, method, name):
         self.calls.append(method)
+        if name != "vm":  # as libvirt: only the domain being migrated has a job
+            raise errors.DomainNotFound(f"domain '{name}' not found")
         if self.refuse.get(method):
             self.refuse[method] -= 1
             raise errors.HypervisorError(f"{method} refused")
 
     def job_stats(self, name):
+        if name != "vm":
+            raise errors.DomainNotFound(f"domain '{name}' not found")
         out = self.stats.pop(0) if self.stats else JOB
         if isinstance(out, Exception):
             raise out
         return dict(out)
 
     def set_max_downtime(self, name, milliseconds):
-        self._call(f"set_max_downtime {milliseconds}")
+        self._call(f"set_max_downtime {milliseconds}", name)
 
     def abort_job(self, name):
-        self._call("abort_job")
+        self._call("abort_job", name)
 
     def start_postcopy(self, name):
-        self._call("start_postcopy")
+        self._call("start_postcopy", name)
 
 
 def run(hv, polls, timeout=10.0, **kwargs):
@@ -269,3 +275,22 @@ def test_monitor_polls_at_the_module_interval_by_default(monkeypatch):
     monitor = mm.Monitor(Hypervisor(), "vm", 100.0, progress=seen.append, clock=clock)
     monitor.run(Worker(clock, 5))
     assert [e["elapsed"] for e in seen] == [2.0, 4.0, 6.0, 8.0]
+
+
+def test_monitor_polls_at_the_interval_it_was_given():
+    clock, seen = Clock(), []
+    monitor = mm.Monitor(Hypervisor(), "vm", 100.0, progress=seen.append, clock=clock,
+                         interval=2.0)
+    monitor.run(Worker(clock, 4))
+    assert [e["elapsed"] for e in seen] == [2.0, 4.0, 6.0]
+
+
+def test_the_debug_log_says_why_a_poll_did_nothing(caplog):
+    caplog.set_level(logging.DEBUG, logger="attachflow.migration_monitor")
+    hv = Hypervisor([errors.HypervisorError("domain not found"), JOB, JOB])
+    hv.refuse = {"abort_job": 1}
+    run(hv, 4, timeout=1.0)
+    assert [r.getMessage() for r in caplog.records] == [
+        "vm: no job statistics: domain not found",
+        "vm: abort failed: abort_job refused"]
+    assert hv.calls == ["abort_job", "abort_job"]

@@ -1,6 +1,8 @@
 """Transactions undo what was done; ``Problems`` collects what could not be done, in
 order, and renders it as one ``"what: error"`` line each."""
 
+import logging
+
 import pytest
 
 from attachflow import errors
@@ -41,3 +43,108 @@ def test_rollback_collects_failed_undos_and_keeps_undoing():
         [("two", "undo broke")]
     assert str(info.value) == "op failed at step 'four': boom -- could NOT undo: two: " \
                               "undo broke"
+
+
+def test_steps_run_in_order_and_undo_gets_what_its_step_returned():
+    tx = Transaction("attach vol-1 to vm")
+    undone = []
+    assert tx.completed == []
+    assert tx.run("reserve", lambda: "att-1", undone.append) == "att-1"
+    assert tx.run("check", lambda: None) is None  # no undo: nothing to take back
+    assert tx.run("connect", lambda: {"path": "/dev/sdb"}, undone.append) == \
+        {"path": "/dev/sdb"}
+    assert tx.completed == ["reserve", "check", "connect"]
+    cause = errors.HypervisorError("attach device refused")
+    with pytest.raises(errors.OperationFailed) as info:
+        tx.run("attach device", lambda: (_ for _ in ()).throw(cause))
+    assert undone == [{"path": "/dev/sdb"}, "att-1"]
+    failed = info.value
+    assert (failed.operation, failed.step, failed.cause, failed.undo_failures) == \
+        ("attach vol-1 to vm", "attach device", cause, [])
+    assert failed.__cause__ is cause
+    assert str(failed) == "attach vol-1 to vm failed at step 'attach device': attach " \
+                          "device refused (all earlier steps undone)"
+    assert failed.exit_code == 1
+    assert tx.completed == ["reserve", "check", "connect"]
+
+
+def test_a_first_step_that_fails_with_a_known_error_is_reported_as_it_is():
+    tx = Transaction("attach vol-1 to vm")
+    cause = errors.VolumeStateError("volume vol-1 is in-use")
+    with pytest.raises(errors.VolumeStateError) as info:
+        tx.run("reserve", lambda: (_ for _ in ()).throw(cause))
+    assert info.value is cause and info.value.exit_code == 2
+    # steps without undo changed nothing that could be taken back either
+    tx = Transaction("attach vol-1 to vm")
+    tx.run("check", lambda: None)
+    with pytest.raises(errors.VolumeStateError) as info:
+        tx.run("reserve", lambda: (_ for _ in ()).throw(cause))
+    assert info.value is cause
+
+
+def test_an_unexpected_error_or_an_interrupt_is_wrapped_even_with_nothing_to_undo():
+    tx = Transaction("detach vol-1 from vm")
+    bug = ValueError("bad value")
+    with pytest.raises(errors.OperationFailed) as info:
+        tx.run("look up", lambda: (_ for _ in ()).throw(bug))
+    assert info.value.cause is bug and info.value.step == "look up"
+    assert info.value.__cause__ is bug
+    assert str(info.value) == "detach vol-1 from vm failed at step 'look up': bad value " \
+                              "(all earlier steps undone)"
+
+    tx = Transaction("attach vol-2 to vm")
+    undone = []
+    tx.run("reserve", lambda: "att-2", undone.append)
+    with pytest.raises(errors.OperationFailed) as info:
+        tx.run("connect", lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert undone == ["att-2"]
+    assert isinstance(info.value.cause, KeyboardInterrupt) and info.value.exit_code == 1
+
+
+def test_an_undo_failing_with_any_error_is_named_and_the_rest_still_undone():
+    tx = Transaction("op")
+    undone = []
+
+    def broken(_):
+        raise RuntimeError("undo bug")
+
+    tx.run("one", lambda: 1, undone.append)
+    tx.run("two", lambda: 2, broken)
+    with pytest.raises(errors.OperationFailed) as info:
+        tx.run("three", lambda: (_ for _ in ()).throw(errors.InputError("refused")))
+    assert undone == [1]
+    assert [(name, str(exc)) for name, exc in info.value.undo_failures] == \
+        [("two", "undo bug")]
+    # something is left to clean up by hand: not reported as mere bad input
+    assert info.value.exit_code == 1
+
+
+def test_undos_run_once_and_a_later_failure_has_nothing_left_to_undo():
+    tx = Transaction("op")
+    undone = []
+    tx.run("one", lambda: 1, undone.append)
+    with pytest.raises(errors.OperationFailed):
+        tx.run("two", lambda: (_ for _ in ()).throw(errors.HostError("gone")))
+    second = errors.HostError("gone again")
+    with pytest.raises(errors.HostError) as info:
+        tx.run("three", lambda: (_ for _ in ()).throw(second))
+    assert info.value is second
+    assert undone == [1]
+
+
+def test_the_debug_log_names_every_step_and_undo(caplog):
+    caplog.set_level(logging.DEBUG, logger="attachflow.steps")
+    tx = Transaction("op")
+
+    def broken(_):
+        raise errors.HypervisorError("undo broke")
+
+    tx.run("one", lambda: 1, lambda _: None)
+    tx.run("two", lambda: 2, broken)
+    with pytest.raises(errors.OperationFailed):
+        tx.run("three", lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("DEBUG", "op: step one"), ("DEBUG", "op: step two"), ("DEBUG", "op: step three"),
+        ("WARNING", "op interrupted at three; undoing"),
+        ("DEBUG", "op: undo two"), ("DEBUG", "op: undo two failed: undo broke"),
+        ("DEBUG", "op: undo one")]
