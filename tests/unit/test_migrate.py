@@ -588,8 +588,8 @@ def test_the_result_reports_the_move(lab):
     result = mig.migrate(cinder, mig.preflight(cinder, a, b, "vm")).to_dict()
     seconds = result.pop("seconds")
     assert 0 <= seconds < 30
-    assert result == {"domain": "vm", "source": "hosta", "destination": "hostb",
-                      "runs_on": "hostb", "volumes": vols, "migration_seconds": 1.2,
+    assert result == {"schema_version": 1, "operation": "migrate", "domain": "vm",
+                      "source": "hosta", "destination": "hostb", "runs_on": "hostb", "volumes": vols, "migration_seconds": 1.2,
                       "downtime_ms": 25, "rolled_forward": False, "left_behind": []}
 
 

@@ -132,8 +132,8 @@ def test_undos_run_once_and_a_later_failure_has_nothing_left_to_undo():
     assert undone == [1]
 
 
-def test_the_debug_log_names_every_step_and_undo(caplog):
-    caplog.set_level(logging.DEBUG, logger="attachflow.steps")
+def test_the_log_names_every_step_and_undo(caplog):
+    caplog.set_level(logging.DEBUG, logger="attachflow")
     tx = Transaction("op")
 
     def broken(_):
@@ -144,7 +144,8 @@ def test_the_debug_log_names_every_step_and_undo(caplog):
     with pytest.raises(errors.OperationFailed):
         tx.run("three", lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
-        ("DEBUG", "op: step one"), ("DEBUG", "op: step two"), ("DEBUG", "op: step three"),
+        ("DEBUG", "op: one ..."), ("DEBUG", "op: one done"),
+        ("DEBUG", "op: two ..."), ("DEBUG", "op: two done"), ("DEBUG", "op: three ..."),
         ("WARNING", "op interrupted at three; undoing"),
-        ("DEBUG", "op: undo two"), ("DEBUG", "op: undo two failed: undo broke"),
-        ("DEBUG", "op: undo one")]
+        ("WARNING", "op: could NOT undo two: undo broke"),
+        ("INFO", "op: undid one")]
