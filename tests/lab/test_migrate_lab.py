@@ -70,9 +70,12 @@ def test_migrate_there_and_back_with_data(lab, cleanup, api):
                       "--progress", "json")
         result = json.loads(proc.stdout)  # one document
         progress = [json.loads(line) for line in proc.stderr.splitlines()]
-        assert all(p["event"] == "progress" for p in progress), progress
-        # the job's counters fill in once it is under way
-        assert not progress or progress[-1]["total"] > 0, progress
+        # progress lines, twice a second while the job runs (a short job may end
+        # between two polls, before its counters fill in)
+        assert all(p["event"] == "progress" and p["operation"] == f"migrate {dom} from "
+                   f"{src} to {dst}" and min(p["processed"], p["remaining"],
+                                             p["total"]) >= 0 for p in progress), progress
+        assert [p["elapsed"] for p in progress] == sorted(p["elapsed"] for p in progress)
         assert result["runs_on"] == dst and result["schema_version"] == 1
         assert not result["left_behind"] and not result["rolled_forward"]
         assert result["downtime_ms"] is not None
