@@ -1,0 +1,73 @@
+"""Migration preflight refuses bad options and domain names itself, with the one-line
+message the command line gives, before any host or the storage API is asked."""
+
+import pytest
+
+from attachflow import errors, operations
+from attachflow import migrate as mig
+from attachflow.connectors import get_transport
+from attachflow.testing import FakeCinder, fake_host
+
+
+@pytest.fixture
+def lab():
+    cinder = FakeCinder()
+    network = {}
+    a = fake_host("hosta", cinder, "198.18.0.11", network)
+    b = fake_host("hostb", cinder, "198.18.0.12", network)
+    root = cinder.create_volume()
+    operations.boot(cinder, a, get_transport("native"), "vm", root, virt_type="qemu")
+    for hv in (a.hypervisor, b.hypervisor):
+        hv.calls.clear()
+    cinder.calls.clear()
+    return cinder, a, b
+
+
+def refused(lab, options, message, domain="vm"):
+    cinder, a, b = lab
+    with pytest.raises(errors.InputError) as info:
+        mig.preflight(cinder, a, b, domain, options=options)
+    assert str(info.value) == message and info.value.exit_code == 2
+    assert (cinder.calls, a.hypervisor.calls, b.hypervisor.calls) == ([], [], [])
+    assert b.runner.commands == []
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("max_downtime_ms", 0, "--max-downtime (ms) must be a number from 1 to 600000, not 0"),
+    ("max_downtime_ms", 600_001,
+     "--max-downtime (ms) must be a number from 1 to 600000, not 600001"),
+    ("bandwidth_mib", 0, "--bandwidth (MiB/s) must be a number from 1 to 1048576, not 0"),
+    ("bandwidth_mib", (1 << 20) + 1,
+     "--bandwidth (MiB/s) must be a number from 1 to 1048576, not 1048577"),
+    ("completion_timeout", 0.5, "--timeout (s) must be a number from 1 to 86400, not 0.5"),
+    ("completion_timeout", float("nan"),
+     "--timeout (s) must be a number from 1 to 86400, not nan"),
+    ("on_timeout", "pause", "--on-timeout must be abort or postcopy, not 'pause'"),
+])
+def test_preflight_refuses_options_out_of_bounds(lab, field, value, message):
+    refused(lab, mig.MigrationOptions(**{field: value}), message)
+
+
+def test_preflight_refuses_a_domain_name_libvirt_refuses(lab):
+    refused(lab, None, "domain name 'a/b' is not valid for libvirt (1-255 characters, "
+                       "no '/' or control characters)", domain="a/b")
+
+
+@pytest.mark.parametrize("options", [
+    mig.MigrationOptions(),
+    mig.MigrationOptions(max_downtime_ms=1, bandwidth_mib=1, completion_timeout=1,
+                         on_timeout="postcopy"),
+    mig.MigrationOptions(max_downtime_ms=600_000, bandwidth_mib=1 << 20,
+                         completion_timeout=86400, on_timeout="abort"),
+])
+def test_preflight_takes_options_within_bounds(lab, options):
+    cinder, a, b = lab
+    plan = mig.preflight(cinder, a, b, "vm", options=options)
+    assert plan.options == options and plan.domain == "vm"
+    assert [v.target_dev for v in plan.volumes] == ["vda"]
+
+
+def test_preflight_without_options_uses_the_defaults(lab):
+    cinder, a, b = lab
+    plan = mig.preflight(cinder, a, b, "vm")
+    assert plan.options == mig.MigrationOptions()
