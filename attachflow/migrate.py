@@ -144,7 +144,7 @@ def preflight(storage: StorageAPI, source: ComputeHost, destination: ComputeHost
     volumes: list[VolumePlan] = []
     local: list[str] = []
     for disk in live.disks:
-        if disk.source is None and disk.disk_type in ("file", "block", ""):
+        if disk.element().find("source") is None and disk.disk_type in ("file", "block", ""):
             continue  # an empty drive, nothing to move
         if disk.serial and disk.serial in records:
             rec = records[disk.serial]

@@ -6,6 +6,7 @@ import pytest
 from attachflow import errors, operations
 from attachflow import migrate as mig
 from attachflow.connectors import get_transport
+from attachflow.domxml import Disk
 from attachflow.testing import FakeCinder, fake_host
 
 
@@ -71,3 +72,65 @@ def test_preflight_without_options_uses_the_defaults(lab):
     cinder, a, b = lab
     plan = mig.preflight(cinder, a, b, "vm")
     assert plan.options == mig.MigrationOptions()
+
+
+def add_disk(host, domain, xml):
+    disk = Disk.parse(xml)
+    dom = host.hypervisor.domains[domain]
+    dom.live.insert(0, disk)       # before the guest's volumes
+    dom.config.insert(0, disk)
+
+
+EMPTY_CDROM = '<disk type="file" device="cdrom"><target dev="sda" bus="sata"/></disk>'
+ISO_CDROM = ('<disk type="file" device="cdrom"><source file="/isos/tools.iso"/>'
+             '<target dev="sdb" bus="sata"/><readonly/></disk>')
+HTTP_CDROM = ('<disk type="network" device="cdrom"><source protocol="https" '
+              'name="/isos/tools.iso"><host name="mirror.example" port="443"/></source>'
+              '<target dev="sdc" bus="sata"/><readonly/></disk>')
+EMPTY_FLOPPY = '<disk type="block" device="floppy"><target dev="fda" bus="fdc"/></disk>'
+NO_TYPE_FLOPPY = '<disk device="floppy"><target dev="fdb" bus="fdc"/></disk>'
+NETWORK_FLOPPY = ('<disk type="network" device="floppy"><source protocol="nbd" '
+                  'name="boot"><host name="nbd.example"/></source>'
+                  '<target dev="fdc" bus="fdc"/></disk>')
+EMPTY_FILE_DISK = '<disk type="file" device="disk"><target dev="vdx" bus="virtio"/></disk>'
+LOCAL_FILE_DISK = ('<disk type="file" device="disk"><driver name="qemu" type="qcow2"/>'
+                   '<source file="/var/lib/libvirt/images/vm-data.qcow2"/>'
+                   '<target dev="vdy" bus="virtio"/></disk>')
+
+
+@pytest.mark.parametrize("xml", [EMPTY_CDROM, ISO_CDROM, HTTP_CDROM, EMPTY_FLOPPY,
+                                 NO_TYPE_FLOPPY, NETWORK_FLOPPY, EMPTY_FILE_DISK])
+def test_empty_drives_and_media_stay_out_of_the_plan(lab, xml):
+    """Nothing of these to move: the guest's volumes after them are all planned."""
+    cinder, a, b = lab
+    add_disk(a, "vm", xml)
+    plan = mig.preflight(cinder, a, b, "vm")
+    assert [v.target_dev for v in plan.volumes] == ["vda"] and plan.local_disks == []
+
+
+def test_a_local_image_file_is_refused_unless_copied(lab):
+    """A disk backed by a local image file is not shared with the destination: without
+    --copy-local-disks the migration would fail (or lose the disk) after volumes were
+    connected there."""
+    cinder, a, b = lab
+    add_disk(a, "vm", LOCAL_FILE_DISK)
+    with pytest.raises(errors.PreflightError) as info:
+        mig.preflight(cinder, a, b, "vm")
+    assert str(info.value) == ("disk vdy of 'vm' is not a Cinder volume attached by "
+                               "attachflow; copy it with --copy-local-disks or detach it "
+                               "first")
+    plan = mig.preflight(cinder, a, b, "vm",
+                         options=mig.MigrationOptions(copy_local_disks=True))
+    assert plan.local_disks == ["vdy"] and [v.target_dev for v in plan.volumes] == ["vda"]
+
+
+def test_preflight_refusals_say_what_is_wrong(lab):
+    cinder, a, b = lab
+    with pytest.raises(errors.PreflightError) as info:
+        mig.preflight(cinder, a, a, "vm")
+    assert str(info.value) == "source and destination are the same host (hosta)"
+    a.hypervisor.destroy("vm")
+    with pytest.raises(errors.PreflightError) as info:
+        mig.preflight(cinder, a, b, "vm")
+    assert str(info.value) == "domain 'vm' is not running on hosta"
+    assert cinder.calls == [] and b.hypervisor.calls == []
