@@ -187,3 +187,20 @@ def test_delete_checks_the_domain_name_before_anything(cinder, host, bad):
     with pytest.raises(errors.InputError, match="is not valid for libvirt"):
         operations.delete_guest(cinder, host, bad)
     assert host.hypervisor.calls == []
+
+
+def test_delete_detaches_the_root_volume_last_and_the_others_in_order(cinder, host, clock):
+    """Until the root volume goes, the guest is recognisably attachflow's: a delete
+    stopped half-way can be run again without --force."""
+    vols = sorted(cinder.create_volume() for _ in range(4))
+    root, data = vols[0], vols[:0:-1]                  # root sorts first; data reversed
+    operations.boot(cinder, host, get_transport("native"), "vm1", root, virt_type="qemu")
+    for vol in data:
+        operations.attach(cinder, host, get_transport("native"), vol, "vm1")
+    result = operations.delete_guest(cinder, host, "vm1")
+    assert result.detached == vols[1:] + [root]
+    assert result.seconds == 0.0                        # the fake clock did not move
+
+
+def test_a_delete_with_nothing_to_do_reports_the_time_it_took(cinder, host, clock):
+    assert operations.delete_guest(cinder, host, "gone").seconds == 0.0
