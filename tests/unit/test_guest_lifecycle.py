@@ -204,3 +204,17 @@ def test_delete_detaches_the_root_volume_last_and_the_others_in_order(cinder, ho
 
 def test_a_delete_with_nothing_to_do_reports_the_time_it_took(cinder, host, clock):
     assert operations.delete_guest(cinder, host, "gone").seconds == 0.0
+
+
+def test_boot_reports_each_step_to_the_listener(cinder, host):
+    root = cinder.create_volume()
+    seen = []
+    operations.boot(cinder, host, get_transport("native"), "vm1", root, virt_type="qemu",
+                    api="attachments", progress=seen.append)
+    operation = f"boot vm1 from {root}"
+    started = [e.step for e in seen if isinstance(e, StepStarted)]
+    assert started == ["connector properties", "storage connect (attachments)",
+                       "check transport", "host connect (native)", "define domain",
+                       "start domain", "storage complete (attachments)"]
+    assert {e.operation for e in seen} == {operation}
+    assert seen[-1] == StepDone(operation, "storage complete (attachments)")
