@@ -134,3 +134,60 @@ def test_preflight_refusals_say_what_is_wrong(lab):
         mig.preflight(cinder, a, b, "vm")
     assert str(info.value) == "domain 'vm' is not running on hosta"
     assert cinder.calls == [] and b.hypervisor.calls == []
+
+
+@pytest.fixture
+def kernel_lab():
+    """A guest booted through the kernel's initiator with multipath."""
+    cinder = FakeCinder()
+    network = {}
+    a = fake_host("hosta", cinder, "198.18.0.11", network)
+    b = fake_host("hostb", cinder, "198.18.0.12", network)
+    root = cinder.create_volume()
+    operations.boot(cinder, a, get_transport("kernel", multipath=True), "vm", root,
+                    virt_type="qemu")
+    return cinder, a, b, root
+
+
+def test_a_multipath_volume_is_planned_with_multipath_on_the_destination(kernel_lab):
+    cinder, a, b, root = kernel_lab
+    plan = mig.preflight(cinder, a, b, "vm")
+    (vol,) = plan.volumes
+    assert (vol.volume_id, vol.target_dev, vol.transport.name, vol.transport.multipath,
+            vol.flow.api) == (root, "vda", "kernel", True, "attachments")
+    assert plan.connectors["kernel"].multipath is True
+    assert plan.connectors["kernel"].host == "hostb"
+
+
+def test_the_api_asked_for_overrides_the_recorded_one(kernel_lab):
+    cinder, a, b, _root = kernel_lab
+    assert mig.preflight(cinder, a, b, "vm", api="legacy").volumes[0].flow.api == "legacy"
+    assert mig.preflight(cinder, a, b, "vm", api="auto").volumes[0].flow.api == \
+        "attachments"
+
+
+def test_a_destination_without_a_connector_is_refused(kernel_lab):
+    cinder, a, b, _root = kernel_lab
+    b.brick.fail("properties", errors.HostError("iscsid not running"))
+    with pytest.raises(errors.PreflightError) as info:
+        mig.preflight(cinder, a, b, "vm")
+    assert str(info.value) == "destination hostb connector: iscsid not running"
+
+
+def test_a_damaged_record_is_refused_with_the_volume_named(kernel_lab):
+    cinder, a, b, root = kernel_lab
+    dom = a.hypervisor.domains["vm"]
+    good = dom.live_meta[root]
+    dom.live_meta[root] = "{not json"
+    with pytest.raises(errors.PreflightError) as info:
+        mig.preflight(cinder, a, b, "vm")
+    assert str(info.value) == f"domain 'vm': the record of volume {root} is not JSON"
+    dom.live_meta[root] = good.replace('"transport": "kernel"', '"transport": "fc"')
+    assert dom.live_meta[root] != good
+    with pytest.raises(errors.PreflightError) as info:
+        mig.preflight(cinder, a, b, "vm")
+    assert str(info.value).startswith(f"volume {root}: unknown transport 'fc'")
+    dom.live_meta[root] = good
+    with pytest.raises(errors.PreflightError) as info:
+        mig.preflight(cinder, a, b, "vm", api="v9")
+    assert str(info.value) == f"volume {root}: unknown API 'v9' (auto, attachments or legacy)"
