@@ -191,3 +191,30 @@ def test_a_damaged_record_is_refused_with_the_volume_named(kernel_lab):
     with pytest.raises(errors.PreflightError) as info:
         mig.preflight(cinder, a, b, "vm", api="v9")
     assert str(info.value) == f"volume {root}: unknown API 'v9' (auto, attachments or legacy)"
+
+
+EMPTY_BLOCK_DISK = '<disk type="block" device="disk"><target dev="vdw" bus="virtio"/></disk>'
+NO_TYPE_DISK = '<disk device="disk"><target dev="vdv" bus="virtio"/></disk>'
+
+
+@pytest.mark.parametrize("xml", [EMPTY_BLOCK_DISK, NO_TYPE_DISK])
+def test_a_disk_without_a_source_is_an_empty_drive(lab, xml):
+    cinder, a, b = lab
+    add_disk(a, "vm", xml)
+    plan = mig.preflight(cinder, a, b, "vm")
+    assert [v.target_dev for v in plan.volumes] == ["vda"] and plan.local_disks == []
+
+
+def test_the_persistent_definition_moves_as_defined_not_as_running(lab):
+    """A change made for the next boot only (an ISO put in the persistent definition)
+    is still for the next boot only on the destination."""
+    cinder, a, b = lab
+    a.hypervisor.domains["vm"].config.append(Disk.parse(ISO_CDROM))
+    plan = mig.preflight(cinder, a, b, "vm")
+    assert [d.target_dev for d in plan.persistent.disks] == ["vda", "sdb"]
+    assert [d.target_dev for d in plan.live.disks] == ["vda"]
+    result = mig.migrate(cinder, plan)
+    assert result.runs_on == "hostb" and result.left_behind == []
+    moved = b.hypervisor.domains["vm"]
+    assert [d.target_dev for d in moved.config] == ["vda", "sdb"]
+    assert [d.target_dev for d in moved.live] == ["vda"]
