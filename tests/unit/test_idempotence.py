@@ -117,3 +117,149 @@ def test_boot_of_a_shut_off_guest_is_refused_with_what_to_do(cinder, host):
     with pytest.raises(errors.VolumeStateError, match="shut off: start it") as info:
         operations.boot(cinder, host, get_transport("native"), "vm9", vol)
     assert info.value.exit_code == 2 and snapshot(cinder, host) == before
+
+
+def test_a_repeated_attach_names_the_guest_host_and_volume(cinder, host):
+    uuid = host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+    first = operations.attach(cinder, host, get_transport("kernel"), vol.upper(), "vm1",
+                              api="attachments")
+    again = operations.attach(cinder, host, get_transport("kernel"), vol, "vm1")
+    assert again.to_dict() == {
+        "schema_version": 1, "operation": "attach", "volume_id": vol, "domain": "vm1",
+        "host": "hosta", "device": "vdb", "api": "attachments", "transport": "kernel",
+        "attachment_id": first.attachment_id, "seconds": again.seconds, "steps": [],
+        "already": True}
+    assert 0 <= again.seconds < 5 and first.volume_id == vol
+    assert in_use_by(cinder, vol) == ("in-use", [(uuid, "attached")])
+
+
+def test_a_repeated_attach_on_another_device_is_refused(cinder, host):
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+    operations.attach(cinder, host, get_transport("native"), vol, "vm1")
+    before = snapshot(cinder, host)
+    with pytest.raises(errors.DeviceInUse) as info:
+        operations.attach(cinder, host, get_transport("native"), vol, "vm1", device="vdc")
+    assert str(info.value) == f"volume {vol} is already attached to vm1 as vdb, not vdc"
+    assert info.value.exit_code == 2 and snapshot(cinder, host) == before
+
+
+def test_a_repeated_attach_with_another_transport_is_refused(cinder, host):
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+    operations.attach(cinder, host, get_transport("native"), vol, "vm1")
+    before = snapshot(cinder, host)
+    with pytest.raises(errors.TransportMismatch) as info:
+        operations.attach(cinder, host, get_transport("kernel"), vol, "vm1")
+    assert str(info.value) == (f"volume {vol} is already attached to vm1 as vdb with "
+                               "transport 'native', not 'kernel'")
+    assert info.value.exit_code == 2 and snapshot(cinder, host) == before
+
+
+def test_a_disk_attached_by_another_tool_is_not_claimed(cinder, host):
+    """The volume's disk is in the guest (its serial) but attachflow has no record."""
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+    operations.attach(cinder, host, get_transport("native"), vol, "vm1")
+    dom = host.hypervisor.domains["vm1"]
+    dom.live_meta.clear()
+    dom.config_meta.clear()
+    before = snapshot(cinder, host)
+    with pytest.raises(errors.VolumeStateError) as info:
+        operations.attach(cinder, host, get_transport("native"), vol, "vm1")
+    assert str(info.value) == (
+        f"volume {vol} is already attached to vm1 as vdb, but not by attachflow (no "
+        "record in the domain): detach it with the tool that attached it")
+    assert snapshot(cinder, host) == before
+
+
+def test_a_disk_only_in_the_persistent_definition_counts_as_attached(cinder, host):
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+    first = operations.attach(cinder, host, get_transport("native"), vol, "vm1")
+    host.hypervisor.destroy("vm1")                     # shut off: only the definition
+    before = snapshot(cinder, host)
+    again = operations.attach(cinder, host, get_transport("native"), vol, "vm1")
+    assert again.already and again.device == "vdb"
+    assert again.attachment_id == first.attachment_id
+    assert snapshot(cinder, host) == before
+
+
+def test_a_repeated_attach_whose_attachment_cinder_replaced_is_refused(cinder, host):
+    """Cinder lists an attachment for the guest, but not the one attachflow recorded."""
+    uuid = host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+    first = operations.attach(cinder, host, get_transport("native"), vol, "vm1",
+                              api="attachments")
+    cinder.attachment_delete(first.attachment_id)
+    other = cinder.attachment_create(vol, uuid, {"host": "hosta", "initiator": "iqn.x"})
+    cinder.attachment_complete(other.attachment_id)
+    before = snapshot(cinder, host)
+    with pytest.raises(errors.VolumeStateError) as info:
+        operations.attach(cinder, host, get_transport("native"), vol, "vm1")
+    assert str(info.value) == (
+        f"volume {vol} is in vm1 as vdb, but Cinder does not list that attachment "
+        "(volume status 'in-use'): detach it, then attach it again")
+    assert snapshot(cinder, host) == before
+
+
+def test_a_repeated_detach_names_the_guest_and_host(cinder, host):
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+    again = operations.detach(cinder, host, vol.replace("-", ""), "vm1")
+    assert again.to_dict() == {
+        "schema_version": 1, "operation": "detach", "volume_id": vol, "domain": "vm1",
+        "host": "hosta", "device": None, "api": None, "transport": None,
+        "attachment_id": None, "seconds": again.seconds, "steps": [], "already": True}
+    assert 0 <= again.seconds < 5
+
+
+def test_a_repeated_boot_names_the_guest_host_and_attachment(cinder, host):
+    vol = cinder.create_volume()
+    first = operations.boot(cinder, host, get_transport("kernel"), "vm9", vol,
+                            api="attachments", virt_type="qemu")
+    again = operations.boot(cinder, host, get_transport("kernel"), "vm9", vol)
+    assert again.to_dict() == {
+        "schema_version": 1, "operation": "boot", "volume_id": vol, "domain": "vm9",
+        "host": "hosta", "device": "vda", "api": "attachments", "transport": "kernel",
+        "attachment_id": first.attachment_id, "seconds": again.seconds, "steps": [],
+        "already": True}
+    assert first.to_dict()["already"] is False and first.steps[-1] == \
+        "storage complete (attachments)"
+
+
+def test_a_boot_under_the_name_of_a_guest_with_the_volume_elsewhere_is_refused(cinder,
+                                                                               host):
+    """The guest holds the volume, but not as its root disk."""
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+    operations.attach(cinder, host, get_transport("native"), vol, "vm1")
+    before = snapshot(cinder, host)
+    with pytest.raises(errors.InputError) as info:
+        operations.boot(cinder, host, get_transport("native"), "vm1", vol)
+    assert str(info.value) == (f"a domain named 'vm1' already exists on hosta and does "
+                               f"not boot from volume {vol}")
+    assert snapshot(cinder, host) == before
+    host.hypervisor.add_domain("empty", active=False)   # shut off, its vda a local image
+    with pytest.raises(errors.InputError, match="'empty' already exists on hosta"):
+        operations.boot(cinder, host, get_transport("native"), "empty", vol)
+
+
+def test_a_repeated_boot_of_a_shut_off_guest_says_what_to_do(cinder, host):
+    vol = cinder.create_volume()
+    operations.boot(cinder, host, get_transport("native"), "vm9", vol, virt_type="qemu")
+    host.hypervisor.destroy("vm9")
+    with pytest.raises(errors.VolumeStateError) as info:
+        operations.boot(cinder, host, get_transport("native"), "vm9", vol)
+    assert str(info.value) == (
+        f"domain 'vm9' exists on hosta with volume {vol} as vda but is shut off: start "
+        "it (virsh start) or remove it first")
+
+
+def test_a_repeated_boot_finds_its_guest_running_though_no_longer_defined(cinder, host):
+    vol = cinder.create_volume()
+    operations.boot(cinder, host, get_transport("native"), "vm9", vol, virt_type="qemu")
+    host.hypervisor.undefine("vm9")                    # running, no longer defined
+    again = operations.boot(cinder, host, get_transport("native"), "vm9", vol)
+    assert again.already and again.device == "vda"

@@ -6,6 +6,7 @@ import logging
 import pytest
 
 from attachflow import errors
+from attachflow.events import Emitter, StepDone, StepStarted, StepUndone, UndoFailed
 from attachflow.steps import Problems, Transaction
 
 
@@ -149,3 +150,102 @@ def test_the_log_names_every_step_and_undo(caplog):
         ("WARNING", "op interrupted at three; undoing"),
         ("WARNING", "op: could NOT undo two: undo broke"),
         ("INFO", "op: undid one")]
+
+
+def _fail(exc):
+    def do():
+        raise exc
+    return do
+
+
+def test_each_step_reports_started_done_undone_and_failed_undo_in_order():
+    seen = []
+    tx = Transaction("attach v to vm1", Emitter(seen.append))
+
+    def broken(_):
+        raise errors.HypervisorError("undo broke")
+
+    assert tx.run("one", lambda: 1, lambda _: None) == 1
+    assert tx.run("two", lambda: 2, broken) == 2
+    assert tx.run("three", lambda: 3) == 3  # nothing to undo: no undo event for it
+    with pytest.raises(errors.OperationFailed):
+        tx.run("four", _fail(errors.AttachflowError("boom")))
+    assert seen == [
+        StepStarted("attach v to vm1", "one"), StepDone("attach v to vm1", "one"),
+        StepStarted("attach v to vm1", "two"), StepDone("attach v to vm1", "two"),
+        StepStarted("attach v to vm1", "three"), StepDone("attach v to vm1", "three"),
+        StepStarted("attach v to vm1", "four"),
+        UndoFailed("attach v to vm1", "two", "undo broke"),
+        StepUndone("attach v to vm1", "one"),
+    ]
+    assert tx.completed == ["one", "two", "three"]
+
+
+def test_events_also_go_to_the_log_without_a_listener(caplog):
+    tx = Transaction("detach v from vm1")
+    with caplog.at_level(logging.DEBUG, logger="attachflow.events"):
+        tx.run("one", lambda: 1, lambda _: None)
+        with pytest.raises(errors.OperationFailed,
+                           match=r"all earlier steps undone"):
+            tx.run("two", _fail(RuntimeError("gone")))
+    assert [r.getMessage() for r in caplog.records if r.name == "attachflow.events"] == [
+        "detach v from vm1: one ...", "detach v from vm1: one done",
+        "detach v from vm1: two ...", "detach v from vm1: undid one"]
+    assert "could NOT undo" not in caplog.text
+
+
+def test_a_failed_first_step_raises_its_own_error_when_nothing_changed():
+    tx = Transaction("op")
+    cause = errors.StorageUnavailable("cinder away")
+    with pytest.raises(errors.StorageUnavailable) as info:
+        tx.run("first", _fail(cause))
+    assert info.value is cause and tx.completed == []
+    # a step with no undo changed nothing either
+    tx = Transaction("op")
+    tx.run("look", lambda: None)
+    with pytest.raises(errors.StorageUnavailable) as info:
+        tx.run("second", _fail(cause))
+    assert info.value is cause
+
+
+def test_an_unexpected_error_is_wrapped_even_when_nothing_changed():
+    tx = Transaction("op")
+    cause = RuntimeError("bug")
+    with pytest.raises(errors.OperationFailed) as info:
+        tx.run("first", _fail(cause))
+    assert (info.value.operation, info.value.step, info.value.cause) == ("op", "first", cause)
+    assert info.value.undo_failures == [] and info.value.__cause__ is cause
+    assert str(info.value) == "op failed at step 'first': bug (all earlier steps undone)"
+
+
+def test_an_interrupt_undoes_what_was_done_and_says_so(caplog):
+    tx = Transaction("attach v to vm1")
+    undone = []
+    tx.run("connect", lambda: "conn", undone.append)
+    with caplog.at_level(logging.WARNING, logger="attachflow.steps"):
+        with pytest.raises(errors.OperationFailed) as info:
+            tx.run("guest attach", _fail(KeyboardInterrupt()))
+    assert undone == ["conn"] and info.value.step == "guest attach"
+    assert [r.getMessage() for r in caplog.records if r.name == "attachflow.steps"] == [
+        "attach v to vm1 interrupted at guest attach; undoing"]
+
+
+def test_no_interrupt_warning_for_an_ordinary_failure(caplog):
+    tx = Transaction("op")
+    tx.run("connect", lambda: 1, lambda _: None)
+    with caplog.at_level(logging.WARNING, logger="attachflow.steps"):
+        with pytest.raises(errors.OperationFailed):
+            tx.run("next", _fail(errors.HypervisorError("no")))
+    assert not [r for r in caplog.records if r.name == "attachflow.steps"]
+
+
+def test_steps_undone_once_are_not_undone_again():
+    tx = Transaction("op")
+    undone = []
+    tx.run("one", lambda: 1, undone.append)
+    with pytest.raises(errors.OperationFailed):
+        tx.run("two", _fail(errors.HypervisorError("first failure")))
+    tx.run("three", lambda: 3, undone.append)
+    with pytest.raises(errors.OperationFailed):
+        tx.run("four", _fail(RuntimeError("second failure")))
+    assert undone == [1, 3]
