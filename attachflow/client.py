@@ -101,8 +101,13 @@ class Client:
     # -- operations --------------------------------------------------------------------------
     def connector(self, host: str = LOCAL, *, transport: str | None = None,
                   multipath: bool = False) -> ConnectorProperties:
-        """What ``host`` tells the storage side about itself (initiator, ip, host, ...)."""
-        return self._transport(transport, multipath).connector_properties(self.host(host))
+        """What ``host`` tells the storage side about itself (initiator, ip, host, ...).
+        The host must answer: kernel asks its os-brick, native its libvirtd."""
+        compute = self.host(host)
+        chosen = self._transport(transport, multipath)
+        if chosen.name == "native":
+            compute.hypervisor.hostname()  # QEMU's initiator runs there: it must answer
+        return chosen.connector_properties(compute)
 
     def attach(self, volume: str, domain: str, *, host: str = LOCAL,
                device: str | None = None, transport: str | None = None,

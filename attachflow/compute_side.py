@@ -66,6 +66,10 @@ class Hypervisor(abc.ABC):
         """Every domain on the host, running or defined."""
 
     @abc.abstractmethod
+    def hostname(self) -> str:
+        """The host's name as its libvirtd reports it (proves that libvirtd answers)."""
+
+    @abc.abstractmethod
     def domain(self, name: str, inactive: bool = False,
                migratable: bool = False) -> domxml.Domain:
         """The domain's live (or persistent, with ``inactive``) definition, parsed."""
@@ -197,6 +201,9 @@ class LibvirtHypervisor(Hypervisor):
         LOG.debug("libvirt %s on %s (%.0f ms)", what, self.host_name,
                   (time.monotonic() - started) * 1000)
         return result
+
+    def hostname(self):
+        return self._wrap("host name", self.conn.getHostname)
 
     def list_domains(self):
         found = self._wrap("list domains", lambda: self.conn.listAllDomains(0))

@@ -140,7 +140,7 @@ def ssh_wrapper(known_hosts: str) -> Path:
     body = ("#!/bin/sh\n# made by attachflow for libvirt's qemu+ssh: host keys from "
             f"{shlex.quote(known_hosts)} only\n"
             f"exec ssh -o UserKnownHostsFile={shlex.quote(known_hosts)} "
-            "-o StrictHostKeyChecking=yes \"$@\"\n")
+            "-o StrictHostKeyChecking=yes -o ConnectTimeout=10 \"$@\"\n")
     if not wrapper.exists() or wrapper.read_text() != body:
         base.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = wrapper.with_suffix(".tmp")

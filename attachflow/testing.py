@@ -438,6 +438,10 @@ class FakeHypervisor(_Faults, Hypervisor):
             raise errors.DomainNotFound(f"domain '{name}' not found on host {self.host_name}")
         return self.domains[name]
 
+    def hostname(self):
+        self._enter("hostname")
+        return self.host_name
+
     def list_domains(self):
         self._enter("list_domains")
         return [DomainRef(d.name, d.uuid, d.active, d.persistent)

@@ -264,3 +264,13 @@ def test_the_hook_names_a_missing_or_broken_declaration(tmp_path):
     (tmp_path / "vm1.toml").write_text("[[volumes]]\ndevice = 'vdb'\n")
     with pytest.raises(SystemExit, match="needs an id"):
         hook.main(["start", "vm1", "--guests-dir", str(tmp_path)], client=object())
+
+
+def test_connector_fails_when_the_host_does_not_answer(world):
+    cinder, hosts = world
+    hosts["hosta"].hypervisor.fail("hostname", attachflow.HostError(
+        "hosta: cannot connect to libvirt at qemu+ssh://root@198.18.0.11/system"))
+    with twin_client(world, transport="native") as af:
+        with pytest.raises(attachflow.HostError, match="cannot connect to libvirt"):
+            af.connector("hosta")
+        assert af.connector("hostb").ip == "198.18.0.12"

@@ -58,6 +58,7 @@ def test_libvirt_is_reached_with_the_entrys_user_port_key_and_known_hosts(hosts_
     wrapper = params["command"]
     text = open(wrapper).read()
     assert "UserKnownHostsFile=/keys/known" in text and "StrictHostKeyChecking=yes" in text
+    assert "ConnectTimeout=10" in text  # a host that never answers does not hang libvirt
     assert stat.S_IMODE(__import__("os").stat(wrapper).st_mode) == 0o700
     # attachflow's own SSH takes the same settings
     assert (cfg.ssh_user, cfg.ssh_port, cfg.ssh_key, cfg.known_hosts) == (
