@@ -81,8 +81,10 @@ class Network(Component):
         for link in [layout.BRIDGE] + [layout.VETH_PREFIX + h for h in layout.HOSTS]:
             if link_exists(link):
                 cp = run(["ip", "link", "del", link], check=False)
-                # A veth vanishes with its peer's namespace, possibly meanwhile.
-                if cp.returncode != 0 and "Cannot find device" not in cp.stderr:
+                # A veth vanishes with its peer's namespace, possibly meanwhile (the
+                # kernel then says "Cannot find device" or "No such device"): only a
+                # link that is still there is a problem.
+                if cp.returncode != 0 and link_exists(link):
                     problems.append(f"ip link del {link}: {tail(cp.stderr)}")
         return problems
 

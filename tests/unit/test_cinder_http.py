@@ -8,6 +8,7 @@ fails here rather than in the lab.
 """
 
 import logging
+import os
 
 import pytest
 
@@ -861,6 +862,8 @@ def test_wrong_credentials_are_a_storage_error(api):
 
 
 def test_the_process_environment_is_read_when_none_is_given(api, monkeypatch):
+    for name in [n for n in os.environ if n.startswith(("OS_", "ATTACHFLOW_STORAGE_"))]:
+        monkeypatch.delenv(name)  # only what this test sets, whatever ran before it
     for name, value in keystone_env(api, OS_REGION_NAME="RegionTwo",
                                     OS_INTERFACE="internal",
                                     ATTACHFLOW_STORAGE_TIMEOUT="1").items():
