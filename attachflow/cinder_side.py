@@ -126,7 +126,52 @@ def _timeout(env: Mapping[str, str]) -> float:
     return _seconds(env, "ATTACHFLOW_STORAGE_TIMEOUT", DEFAULT_TIMEOUT)
 
 
-def make_session(cloud: str | None = None, env: Mapping[str, str] | None = None):
+SERVICE_SETTINGS = ("--os-service-cloud / ATTACHFLOW_SERVICE_CLOUD, or OS_SERVICE_USERNAME, "
+                    "OS_SERVICE_PASSWORD and OS_SERVICE_PROJECT_NAME")
+
+
+def _service_auth(service_cloud: str | None, env: Mapping[str, str]):
+    """The service user's keystoneauth plugin, or None: from a second clouds.yaml cloud,
+    or from OS_SERVICE_* variables (auth URL and domains default to the user's)."""
+    service_cloud = service_cloud or _env(env, "ATTACHFLOW_SERVICE_CLOUD")
+    if service_cloud:
+        import openstack.config
+        try:
+            return openstack.config.OpenStackConfig().get_one(cloud=service_cloud).get_auth()
+        except Exception as exc:
+            raise errors.InputError(f"service cloud '{service_cloud}': {exc}") from None
+    if not (_env(env, "OS_SERVICE_USERNAME") or _env(env, "OS_SERVICE_USER_ID")):
+        return None
+    from keystoneauth1 import loading
+    loader = loading.get_plugin_loader("password")
+    options = {}
+    for opt in loader.get_options():
+        name = opt.dest.upper()
+        value = _env(env, f"OS_SERVICE_{name}")
+        if value is None and name in ("AUTH_URL", "USER_DOMAIN_NAME", "PROJECT_DOMAIN_NAME",
+                                      "USER_DOMAIN_ID", "PROJECT_DOMAIN_ID"):
+            value = _env(env, f"OS_{name}")
+        if value is not None:
+            options[opt.dest] = value
+    missing = [f"OS_SERVICE_{n}" for n in ("AUTH_URL", "PASSWORD") if n.lower() not in options]
+    if not (options.get("project_name") or options.get("project_id")):
+        missing.append("OS_SERVICE_PROJECT_NAME")
+    if missing:
+        raise errors.InputError("service credentials incomplete: set " + ", ".join(missing))
+    return loader.load_from_options(**options)
+
+
+def _with_service_token(user_auth, service_auth):
+    """Requests carry the user's token and, in X-Service-Token, the service user's."""
+    if service_auth is None:
+        return user_auth
+    from keystoneauth1 import service_token
+    return service_token.ServiceTokenAuthWrapper(user_auth=user_auth,
+                                                 service_auth=service_auth)
+
+
+def make_session(cloud: str | None = None, env: Mapping[str, str] | None = None,
+                 service_cloud: str | None = None):
     """A keystoneauth1 session from a clouds.yaml cloud, the OS_* variables, or noauth.
 
     noauth (labs): OS_AUTH_TYPE=noauth with OS_ENDPOINT, OS_USER_ID, OS_PROJECT_ID.
@@ -145,6 +190,7 @@ def make_session(cloud: str | None = None, env: Mapping[str, str] | None = None)
             raise errors.InputError(f"cloud '{cloud}': {exc}") from None
         sess = region.get_session()
         sess.timeout = timeout
+        sess.auth = _with_service_token(sess.auth, _service_auth(service_cloud, env))
         return sess, region.get_endpoint("block-storage")
 
     from keystoneauth1 import loading, session as ks_session
@@ -175,8 +221,11 @@ def make_session(cloud: str | None = None, env: Mapping[str, str] | None = None)
     if auth_type == "noauth":
         # Without a service role, Cinder asks Nova before deleting an attachment that
         # names an instance, and fails where there is no Nova. In noauth nothing checks
-        # the role; with Keystone, the role comes from a service token.
+        # the role (and there is no token to vouch for it); with Keystone, the role
+        # comes from a service token.
         headers["X-Service-Roles"] = "service"
+    else:
+        plugin = _with_service_token(plugin, _service_auth(service_cloud, env))
     return ks_session.Session(auth=plugin, verify=verify, additional_headers=headers,
                               timeout=timeout), None
 
@@ -193,6 +242,12 @@ def _translate(exc: BaseException, what: str) -> errors.AttachflowError:
         text = getattr(exc, "message", None) or str(exc)
         if code == 404:
             return errors.StorageNotFound(f"{what}: not found ({text})", status=404)
+        if code == 409 and "using the Compute API" in text:
+            # Cinder (2023.2 on) releases an attachment of a guest only for a service
+            # (CVE-2023-2088): without a service token it asks Nova, and refuses
+            return errors.StorageError(
+                f"{what}: Cinder releases a guest's attachment only for a service user "
+                f"({text}); give attachflow one: {SERVICE_SETTINGS}", status=code)
         if code in (400, 409):
             return errors.VolumeStateError(f"{what}: {text}")
         if code and code >= 500:
@@ -250,9 +305,10 @@ class CinderStorage(StorageAPI):
 
     @classmethod
     def connect(cls, cloud: str | None = None, env: Mapping[str, str] | None = None,
-                max_version: str = WANTED_VERSION) -> "CinderStorage":
+                max_version: str = WANTED_VERSION, service_cloud: str | None = None
+                ) -> "CinderStorage":
         from cinderclient import api_versions, client as cclient
-        sess, endpoint = make_session(cloud, env)
+        sess, endpoint = make_session(cloud, env, service_cloud)
         env = os.environ if env is None else env
         kwargs: dict[str, Any] = {"session": sess}
         if endpoint:

@@ -159,6 +159,12 @@ def common(storage: bool = True, transport: bool = True, result: bool = True) ->
                              help="Cloud from clouds.yaml (default $OS_CLOUD); otherwise "
                                   "the OS_* variables, or OS_AUTH_TYPE=noauth with "
                                   "OS_ENDPOINT, OS_USER_ID, OS_PROJECT_ID."),
+                click.option("--os-service-cloud", default=None,
+                             help="Cloud of a user with the 'service' role, whose token "
+                                  "goes with every request (Cinder releases a guest's "
+                                  "attachment only for a service) [$ATTACHFLOW_SERVICE_"
+                                  "CLOUD; or OS_SERVICE_USERNAME, OS_SERVICE_PASSWORD, "
+                                  "OS_SERVICE_PROJECT_NAME]."),
             ]
         for opt in reversed(opts):
             fn = opt(fn)
@@ -167,9 +173,10 @@ def common(storage: bool = True, transport: bool = True, result: bool = True) ->
 
 
 def _client(transport: str | None = None, api: str | None = None,
-            os_cloud: str | None = None, progress=None):
+            os_cloud: str | None = None, progress=None, os_service_cloud: str | None = None):
     """The library's client, made from the command line's settings."""
-    return attachflow.Client(cloud=os_cloud, transport=transport, api=api, progress=progress)
+    return attachflow.Client(cloud=os_cloud, service_cloud=os_service_cloud,
+                             transport=transport, api=api, progress=progress)
 
 
 class _Cli(click.Group):
@@ -226,6 +233,7 @@ def cli():
       ATTACHFLOW_BOOT_KERNEL, _INITRD, _CMDLINE   boot --kernel, --initrd, --cmdline
       ATTACHFLOW_STORAGE_TIMEOUT   seconds per storage API request (30; 1 to 86400)
       ATTACHFLOW_STORAGE_DEADLINE  seconds per storage call, retries included (60)
+      ATTACHFLOW_SERVICE_CLOUD     --os-service-cloud (or OS_SERVICE_USERNAME, ...)
     """
 
 
@@ -251,7 +259,7 @@ def connector(host, fmt, columns, debug, transport, multipath):
                    f"({_bounds('timeout', 's')}).")
 @common()
 def attach(volume, domain, device, multipath, detach_timeout, host, fmt, columns, debug,
-           transport, api, os_cloud):
+           transport, api, os_cloud, os_service_cloud):
     """Attach Cinder VOLUME (its id) to libvirt DOMAIN as /dev/vdX.
 
     Asks Cinder for the connection (attachment with this host's connector, or the
@@ -262,7 +270,7 @@ def attach(volume, domain, device, multipath, detach_timeout, host, fmt, columns
     domain's XML. A volume attached to DOMAIN already, as asked, is reported with
     already=true and nothing changes.
     """
-    with _client(transport, api, os_cloud) as client:
+    with _client(transport, api, os_cloud, os_service_cloud=os_service_cloud) as client:
         result = client.attach(volume, domain, host=host, device=device,
                                multipath=multipath, detach_timeout=detach_timeout)
     _emit(result.to_dict(), fmt, columns)
@@ -280,7 +288,7 @@ def attach(volume, domain, device, multipath, detach_timeout, host, fmt, columns
                    "reporting that there was nothing to do.")
 @common()
 def detach(volume, domain, timeout, strict, host, fmt, columns, debug, transport, api,
-           os_cloud):
+           os_cloud, os_service_cloud):
     """Detach Cinder VOLUME from libvirt DOMAIN and clean up host and storage.
 
     Removes the disk from the persistent and the live definition and waits for the
@@ -292,7 +300,7 @@ def detach(volume, domain, timeout, strict, host, fmt, columns, debug, transport
     """
     explicit = click.get_current_context().get_parameter_source("transport")
     chosen = transport if explicit == click.core.ParameterSource.COMMANDLINE else None
-    with _client(transport, api, os_cloud) as client:
+    with _client(transport, api, os_cloud, os_service_cloud=os_service_cloud) as client:
         result = client.detach(volume, domain, host=host, transport=chosen, timeout=timeout,
                                strict=strict)
     _emit(result.to_dict(), fmt, columns)
@@ -319,7 +327,7 @@ def detach(volume, domain, timeout, strict, host, fmt, columns, debug, transport
               help="Kernel command line for --kernel [$ATTACHFLOW_BOOT_CMDLINE].")
 @common()
 def boot(name, volume, memory, vcpus, virt_type, kernel, initrd, cmdline, host, fmt, columns,
-         debug, transport, api, os_cloud):
+         debug, transport, api, os_cloud, os_service_cloud):
     """Define and start domain NAME whose root disk (vda) is Cinder VOLUME.
 
     The guest boots from the volume, or from --kernel/--initrd with the volume as vda.
@@ -329,7 +337,7 @@ def boot(name, volume, memory, vcpus, virt_type, kernel, initrd, cmdline, host, 
     if (initrd or cmdline) and not kernel:
         raise click.UsageError("--initrd and --cmdline need --kernel")
     direct = attachflow.DirectBoot(kernel, initrd, cmdline) if kernel else None
-    with _client(transport, api, os_cloud) as client:
+    with _client(transport, api, os_cloud, os_service_cloud=os_service_cloud) as client:
         result = client.boot(name, volume, host=host, memory_mib=memory, vcpus=vcpus,
                              virt_type=virt_type, direct_boot=direct)
     _emit(result.to_dict(), fmt, columns)
@@ -385,7 +393,7 @@ def _progress_printer(kind: str):
 @common(transport=False)
 def migrate(domain, destination, auto_converge, postcopy, max_downtime, bandwidth,
             completion_timeout, on_timeout, copy_local_disks, progress, dry_run, host, fmt,
-            columns, debug, api, os_cloud):
+            columns, debug, api, os_cloud, os_service_cloud):
     """Live-migrate running DOMAIN from --host to --to over qemu+ssh.
 
     Every volume gets a connection for the destination first (attachments API: a new
@@ -402,7 +410,8 @@ def migrate(domain, destination, auto_converge, postcopy, max_downtime, bandwidt
         bandwidth_mib=bandwidth, completion_timeout=completion_timeout,
         on_timeout=on_timeout, copy_local_disks=copy_local_disks)
     printer = _progress_printer(progress)
-    with _client(api=api, os_cloud=os_cloud, progress=printer) as client:
+    with _client(api=api, os_cloud=os_cloud, progress=printer,
+                 os_service_cloud=os_service_cloud) as client:
         if dry_run:
             out = attachflow.migration_preview(client.plan_migration(
                 domain, source=host, destination=destination, options=options))
@@ -427,7 +436,7 @@ def migrate(domain, destination, auto_converge, postcopy, max_downtime, bandwidt
 @cli.command("list")
 @click.argument("domain", type=DOMAIN, required=False)
 @common(transport=False)
-def list_volumes(domain, host, fmt, columns, debug, api, os_cloud):
+def list_volumes(domain, host, fmt, columns, debug, api, os_cloud, os_service_cloud):
     """List the volumes attachflow attached on HOST (or to DOMAIN), per guest.
 
     For each: the guest and its state, the volume, its device, transport, API and
@@ -437,7 +446,7 @@ def list_volumes(domain, host, fmt, columns, debug, api, os_cloud):
     attachment than the recorded one, a volume that no longer exists). Exits 1 when
     there is a disagreement.
     """
-    with _client(api=api, os_cloud=os_cloud) as client:
+    with _client(api=api, os_cloud=os_cloud, os_service_cloud=os_service_cloud) as client:
         entries = client.list_volumes(host=host, domain=domain)
     wide = fmt in ("json", "yaml")  # documents carry every field; tables the main ones
     _emit([e.to_dict() for e in entries], fmt, columns or (() if wide else _LIST_COLUMNS))
@@ -463,7 +472,7 @@ _LIST_COLUMNS = ("domain", "volume_id", "device", "transport", "attachment_id",
                    "there was nothing to do.")
 @common(transport=False)
 def delete(domain, force, shutdown_timeout, strict, host, fmt, columns, debug, api,
-           os_cloud):
+           os_cloud, os_service_cloud):
     """Stop and undefine DOMAIN, a guest attachflow booted, detaching its volumes first.
 
     The guest is asked to power off (ACPI) and forced off after --shutdown-timeout; then
@@ -471,7 +480,7 @@ def delete(domain, force, shutdown_timeout, strict, host, fmt, columns, debug, a
     volumes themselves are kept), and the domain is undefined. A volume that cannot be
     detached stops the delete before the domain is undefined: run it again to finish.
     """
-    with _client(api=api, os_cloud=os_cloud) as client:
+    with _client(api=api, os_cloud=os_cloud, os_service_cloud=os_service_cloud) as client:
         result = client.delete_guest(domain, host=host, force=force,
                                      shutdown_timeout=shutdown_timeout, strict=strict)
     _emit(result.to_dict(), fmt, columns)

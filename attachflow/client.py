@@ -34,6 +34,9 @@ class Client:
 
     - ``cloud``: a cloud from ``clouds.yaml`` (``$OS_CLOUD``); without one, the ``OS_*``
       variables, or ``OS_AUTH_TYPE=noauth`` with ``OS_ENDPOINT`` for labs.
+    - ``service_cloud``: a cloud for a user with the ``service`` role, whose token goes
+      with every request (``$ATTACHFLOW_SERVICE_CLOUD``, or the ``OS_SERVICE_*``
+      variables): Cinder releases a guest's attachment only for a service.
     - ``hosts_file``: the TOML hosts file (``$ATTACHFLOW_HOSTS``, else
       ``~/.config/attachflow/hosts.toml``).
     - ``transport``: ``kernel`` (os-brick and the host's initiator) or ``native``
@@ -44,7 +47,8 @@ class Client:
       used instead of the settings (the client then does not close them).
     """
 
-    def __init__(self, *, cloud: str | None = None, hosts_file: str | None = None,
+    def __init__(self, *, cloud: str | None = None, service_cloud: str | None = None,
+                 hosts_file: str | None = None,
                  transport: str | None = None, api: str | None = None,
                  progress: Listener | None = None, storage: StorageAPI | None = None,
                  hosts: Mapping[str, ComputeHost] | None = None,
@@ -55,6 +59,7 @@ class Client:
             env["ATTACHFLOW_HOSTS"] = str(hosts_file)
         self._env = env
         self.cloud = cloud
+        self.service_cloud = service_cloud
         self.transport = _choice("transport", transport or env.get("ATTACHFLOW_TRANSPORT")
                                  or DEFAULT_TRANSPORT, TRANSPORTS)
         self.api = _choice("api", api or DEFAULT_API, APIS)
@@ -68,7 +73,8 @@ class Client:
     def storage(self) -> StorageAPI:
         """The storage API, connected (and its microversion negotiated) on first use."""
         if self._storage is None:
-            self._storage = CinderStorage.connect(cloud=self.cloud, env=self._env)
+            self._storage = CinderStorage.connect(cloud=self.cloud, env=self._env,
+                                                  service_cloud=self.service_cloud)
         return self._storage
 
     def host(self, name: str = LOCAL) -> ComputeHost:

@@ -99,6 +99,7 @@ class FakeCinderAPI:
         self.requests: list[Request] = []
         self.volumes: dict[str, dict[str, Any]] = {}
         self.attachments: dict[str, dict[str, Any]] = {}
+        self.service_tokens: set[str] = set()  # tokens of users with the service role
         self._script: dict[tuple[str, str], list[Answer]] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -199,7 +200,7 @@ class FakeCinderAPI:
             queued = self._script.get((req.method, path))
             if queued:
                 return queued.pop(0)
-            return self._route(req.method, path, req.body)
+            return self._route(req.method, path, req.body, self._from_a_service(req))
 
     def _token(self, body: Any) -> Answer:
         """Keystone's answer to a password authentication: a token whose catalog has
@@ -207,10 +208,13 @@ class FakeCinderAPI:
         internal in RegionTwo (as 127.1), so a request's Host header tells which
         endpoint was chosen."""
         user = body["auth"]["identity"]["password"]["user"]
-        if user.get("password") != "secret":
+        if user.get("password") != "secret" and user.get("password") != "svc-secret":
             return Answer(401, {"error": {"code": 401, "title": "Unauthorized",
                                           "message": "The request you have made requires "
                                                      "authentication."}})
+        # a user whose password is "svc-secret" has the service role, and its own token
+        role = "service" if user.get("password") == "svc-secret" else "member"
+        issued = "tok-1" if role == "member" else f"tok-svc-{user.get('name')}"
         endpoints = [
             {"id": "e1", "interface": "public", "region": "RegionOne",
              "region_id": "RegionOne", "url": f"http://127.0.0.1:{self.port}/v3/{PROJECT}"},
@@ -224,10 +228,12 @@ class FakeCinderAPI:
                           "domain": {"id": "default", "name": "Default"}},
                  "project": {"id": PROJECT, "name": "demo",
                              "domain": {"id": "default", "name": "Default"}},
-                 "roles": [{"id": "r1", "name": "member"}],
+                 "roles": [{"id": "r1", "name": role}],
                  "catalog": [{"id": "s1", "type": "volumev3", "name": "cinderv3",
                               "endpoints": endpoints}]}
-        return Answer(201, {"token": token}, headers={"X-Subject-Token": "tok-1"})
+        if role == "service":
+            self.service_tokens.add(issued)
+        return Answer(201, {"token": token}, headers={"X-Subject-Token": issued})
 
     def _versions(self) -> Answer:
         # GET / on Cinder answers 300 Multiple Choices with the versions document
@@ -242,7 +248,14 @@ class FakeCinderAPI:
             v3 = dict(v3, id="v2.0", version="", min_version="")
         return Answer(300, {"versions": [v3]})
 
-    def _route(self, method: str, path: str, body: Any) -> Answer:
+    def _from_a_service(self, req: Request) -> bool:
+        """Cinder's test for a call from a service (2023.2 on): noauth's claimed role,
+        or a valid service token of a user with the service role."""
+        roles = req.header("X-Service-Roles") or ""
+        return "service" in roles.split(",") or \
+            req.header("X-Service-Token") in self.service_tokens
+
+    def _route(self, method: str, path: str, body: Any, from_a_service: bool) -> Answer:
         m = re.fullmatch(r"/volumes/([^/]+)", path)
         if m and method == "GET":
             vol = self.volumes.get(m[1])
@@ -269,6 +282,10 @@ class FakeCinderAPI:
                     att["volume_id"], att["id"]))
                 return Answer(200, {"attachment": att})
             if not m[2] and method == "DELETE":
+                if att.get("instance") and att.get("connection_info") and not from_a_service:
+                    # and with no Nova to ask whether it still uses the attachment
+                    return fault(409, f"Detach volume from instance {att.get('instance')} "
+                                      "using the Compute API")
                 del self.attachments[m[1]]
                 left = [{k: a[k] for k in ("id", "status", "instance", "volume_id")}
                         for a in self.attachments.values()

@@ -7,6 +7,7 @@ the answer, so a call that sends nothing, sends the wrong thing or misreads an e
 fails here rather than in the lab.
 """
 
+import json
 import logging
 import os
 
@@ -957,3 +958,86 @@ def test_debug_logs_say_the_microversion_how_long_calls_took_and_what_was_gone(a
     storage.attachment_delete(ATT)  # unknown to Cinder: already gone
     assert caplog.records[-1].getMessage() == (f"cinder: DELETE attachment {ATT} -> "
                                                "already gone (404)")
+
+
+# ---------------------------------------------------------------------------------------
+# service tokens: Cinder releases a guest's attachment only for a service
+
+SERVICE = {"OS_SERVICE_USERNAME": "attachflow", "OS_SERVICE_PASSWORD": "svc-secret",
+           "OS_SERVICE_PROJECT_NAME": "service"}
+
+
+def attached(api, instance=INSTANCE):
+    """An attachment of a guest, as Cinder holds it once the guest uses it."""
+    api.attachments[ATT] = {"id": ATT, "status": "attached", "instance": instance,
+                            "volume_id": VOL, "attach_mode": "rw",
+                            "connection_info": {"driver_volume_type": "iscsi"}}
+
+
+def test_requests_carry_the_service_users_token_besides_the_users(api):
+    storage = CinderStorage.connect(env=keystone_env(api, **SERVICE))
+    logins = [r.body["auth"]["identity"]["password"]["user"] for r in api.requests
+              if r.path == "/identity/v3/auth/tokens"]
+    assert sorted(u["name"] for u in logins) == ["attachflow", "demo"]
+    api.clear()
+    attached(api)
+    storage.attachment_delete(ATT)
+    delete, = api.calls("DELETE")
+    assert delete.header("X-Auth-Token") == "tok-1"
+    assert delete.header("X-Service-Token") == "tok-svc-attachflow"
+    assert delete.header("X-Service-Roles") is None  # no hand-built claim
+    assert ATT not in api.attachments
+
+
+def test_without_service_credentials_the_refusal_says_what_to_configure(api):
+    storage = CinderStorage.connect(env=keystone_env(api))
+    api.clear()
+    attached(api)
+    with pytest.raises(errors.StorageError) as info:
+        storage.attachment_delete(ATT)
+    message = str(info.value)
+    assert message.startswith(f"DELETE attachment {ATT}: Cinder releases a guest's "
+                              "attachment only for a service user")
+    assert "--os-service-cloud / ATTACHFLOW_SERVICE_CLOUD, or OS_SERVICE_USERNAME" in message
+    assert len(api.calls("DELETE")) == 1 and ATT in api.attachments  # not retried
+    assert api.calls()[0].header("X-Service-Token") is None
+
+
+def test_a_service_cloud_from_clouds_yaml_gives_the_service_token(api, tmp_path,
+                                                                  monkeypatch):
+    auth = {"auth_url": f"http://127.0.0.1:{api.port}/identity/v3",
+            "user_domain_name": "Default", "project_domain_name": "Default"}
+    clouds = {"clouds": {
+        "member": {"auth": dict(auth, username="demo", password="secret",
+                                project_name="demo")},
+        "svc": {"auth": dict(auth, username="cinder-svc", password="svc-secret",
+                             project_name="service")}}}
+    (tmp_path / "clouds.yaml").write_text(json.dumps(clouds))
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(tmp_path / "clouds.yaml"))
+    storage = CinderStorage.connect(cloud="member", service_cloud="svc", env={})
+    api.clear()
+    attached(api)
+    storage.attachment_delete(ATT)
+    assert api.calls("DELETE")[0].header("X-Service-Token") == "tok-svc-cinder-svc"
+    with pytest.raises(errors.InputError, match="service cloud 'nosuch'"):
+        CinderStorage.connect(cloud="member", service_cloud="nosuch", env={})
+
+
+@pytest.mark.parametrize("drop,named", [("OS_SERVICE_PASSWORD", "OS_SERVICE_PASSWORD"),
+                                        ("OS_SERVICE_PROJECT_NAME", "OS_SERVICE_PROJECT_NAME")])
+def test_incomplete_service_credentials_are_named_before_any_request(api, drop, named):
+    env = keystone_env(api, **{k: v for k, v in SERVICE.items() if k != drop})
+    api.clear()
+    with pytest.raises(errors.InputError, match=f"service credentials incomplete: set "
+                                                f".*{named}"):
+        CinderStorage.connect(env=env)
+    assert api.requests == []
+
+
+def test_noauth_claims_the_role_and_sends_no_service_token(api):
+    storage = connect(api, **SERVICE)
+    attached(api)
+    storage.attachment_delete(ATT)
+    delete, = api.calls("DELETE")
+    assert delete.header("X-Service-Roles") == "service"
+    assert delete.header("X-Service-Token") is None
