@@ -1003,6 +1003,7 @@ def test_without_service_credentials_the_refusal_says_what_to_configure(api):
     assert api.calls()[0].header("X-Service-Token") is None
 
 
+@pytest.mark.filterwarnings("ignore:Support for InfluxDB")  # openstacksdk's own
 def test_a_service_cloud_from_clouds_yaml_gives_the_service_token(api, tmp_path,
                                                                   monkeypatch):
     auth = {"auth_url": f"http://127.0.0.1:{api.port}/identity/v3",
