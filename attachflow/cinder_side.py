@@ -148,8 +148,12 @@ def _service_auth(service_cloud: str | None, env: Mapping[str, str]):
     for opt in loader.get_options():
         name = opt.dest.upper()
         value = _env(env, f"OS_SERVICE_{name}")
-        if value is None and name in ("AUTH_URL", "USER_DOMAIN_NAME", "PROJECT_DOMAIN_NAME",
-                                      "USER_DOMAIN_ID", "PROJECT_DOMAIN_ID"):
+        # The Keystone and the domains are the user's unless the service's are given (a
+        # domain by name or by id: one of them, not a mix of the two users' settings).
+        domain = name.rsplit("_", 1)[0] if "_DOMAIN_" in name else None
+        own_domain = domain and any(_env(env, f"OS_SERVICE_{domain}_{kind}")
+                                    for kind in ("NAME", "ID"))
+        if value is None and (name == "AUTH_URL" or domain and not own_domain):
             value = _env(env, f"OS_{name}")
         if value is not None:
             options[opt.dest] = value

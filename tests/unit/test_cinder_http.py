@@ -1042,3 +1042,86 @@ def test_noauth_claims_the_role_and_sends_no_service_token(api):
     delete, = api.calls("DELETE")
     assert delete.header("X-Service-Roles") == "service"
     assert delete.header("X-Service-Token") is None
+
+
+def service_login(api):
+    """The service user's authentication request, as Keystone received it."""
+    bodies = [r.body["auth"] for r in api.requests if r.path == "/identity/v3/auth/tokens"]
+    return [b for b in bodies if b["identity"]["password"]["user"].get("password")
+            == "svc-secret"][0]
+
+
+def test_the_service_user_may_be_named_by_id_and_takes_the_users_domains(api):
+    env = keystone_env(api, OS_SERVICE_USER_ID="svc-id", OS_SERVICE_PASSWORD="svc-secret",
+                       OS_SERVICE_PROJECT_ID="svc-project")
+    CinderStorage.connect(env=env)
+    auth = service_login(api)
+    assert auth["identity"]["password"]["user"] == {"id": "svc-id", "password": "svc-secret"}
+    assert auth["scope"] == {"project": {"id": "svc-project"}}
+    api.clear()
+    env = keystone_env(api, **SERVICE, OS_USER_DOMAIN_NAME="Users",
+                       OS_PROJECT_DOMAIN_NAME="Projects")
+    CinderStorage.connect(env=env)
+    auth = service_login(api)
+    assert auth["identity"]["password"]["user"]["domain"] == {"name": "Users"}
+    assert auth["scope"]["project"]["domain"] == {"name": "Projects"}
+    api.clear()
+    env = keystone_env(api, **SERVICE, OS_SERVICE_USER_DOMAIN_NAME="Services")
+    env.pop("OS_USER_DOMAIN_NAME")
+    env.pop("OS_PROJECT_DOMAIN_NAME")
+    CinderStorage.connect(env=dict(env, OS_USER_DOMAIN_ID="d1", OS_PROJECT_DOMAIN_ID="d2"))
+    auth = service_login(api)
+    assert auth["identity"]["password"]["user"]["domain"] == {"name": "Services"}
+    assert auth["scope"]["project"]["domain"] == {"id": "d2"}
+
+
+@pytest.mark.parametrize("drop,message", [
+    ("OS_SERVICE_PROJECT_NAME", "service credentials incomplete: set "
+                                "OS_SERVICE_PROJECT_NAME"),
+    ("OS_SERVICE_PASSWORD", "service credentials incomplete: set OS_SERVICE_PASSWORD"),
+])
+def test_the_missing_service_setting_is_named_exactly(api, drop, message):
+    env = keystone_env(api, **{k: v for k, v in SERVICE.items() if k != drop})
+    with pytest.raises(errors.InputError) as info:
+        CinderStorage.connect(env=env)
+    assert str(info.value) == message
+
+
+@pytest.mark.filterwarnings("ignore:Support for InfluxDB")  # openstacksdk's own
+def test_a_service_user_needs_an_auth_url(api, tmp_path, monkeypatch):
+    clouds = {"clouds": {"member": {"auth": {
+        "auth_url": f"http://127.0.0.1:{api.port}/identity/v3", "username": "demo",
+        "password": "secret", "project_name": "demo", "user_domain_name": "Default",
+        "project_domain_name": "Default"}}}}
+    (tmp_path / "clouds.yaml").write_text(json.dumps(clouds))
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(tmp_path / "clouds.yaml"))
+    with pytest.raises(errors.InputError) as info:
+        CinderStorage.connect(cloud="member", env=SERVICE)
+    assert str(info.value) == "service credentials incomplete: set OS_SERVICE_AUTH_URL"
+
+
+@pytest.mark.filterwarnings("ignore:Support for InfluxDB")  # openstacksdk's own
+def test_the_service_cloud_may_come_from_the_environment_or_go_with_os_variables(
+        api, tmp_path, monkeypatch):
+    auth = {"auth_url": f"http://127.0.0.1:{api.port}/identity/v3",
+            "user_domain_name": "Default", "project_domain_name": "Default"}
+    clouds = {"clouds": {"svc": {"auth": dict(auth, username="cinder-svc",
+                                              password="svc-secret",
+                                              project_name="service")}}}
+    (tmp_path / "clouds.yaml").write_text(json.dumps(clouds))
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(tmp_path / "clouds.yaml"))
+    for storage in (
+            CinderStorage.connect(env=keystone_env(api, ATTACHFLOW_SERVICE_CLOUD="svc")),
+            CinderStorage.connect(env=keystone_env(api), service_cloud="svc")):
+        api.clear()
+        attached(api)
+        storage.attachment_delete(ATT)
+        assert api.calls("DELETE")[0].header("X-Service-Token") == "tok-svc-cinder-svc"
+
+
+def test_the_refusal_keeps_cinders_status(api):
+    storage = CinderStorage.connect(env=keystone_env(api))
+    attached(api)
+    with pytest.raises(errors.StorageError) as info:
+        storage.attachment_delete(ATT)
+    assert info.value.status == 409 and info.value.exit_code == 1
