@@ -103,7 +103,12 @@ def load_host(name: str, env: Mapping[str, str] | None = None) -> HostConfig:
     """``name`` resolved: ``local``, an entry of the hosts file, or ``USER@ADDRESS``."""
     hosts = load_hosts(env)
     if name in hosts:
-        return hosts[name]
+        cfg = hosts[name]
+        # the wrapper its libvirt URI names (an explicit libvirt_uri names none)
+        if cfg.known_hosts and str(_wrapper_path(cfg.known_hosts)) in \
+                urllib.parse.unquote(cfg.libvirt_uri):
+            _write_ssh_wrapper(os.path.expanduser(cfg.known_hosts))
+        return cfg
     if name == LOCAL:
         return HostConfig(name=LOCAL, address=local_address(), libvirt_uri=LOCAL_URI)
     user, at, address = (name or "").partition("@")
@@ -128,21 +133,27 @@ def ssh_uri(user: str, address: str, port: int, key: str | None,
         params.append(("keyfile", os.path.expanduser(key)))
     if known_hosts:
         # libvirt's ssh transport takes no known-hosts file: hand it an ssh that does
-        params.append(("command", str(ssh_wrapper(os.path.expanduser(known_hosts)))))
+        params.append(("command", str(_wrapper_path(known_hosts))))
     return f"qemu+ssh://{netloc}/system?{urllib.parse.urlencode(params, safe='/')}"
 
 
-def ssh_wrapper(known_hosts: str) -> Path:
-    """An ``ssh`` that checks host keys against ``known_hosts`` only (written once)."""
+def _wrapper_path(known_hosts: str) -> Path:
+    """Where the ``ssh`` that checks host keys against ``known_hosts`` only lives."""
+    known_hosts = os.path.expanduser(known_hosts)
     base = Path(os.environ.get("XDG_RUNTIME_DIR") or Path.home() / ".cache") / "attachflow"
-    digest = hashlib.sha256(known_hosts.encode()).hexdigest()[:16]
-    wrapper = base / f"ssh-{digest}"
+    return base / f"ssh-{hashlib.sha256(known_hosts.encode()).hexdigest()[:16]}"
+
+
+def _write_ssh_wrapper(known_hosts: str) -> Path:
+    """Write that ``ssh`` (once: only when it is missing or differs); only for the
+    host a command uses, not for every entry of the file."""
+    wrapper = _wrapper_path(known_hosts)
     body = ("#!/bin/sh\n# made by attachflow for libvirt's qemu+ssh: host keys from "
             f"{shlex.quote(known_hosts)} only\n"
             f"exec ssh -o UserKnownHostsFile={shlex.quote(known_hosts)} "
             "-o StrictHostKeyChecking=yes -o ConnectTimeout=10 \"$@\"\n")
     if not wrapper.exists() or wrapper.read_text() != body:
-        base.mkdir(parents=True, exist_ok=True, mode=0o700)
+        wrapper.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = wrapper.with_suffix(".tmp")
         tmp.write_text(body)
         tmp.chmod(0o700)
