@@ -500,12 +500,13 @@ def host_call(debug: bool = False):
 
 @cli.group()
 def lab():
-    """The local two-host lab: real Cinder, tgtd, libvirtd, sshd (needs root).
+    """The local two-host lab: real Keystone, Cinder, tgtd, libvirtd, sshd (needs root).
 
     \b
       attachflow lab up          install what is missing, start everything, wait
       eval "$(attachflow lab env)"
-      attachflow boot vm --volume V --host hosta --transport native
+      openstack volume create --size 1 v1
+      attachflow boot vm --volume V --host hosta
       attachflow lab down        remove every process, namespace and file of the lab
     """
 
@@ -527,13 +528,18 @@ def _lab_call(fn):
 
 
 @lab.command("up")
+@click.option("--auth", type=click.Choice(["keystone", "noauth"]), default=None,
+              help="How Cinder checks its callers: keystone (default; tokens, a service "
+                   "user, clouds.yaml) or noauth (no Keystone; Cinder trusts the request). "
+                   "A running lab keeps what it was brought up with.")
 @click.option("-f", "--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @click.option("--debug", is_flag=True)
 @_boundary
-def lab_up(fmt, debug):
+def lab_up(auth, fmt, debug):
     """Bring the lab up (idempotent); waits until every service is usable."""
     lab_api = _lab_module()
-    status = _lab_call(lambda: lab_api.up(echo=lambda m: click.echo(m, err=True)))
+    status = _lab_call(lambda: lab_api.up(echo=lambda m: click.echo(m, err=True),
+                                          auth=auth))
     _emit_lab_status(status, fmt)
 
 

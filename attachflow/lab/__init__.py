@@ -40,8 +40,10 @@ __all__ = ["LabError", "up", "down", "status", "env_lines", "state_dir", "hosts_
            "initiator_name", "HOSTS", "components"]
 
 
-def components() -> list:
-    """Every component of the lab; adding one is adding its module and a line here."""
+def components(auth: str | None = None) -> list:
+    """Every component of the lab; adding one is adding its module and a line here.
+    ``auth``: keystone or noauth; by default what the lab was brought up with."""
+    from attachflow.lab import layout
     from attachflow.lab.cinder import CinderDB, CinderService
     from attachflow.lab.computehost import ComputeHost
     from attachflow.lab.guest import GuestImage
@@ -50,6 +52,10 @@ def components() -> list:
     from attachflow.lab.rabbitmq import RabbitMQ
     from attachflow.lab.ssh import SshKeys, SshMesh
     from attachflow.lab.tgtd import Tgtd
+    identity = []
+    if (auth or layout.auth_mode()) == "keystone":
+        from attachflow.lab.keystone import KeystoneAccounts, KeystoneDB, KeystoneService
+        identity = [KeystoneDB(), KeystoneService(), KeystoneAccounts()]
     return [
         Network(),
         SshKeys(),
@@ -57,6 +63,7 @@ def components() -> list:
         Tgtd(),
         MariaDB(),
         RabbitMQ(),
+        *identity,
         CinderDB(),
         CinderService("cinder-api", requires=()),
         CinderService("cinder-scheduler", requires=()),
@@ -89,16 +96,26 @@ def _write_hosts_file(comps: list) -> None:
     layout.write(hosts_file(), layout.render_text("hosts.toml", entries="".join(entries)))
 
 
-def up(echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Install what is missing, start the lab, wait until it is usable."""
+def up(echo: Callable[[str], None] = print, auth: str | None = None) -> dict[str, Any]:
+    """Install what is missing, start the lab, wait until it is usable.
+
+    ``auth``: ``keystone`` (the default: Cinder behind a real Keystone) or ``noauth``; a
+    running lab keeps what it was brought up with."""
     from attachflow.lab import install, layout
     from attachflow.lab.component import Lab, bring_up
     _need_root()
+    if auth is not None and auth not in layout.AUTH_MODES:
+        raise LabError(f"unknown auth '{auth}': one of {', '.join(layout.AUTH_MODES)}")
     t0 = time.monotonic()
     with _locked():
-        comps = components()
         lab = Lab(echo)
         fresh = not state_dir().exists() or not lab.cgroup.populated()
+        chosen = None if fresh else layout.auth_mode()
+        if auth and chosen and auth != chosen:
+            raise LabError(f"the lab runs with {chosen}; `attachflow lab down` first to "
+                           f"bring it up with {auth}")
+        auth = auth or chosen or layout.AUTH_MODES[0]
+        comps = components(auth)
         try:
             install.install(comps, echo)
             st = state_dir()
@@ -106,6 +123,7 @@ def up(echo: Callable[[str], None] = print) -> dict[str, Any]:
             # Cinder's per-target tgt files hold CHAP passwords; everything here is used
             # by root only.
             os.chmod(st, 0o700)
+            layout.write(layout.path("auth"), auth + "\n")
             layout.path("log").mkdir(exist_ok=True)
             echo(f"state dir {st}")
             if fresh:
@@ -201,23 +219,49 @@ def status() -> dict[str, Any]:
         "state_dir": str(st),
         "hosts_file": str(hosts_file()),
         "cinder_endpoint": layout.cinder_endpoint(),
+        "auth": layout.auth_mode(),
         "bring_up_seconds": layout.load_json(layout.path("bring-up-seconds"), None),
         "supervisor": supervisor,
         "components": out,
     }
 
 
+def _auth_env() -> tuple[list[tuple[str, str]], list[str]]:
+    """The variables (and lines to source) that point clients at the lab's Cinder."""
+    from attachflow.lab import layout
+    if layout.auth_mode() == "noauth":
+        return [
+            ("OS_AUTH_TYPE", "noauth"),
+            # The noauth plugin appends "/<project id>" to this itself.
+            ("OS_ENDPOINT", layout.cinder_endpoint()),
+            # The cinder CLI reads its --os-endpoint default from here.
+            ("CINDER_ENDPOINT", layout.cinder_endpoint()),
+            ("OS_USER_ID", layout.LAB_USER_ID),
+            ("OS_PROJECT_ID", layout.LAB_PROJECT_ID)], []
+    from attachflow.lab import keystone
+    # Rewritten from the passwords file each time, so they always agree with it.
+    keystone.write_client_files()
+    return [
+        ("OS_CLIENT_CONFIG_FILE", str(keystone.clouds_path())),
+        # The member user, who owns the lab's volumes; attachflow and the openstack CLI
+        # take it from clouds.yaml.
+        ("OS_CLOUD", keystone.MEMBER.cloud),
+        ("ATTACHFLOW_SERVICE_CLOUD", keystone.SERVICE.cloud),
+    ], [
+        # The cinder CLI reads no clouds.yaml: the same member, as OS_* variables, from
+        # a file only root can read (the password stays out of this output).
+        f". {shlex.quote(str(keystone.openrc_path()))}",
+        # The openstack CLI, installed with Keystone in the lab's environment.
+        f'export PATH={shlex.quote(str(layout.INSTALL_DIR / "bin"))}:"$PATH"',
+    ]
+
+
 def env_lines() -> list[str]:
-    """Shell lines that point the cinder CLI and attachflow at the lab."""
+    """Shell lines that point the openstack and cinder CLIs and attachflow at the lab."""
     from attachflow.lab import guest, layout
+    auth_values, auth_lines = _auth_env()
     values = [
-        ("OS_AUTH_TYPE", "noauth"),
-        # The noauth plugin appends "/<project id>" to this itself.
-        ("OS_ENDPOINT", layout.cinder_endpoint()),
-        # The cinder CLI reads its --os-endpoint default from here.
-        ("CINDER_ENDPOINT", layout.cinder_endpoint()),
-        ("OS_USER_ID", layout.LAB_USER_ID),
-        ("OS_PROJECT_ID", layout.LAB_PROJECT_ID),
+        *auth_values,
         ("OS_VOLUME_API_VERSION", layout.VOLUME_API_VERSION),
         ("ATTACHFLOW_HOSTS", str(hosts_file())),
         ("ATTACHFLOW_VIRT_TYPE", "qemu"),
@@ -229,4 +273,4 @@ def env_lines() -> list[str]:
         ("ATTACHFLOW_BOOT_INITRD", str(guest.image_dir() / "initrd.img")),
         ("ATTACHFLOW_BOOT_CMDLINE", guest.CMDLINE),
     ]
-    return [f"export {k}={shlex.quote(v)}" for k, v in values]
+    return [f"export {k}={shlex.quote(v)}" for k, v in values] + auth_lines

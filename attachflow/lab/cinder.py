@@ -30,11 +30,36 @@ def _env() -> dict[str, str]:
             "HOME": str(layout.path("cinder"))}
 
 
+def _auth_values() -> dict[str, str]:
+    if layout.auth_mode() == "noauth":
+        return {"auth_strategy": "noauth", "auth_sections": ""}
+    from attachflow.lab import keystone
+    return {"auth_strategy": "keystone",
+            "auth_sections": layout.render_text(
+                "cinder-keystone.conf", cinder_user=keystone.CINDER.user,
+                cinder_password=keystone.passwords()[keystone.CINDER.user],
+                cinder_project=keystone.CINDER.project, domain=keystone.DOMAIN)}
+
+
+def _credentials() -> tuple[str, str]:
+    """(token, project id) for the lab's own look at Cinder: its admin under Keystone."""
+    if layout.auth_mode() == "noauth":
+        return f"{layout.LAB_USER_ID}:{layout.LAB_PROJECT_ID}", layout.LAB_PROJECT_ID
+    from keystoneauth1 import exceptions as kexc
+    from attachflow.lab import keystone
+    sess = keystone.session()
+    try:
+        return sess.get_token(), sess.get_project_id()
+    except kexc.ClientException as e:
+        raise LabError(f"keystone: {e}") from None
+
+
 def api(path: str, timeout: float = 5) -> dict[str, Any]:
-    """GET one path of the lab's Cinder API (noauth, the lab's project)."""
+    """GET one path of the lab's Cinder API as the lab's admin."""
+    token, project = _credentials()
     req = urllib.request.Request(
-        f"{layout.cinder_endpoint()}/{layout.LAB_PROJECT_ID}/{path}",
-        headers={"X-Auth-Token": f"{layout.LAB_USER_ID}:{layout.LAB_PROJECT_ID}",
+        f"{layout.cinder_endpoint()}/{project}/{path}",
+        headers={"X-Auth-Token": token,
                  "Accept": "application/json", "OpenStack-API-Version": "volume 3.0"})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -70,7 +95,8 @@ class CinderDB(Component):
         db = (f"mysql+pymysql://root@localhost/cinder?unix_socket={mariadb.socket_path()}"
               "&charset=utf8")
         layout.render("cinder.conf", conf_path(), 0o600, database_url=db,
-                      helper=f"{layout.VENV}/bin/privsep-helper --config-file {conf_path()}")
+                      helper=f"{layout.VENV}/bin/privsep-helper --config-file {conf_path()}",
+                      **_auth_values())
         marker = cdir / "db-synced"
         if marker.exists():
             return

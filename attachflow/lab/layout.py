@@ -39,13 +39,19 @@ CINDER_HOST = "attachflow-lab"
 CINDER_BACKEND = "lab"
 CINDER_LISTEN = "127.0.0.1"
 CINDER_PORT = 8776
+KEYSTONE_LISTEN = "127.0.0.1"
+KEYSTONE_PORT = 5000
 RABBIT_PORT = 5682      # off the system default 5672 so both can coexist
 RABBIT_DIST_PORT = 25682
 EPMD_PORT = 4379
 RABBIT_NODE = "attachflow-lab@localhost"
 
+# Under noauth, Cinder takes the user and project from the request as given.
 LAB_USER_ID = "attachflow"
 LAB_PROJECT_ID = "attachflow"
+# How the lab's Cinder authenticates its callers (`lab up --auth`); the first is the
+# default, as real deployments run.
+AUTH_MODES = ("keystone", "noauth")
 VOLUME_API_VERSION = "3.71"  # python-cinderclient 9.x maximum; attachments need >=3.27
 
 NETNS_DIR = Path("/run/netns")
@@ -66,6 +72,15 @@ def state_dir() -> Path:
 
 def path(*parts: str) -> Path:
     return state_dir().joinpath(*parts)
+
+
+def auth_mode() -> str:
+    """The running (or last) lab's authentication, as `lab up --auth` chose it."""
+    try:
+        value = path("auth").read_text().strip()
+    except OSError:
+        return AUTH_MODES[0]
+    return value if value in AUTH_MODES else AUTH_MODES[0]
 
 
 def hosts_file() -> Path:
@@ -107,6 +122,7 @@ def values() -> dict[str, str]:
         "iscsi_port": str(ISCSI_PORT), "cinder_host": CINDER_HOST,
         "cinder_backend": CINDER_BACKEND, "cinder_listen": CINDER_LISTEN,
         "cinder_port": str(CINDER_PORT), "rabbit_port": str(RABBIT_PORT),
+        "keystone_url": f"http://{KEYSTONE_LISTEN}:{KEYSTONE_PORT}",
         "lab_project_id": LAB_PROJECT_ID,
         "hosts_lines": "".join(f"{addr}\t{host}\n" for host, addr in HOSTS.items()),
     }
