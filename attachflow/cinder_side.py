@@ -130,14 +130,24 @@ SERVICE_SETTINGS = ("--os-service-cloud / ATTACHFLOW_SERVICE_CLOUD, or OS_SERVIC
                     "OS_SERVICE_PASSWORD and OS_SERVICE_PROJECT_NAME")
 
 
+def _cloud(name: str, env: Mapping[str, str]):
+    """One cloud of clouds.yaml; OS_CLIENT_CONFIG_FILE in ``env`` names the file first, as
+    it does for the openstack CLI."""
+    import openstack.config  # lazily: only clouds need clouds.yaml parsing
+    from openstack.config import loader
+    files = None
+    if _env(env, "OS_CLIENT_CONFIG_FILE"):
+        files = [env["OS_CLIENT_CONFIG_FILE"], *loader.CONFIG_FILES]
+    return openstack.config.OpenStackConfig(config_files=files).get_one(cloud=name)
+
+
 def _service_auth(service_cloud: str | None, env: Mapping[str, str]):
     """The service user's keystoneauth plugin, or None: from a second clouds.yaml cloud,
     or from OS_SERVICE_* variables (auth URL and domains default to the user's)."""
     service_cloud = service_cloud or _env(env, "ATTACHFLOW_SERVICE_CLOUD")
     if service_cloud:
-        import openstack.config
         try:
-            return openstack.config.OpenStackConfig().get_one(cloud=service_cloud).get_auth()
+            return _cloud(service_cloud, env).get_auth()
         except Exception as exc:
             raise errors.InputError(f"service cloud '{service_cloud}': {exc}") from None
     if not (_env(env, "OS_SERVICE_USERNAME") or _env(env, "OS_SERVICE_USER_ID")):
@@ -187,9 +197,8 @@ def make_session(cloud: str | None = None, env: Mapping[str, str] | None = None,
     cloud = cloud or _env(env, "OS_CLOUD")
     timeout = _timeout(env)
     if cloud:
-        import openstack.config  # lazily: only this path needs clouds.yaml parsing
         try:
-            region = openstack.config.OpenStackConfig().get_one(cloud=cloud)
+            region = _cloud(cloud, env)
         except Exception as exc:
             raise errors.InputError(f"cloud '{cloud}': {exc}") from None
         sess = region.get_session()

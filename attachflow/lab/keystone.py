@@ -10,11 +10,12 @@ would, and the clouds.yaml / openrc that point clients at them).
 Accounts (all in the ``Default`` domain; passwords are drawn at the first ``up`` and
 kept, readable by root only, in ``keystone/passwords.json``)::
 
-    admin               project admin          admin      (keystone-manage bootstrap)
-    lab-member          project attachflow-lab member     owns the lab's volumes
-    lab-reader          project attachflow-lab reader     may look, not change
-    cinder              project service        service    keystonemiddleware's user
-    attachflow-service  project service        service    attachflow's service token
+    user                project         role     cloud in clouds.yaml
+    admin               admin           admin    attachflow-lab-admin    (bootstrap)
+    lab-member          attachflow-lab  member   attachflow-lab          owns the volumes
+    lab-reader          attachflow-lab  reader   attachflow-lab-reader   may look only
+    cinder              service         service  attachflow-lab-cinder   keystonemiddleware
+    attachflow-service  service         service  attachflow-lab-service  the service token
 
 Side effects owned: everything under ``keystone/`` in the state dir, the ``keystone``
 database, the keystone daemon, and the accounts and catalog entries above.
@@ -48,20 +49,14 @@ class Account:
     user: str
     project: str
     role: str
-
-    @property
-    def cloud(self) -> str:
-        """The account's entry in the lab's clouds.yaml."""
-        return {"lab-member": "attachflow-lab",
-                "attachflow-service": "attachflow-lab-service"}.get(
-                    self.user, f"attachflow-lab-{self.user}")
+    cloud: str      # its entry in the lab's clouds.yaml
 
 
-ADMIN = Account("admin", "admin", "admin")
-MEMBER = Account("lab-member", LAB_PROJECT, "member")
-READER = Account("lab-reader", LAB_PROJECT, "reader")
-CINDER = Account("cinder", SERVICE_PROJECT, "service")
-SERVICE = Account("attachflow-service", SERVICE_PROJECT, "service")
+ADMIN = Account("admin", "admin", "admin", "attachflow-lab-admin")
+MEMBER = Account("lab-member", LAB_PROJECT, "member", "attachflow-lab")
+READER = Account("lab-reader", LAB_PROJECT, "reader", "attachflow-lab-reader")
+CINDER = Account("cinder", SERVICE_PROJECT, "service", "attachflow-lab-cinder")
+SERVICE = Account("attachflow-service", SERVICE_PROJECT, "service", "attachflow-lab-service")
 ACCOUNTS = (ADMIN, MEMBER, READER, CINDER, SERVICE)
 
 

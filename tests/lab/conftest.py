@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import re
-import shlex
 import subprocess
 import time
 from pathlib import Path
@@ -38,9 +37,8 @@ def lab():
     import attachflow.lab as manager
     manager.up(echo=lambda line: print(line, flush=True))
     saved = dict(os.environ)
-    for line in manager.env_lines():
-        name, _, value = line.removeprefix("export ").partition("=")
-        os.environ[name] = shlex.split(value)[0] if value else ""
+    from labenv import evaluated
+    os.environ.update(evaluated(manager.env_lines(), base=dict(os.environ)))
     if "ATTACHFLOW_BOOT_KERNEL" not in os.environ:
         from attachflow.lab import guest
         image = guest.build(manager.state_dir() / "guest")

@@ -14,7 +14,7 @@ from attachflow.lab.computehost import MOUNT_POINTS
 # Programs the lab runs; after `lab down` none may be left that was not there before.
 DAEMONS = {"tgtd", "mariadbd", "beam.smp", "epmd", "erl_child_setup", "inet_gethost",
            "libvirtd", "virtlogd", "sshd", "supervisord", "qemu-system-x86", "cinder-api",
-           "cinder-schedule", "cinder-volume", "privsep-helper", "sleep", "ssh"}
+           "cinder-schedule", "gunicorn", "cinder-volume", "privsep-helper", "sleep", "ssh"}
 
 
 def cgroup_dir() -> Path:

@@ -155,9 +155,58 @@ def test_a_missing_template_value_names_the_template():
         layout.render_text("host/sshd_config", host="hosta", host_dir="/x")
 
 
+def _cinder_conf() -> str:
+    from attachflow.lab import cinder
+    return layout.render_text("cinder.conf", database_url="mysql+pymysql://db",
+                              helper="privsep-helper", **cinder._auth_values())
+
+
+def test_cinder_behind_keystone_checks_service_tokens(state):
+    import configparser
+    from attachflow.lab import keystone
+    conf = configparser.ConfigParser(interpolation=None)
+    conf.read_string(_cinder_conf())
+    assert conf["DEFAULT"]["auth_strategy"] == "keystone"
+    authtoken = conf["keystone_authtoken"]
+    assert authtoken["auth_url"] == f"http://127.0.0.1:{layout.KEYSTONE_PORT}"
+    assert authtoken["username"] == "cinder" and authtoken["project_name"] == "service"
+    assert authtoken["password"] == keystone.passwords()["cinder"]
+    assert authtoken["service_token_roles"] == "service"
+    assert authtoken["service_token_roles_required"] == "true"
+    # Passwords are drawn once per lab and kept where only root reads them.
+    assert keystone.passwords() == keystone.passwords()
+    assert len(set(keystone.passwords().values())) == len(keystone.ACCOUNTS)
+    assert (state / "keystone" / "passwords.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_cinder_under_noauth_has_no_keystone_section(state):
+    import configparser
+    layout.write(state / "auth", "noauth\n")
+    conf = configparser.ConfigParser(interpolation=None)
+    conf.read_string(_cinder_conf())
+    assert conf["DEFAULT"]["auth_strategy"] == "noauth"
+    assert "keystone_authtoken" not in conf
+    assert not (state / "keystone").exists()
+
+
+def test_lab_clients_files_hold_every_account_readable_by_root_only(state):
+    import yaml
+    from attachflow.lab import keystone
+    keystone.write_client_files()
+    clouds = yaml.safe_load(keystone.clouds_path().read_text())["clouds"]
+    assert set(clouds) == {"attachflow-lab", "attachflow-lab-service", "attachflow-lab-admin",
+                           "attachflow-lab-reader", "attachflow-lab-cinder"}
+    member = clouds["attachflow-lab"]
+    assert member["auth"]["username"] == "lab-member"
+    assert member["auth"]["project_name"] == "attachflow-lab"
+    assert member["auth"]["password"] == keystone.passwords()["lab-member"]
+    assert clouds["attachflow-lab-service"]["auth"]["project_name"] == "service"
+    for path in (keystone.clouds_path(), keystone.openrc_path()):
+        assert path.stat().st_mode & 0o777 == 0o600
+
+
 def test_cinder_conf_comes_from_the_layout(state):
-    text = layout.render_text("cinder.conf", database_url="mysql+pymysql://db",
-                              helper="privsep-helper")
+    text = _cinder_conf()
     assert f"my_ip = {layout.STORAGE_IP}" in text
     assert f"osapi_volume_listen_port = {layout.CINDER_PORT}" in text
     assert f"state_path = {state}/cinder" in text
