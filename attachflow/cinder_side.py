@@ -23,6 +23,8 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from attachflow import errors
+from attachflow.identity import (DEFAULT_DEADLINE, SERVICE_SETTINGS, env_value, login_error,
+                                 open_session, seconds_setting)
 from attachflow.model import (ConnectionInfo, ConnectorProperties, NewAttachment, Volume,
                               VolumeAttachment, masked)
 
@@ -97,152 +99,6 @@ class StorageAPI(abc.ABC):
 # ---------------------------------------------------------------------------------------
 # The real adapter
 
-def _env(env: Mapping[str, str], name: str) -> str | None:
-    value = env.get(name)
-    return value if value else None
-
-
-# How long one storage request may take (ATTACHFLOW_STORAGE_TIMEOUT), and one call with
-# its retries (ATTACHFLOW_STORAGE_DEADLINE): a storage API that accepts connections but
-# never answers fails the command in about a minute. Cinder answers an attach in
-# seconds; its own RPC timeout to the volume service is 60 s.
-DEFAULT_TIMEOUT = 30.0
-DEFAULT_DEADLINE = 60.0
-
-
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    value = _env(env, name)
-    if not value:
-        return default
-    from attachflow import validate
-    try:
-        return validate.check_number(name, float(value), "timeout")
-    except (ValueError, errors.InputError):
-        raise errors.InputError(f"{name} '{value}' is not a number of seconds from "
-                                f"{validate.bounds_text('timeout')}") from None
-
-
-def _timeout(env: Mapping[str, str]) -> float:
-    return _seconds(env, "ATTACHFLOW_STORAGE_TIMEOUT", DEFAULT_TIMEOUT)
-
-
-SERVICE_SETTINGS = ("--os-service-cloud / ATTACHFLOW_SERVICE_CLOUD, or OS_SERVICE_USERNAME, "
-                    "OS_SERVICE_PASSWORD and OS_SERVICE_PROJECT_NAME")
-
-
-def _cloud(name: str, env: Mapping[str, str]):
-    """One cloud of clouds.yaml; OS_CLIENT_CONFIG_FILE in ``env`` names the file first, as
-    it does for the openstack CLI."""
-    import openstack.config  # lazily: only clouds need clouds.yaml parsing
-    from openstack.config import loader
-    files = None
-    if _env(env, "OS_CLIENT_CONFIG_FILE"):
-        files = [env["OS_CLIENT_CONFIG_FILE"], *loader.CONFIG_FILES]
-    return openstack.config.OpenStackConfig(config_files=files).get_one(cloud=name)
-
-
-def _service_auth(service_cloud: str | None, env: Mapping[str, str]):
-    """The service user's keystoneauth plugin, or None: from a second clouds.yaml cloud,
-    or from OS_SERVICE_* variables (auth URL and domains default to the user's)."""
-    service_cloud = service_cloud or _env(env, "ATTACHFLOW_SERVICE_CLOUD")
-    if service_cloud:
-        try:
-            return _cloud(service_cloud, env).get_auth()
-        except Exception as exc:
-            raise errors.InputError(f"service cloud '{service_cloud}': {exc}") from None
-    if not (_env(env, "OS_SERVICE_USERNAME") or _env(env, "OS_SERVICE_USER_ID")):
-        return None
-    from keystoneauth1 import loading
-    loader = loading.get_plugin_loader("password")
-    options = {}
-    for opt in loader.get_options():
-        name = opt.dest.upper()
-        value = _env(env, f"OS_SERVICE_{name}")
-        # The Keystone and the domains are the user's unless the service's are given (a
-        # domain by name or by id: one of them, not a mix of the two users' settings).
-        domain = name.rsplit("_", 1)[0] if "_DOMAIN_" in name else None
-        own_domain = domain and any(_env(env, f"OS_SERVICE_{domain}_{kind}")
-                                    for kind in ("NAME", "ID"))
-        if value is None and (name == "AUTH_URL" or domain and not own_domain):
-            value = _env(env, f"OS_{name}")
-        if value is not None:
-            options[opt.dest] = value
-    missing = [f"OS_SERVICE_{n}" for n in ("AUTH_URL", "PASSWORD") if n.lower() not in options]
-    if not (options.get("project_name") or options.get("project_id")):
-        missing.append("OS_SERVICE_PROJECT_NAME")
-    if missing:
-        raise errors.InputError("service credentials incomplete: set " + ", ".join(missing))
-    return loader.load_from_options(**options)
-
-
-def _with_service_token(user_auth, service_auth):
-    """Requests carry the user's token and, in X-Service-Token, the service user's."""
-    if service_auth is None:
-        return user_auth
-    from keystoneauth1 import service_token
-    return service_token.ServiceTokenAuthWrapper(user_auth=user_auth,
-                                                 service_auth=service_auth)
-
-
-def make_session(cloud: str | None = None, env: Mapping[str, str] | None = None,
-                 service_cloud: str | None = None):
-    """A keystoneauth1 session from a clouds.yaml cloud, the OS_* variables, or noauth.
-
-    noauth (labs): OS_AUTH_TYPE=noauth with OS_ENDPOINT, OS_USER_ID, OS_PROJECT_ID.
-    Every request times out after ATTACHFLOW_STORAGE_TIMEOUT seconds (default 30), and a
-    call's retries stop after ATTACHFLOW_STORAGE_DEADLINE (default 60): a storage API
-    that stops answering must not hang an attach.
-    """
-    env = os.environ if env is None else env
-    cloud = cloud or _env(env, "OS_CLOUD")
-    timeout = _timeout(env)
-    if cloud:
-        try:
-            region = _cloud(cloud, env)
-        except Exception as exc:
-            raise errors.InputError(f"cloud '{cloud}': {exc}") from None
-        sess = region.get_session()
-        sess.timeout = timeout
-        sess.auth = _with_service_token(sess.auth, _service_auth(service_cloud, env))
-        return sess, region.get_endpoint("block-storage")
-
-    from keystoneauth1 import loading, session as ks_session
-    auth_type = _env(env, "OS_AUTH_TYPE") or ("noauth" if _env(env, "OS_ENDPOINT")
-                                              and not _env(env, "OS_AUTH_URL")
-                                              else "password")
-    try:
-        loader = loading.get_plugin_loader(auth_type)
-    except Exception:
-        raise errors.InputError(f"unknown OS_AUTH_TYPE '{auth_type}'") from None
-    options = {}
-    for opt in loader.get_options():
-        value = _env(env, "OS_" + opt.dest.upper()) or _env(env, "OS_" + opt.name.upper()
-                                                             .replace("-", "_"))
-        if value is not None:
-            options[opt.dest] = value
-    missing = [o.name for o in loader.get_options() if o.required and o.dest not in options]
-    if missing:
-        raise errors.InputError(
-            "storage credentials incomplete: set "
-            + ", ".join("OS_" + m.upper().replace("-", "_") for m in missing)
-            + " (or --os-cloud / OS_CLOUD)")
-    plugin = loader.load_from_options(**options)
-    verify: bool | str = not bool(_env(env, "OS_INSECURE"))
-    if _env(env, "OS_CACERT"):
-        verify = env["OS_CACERT"]
-    headers = {}
-    if auth_type == "noauth":
-        # Without a service role, Cinder asks Nova before deleting an attachment that
-        # names an instance, and fails where there is no Nova. In noauth nothing checks
-        # the role (and there is no token to vouch for it); with Keystone, the role
-        # comes from a service token.
-        headers["X-Service-Roles"] = "service"
-    else:
-        plugin = _with_service_token(plugin, _service_auth(service_cloud, env))
-    return ks_session.Session(auth=plugin, verify=verify, additional_headers=headers,
-                              timeout=timeout), None
-
-
 def _translate(exc: BaseException, what: str) -> errors.AttachflowError:
     """cinderclient/keystoneauth exceptions -> attachflow's. Messages carry the server's
     text, never the request body (which may hold connector or CHAP data)."""
@@ -250,9 +106,19 @@ def _translate(exc: BaseException, what: str) -> errors.AttachflowError:
     from keystoneauth1 import exceptions as kexc
     if isinstance(exc, errors.AttachflowError):
         return exc
+    if _is_login(exc):
+        # keystoneauth logs in again when the storage API refuses a token (revoked,
+        # expired): that second login failed.
+        err = login_error(exc)
+        return type(err)(f"{what}: the token was refused and {err}", status=err.status)
     if isinstance(exc, cexc.ClientException):
         code = getattr(exc, "code", None)
         text = getattr(exc, "message", None) or str(exc)
+        if code in (401, 403):
+            return errors.AuthError(
+                f"{what}: Cinder refused the "
+                + ("token even after a fresh login" if code == 401 else "user this call")
+                + f" (HTTP {code}: {text})", status=code)
         if code == 404:
             return errors.StorageNotFound(f"{what}: not found ({text})", status=404)
         if code == 409 and "using the Compute API" in text:
@@ -287,6 +153,14 @@ def _translate(exc: BaseException, what: str) -> errors.AttachflowError:
     return errors.StorageError(f"{what}: {type(exc).__name__}: {exc}")
 
 
+def _is_login(exc: BaseException) -> bool:
+    """Whether a keystoneauth error came from a request to Keystone's token API."""
+    from keystoneauth1 import exceptions as kexc
+    if isinstance(exc, kexc.http.HttpError):
+        return "/auth/tokens" in (getattr(exc, "url", None) or "")
+    return isinstance(exc, kexc.ConnectionError) and "/auth/tokens" in str(exc)
+
+
 def _retrying(kind: str, sleep: Callable[[float], None] = time.sleep,
               deadline: float = DEFAULT_DEADLINE):
     import tenacity
@@ -310,25 +184,30 @@ class CinderStorage(StorageAPI):
     """StorageAPI over python-cinderclient. Construct with ``CinderStorage.connect``."""
 
     def __init__(self, client, version: tuple[int, int], sleep=time.sleep,
-                 deadline: float = DEFAULT_DEADLINE):
+                 deadline: float = DEFAULT_DEADLINE, service_token: bool = True):
         self._client = client
         self.version = version
         self._sleep = sleep
         self._deadline = deadline
+        # Whether requests vouch for a service (a service token, or noauth's claim).
+        # Without one, Cinder asks Nova before releasing a guest's attachment, and a
+        # refusal is its rule, not a hiccup worth retrying.
+        self.service_token = service_token
 
     @classmethod
     def connect(cls, cloud: str | None = None, env: Mapping[str, str] | None = None,
                 max_version: str = WANTED_VERSION, service_cloud: str | None = None
                 ) -> "CinderStorage":
         from cinderclient import api_versions, client as cclient
-        sess, endpoint = make_session(cloud, env, service_cloud)
+        opened = open_session(cloud, env, service_cloud)
+        opened.log_in()
         env = os.environ if env is None else env
-        kwargs: dict[str, Any] = {"session": sess}
-        if endpoint:
-            kwargs["endpoint_override"] = endpoint
-        if _env(env, "OS_REGION_NAME"):
+        kwargs: dict[str, Any] = {"session": opened.session}
+        if opened.endpoint:
+            kwargs["endpoint_override"] = opened.endpoint
+        if env_value(env, "OS_REGION_NAME"):
             kwargs["region_name"] = env["OS_REGION_NAME"]
-        if _env(env, "OS_INTERFACE"):
+        if env_value(env, "OS_INTERFACE"):
             kwargs["interface"] = env["OS_INTERFACE"]
         try:
             probe = cclient.Client("3.0", **kwargs)
@@ -340,9 +219,16 @@ class CinderStorage(StorageAPI):
         version = (negotiated.ver_major, negotiated.ver_minor)
         LOG.debug("cinder: negotiated microversion %d.%d", *version)
         return cls(client, version,
-                   deadline=_seconds(env, "ATTACHFLOW_STORAGE_DEADLINE", DEFAULT_DEADLINE))
+                   deadline=seconds_setting(env, "ATTACHFLOW_STORAGE_DEADLINE",
+                                            DEFAULT_DEADLINE),
+                   service_token=opened.service_token)
 
-    def _call(self, what: str, fn: Callable[[], Any], kind: str = "write") -> Any:
+    def _call(self, what: str, fn: Callable[[], Any], kind: str = "write",
+              guarded: bool = False) -> Any:
+        """One request. ``kind``: read (retried), delete (retried on 5xx; 404 means
+        done) or write (sent once). ``guarded``: Cinder allows it only for a service,
+        else asks Nova (attachment_deletion_allowed); without a service token such a
+        call is sent once, and its failure says what to configure."""
         start = time.monotonic()
 
         def once():
@@ -352,7 +238,7 @@ class CinderStorage(StorageAPI):
                 raise _translate(exc, what) from None
 
         try:
-            if kind == "write":
+            if kind == "write" or guarded and not self.service_token:
                 result = once()
             else:
                 result = _retrying(kind, self._sleep, self._deadline)(once)
@@ -360,6 +246,13 @@ class CinderStorage(StorageAPI):
             if kind == "delete":
                 LOG.debug("cinder: %s -> already gone (404)", what)
                 return None
+            raise
+        except errors.StorageUnavailable as exc:
+            if guarded and not self.service_token and (exc.status or 0) >= 500:
+                raise errors.StorageError(
+                    f"{exc}. Cinder (2023.2 on) releases a guest's attachment only for a "
+                    "service, and asks Nova otherwise; without Nova, give attachflow a "
+                    f"service user: {SERVICE_SETTINGS}", status=exc.status) from None
             raise
         LOG.debug("cinder: %s -> %s (%.0f ms)", what, masked(_plain(result)),
                   (time.monotonic() - start) * 1000)
@@ -414,7 +307,8 @@ class CinderStorage(StorageAPI):
 
     def attachment_delete(self, attachment_id):
         self._call(f"DELETE attachment {attachment_id}",
-                   lambda: self._client.attachments.delete(attachment_id), "delete")
+                   lambda: self._client.attachments.delete(attachment_id), "delete",
+                   guarded=True)
 
     def reserve(self, volume_id):
         self._call(f"os-reserve {volume_id}", lambda: self._client.volumes.reserve(volume_id))
@@ -437,7 +331,8 @@ class CinderStorage(StorageAPI):
 
     def terminate_connection(self, volume_id, connector):
         self._call(f"os-terminate_connection {volume_id}",
-                   lambda: self._client.volumes.terminate_connection(volume_id, connector))
+                   lambda: self._client.volumes.terminate_connection(volume_id, connector),
+                   guarded=True)
 
     def attach(self, volume_id, instance_id, mountpoint, host_name, mode="rw"):
         self._call(f"os-attach {volume_id}", lambda: self._client.volumes.attach(

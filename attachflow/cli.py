@@ -42,7 +42,11 @@ def _setup_logging(debug: bool) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s", "%H:%M:%S"))
     for name in _DEBUG_LOGGERS:
         log = logging.getLogger(name)
-        log.handlers[:] = [handler] if debug or name == "attachflow" else []
+        # A logger with no handler falls back to Python's last-resort one on stderr: the
+        # others get a NullHandler so their warnings (keystoneauth's discovery notes)
+        # stay out of the one-line error unless --debug asks for them.
+        log.handlers[:] = ([handler] if debug or name == "attachflow"
+                           else [logging.NullHandler()])
         log.setLevel(logging.DEBUG if debug else logging.WARNING)
         log.propagate = False
 

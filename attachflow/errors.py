@@ -15,7 +15,9 @@ the tree to one-line messages and exit codes (``exit_code``)::
     │   └── PreflightError               a live migration's check failed before any change
     ├── StorageError                     the storage API failed (HTTP, connection)
     │   ├── StorageNotFound              404 from the storage API
-    │   └── StorageUnavailable           connection refused, timeouts, 5xx
+    │   ├── StorageUnavailable           connection refused, timeouts, 5xx (Keystone's too)
+    │   └── AuthError                    exit 3: Keystone refused the credentials, or the
+    │                                    storage API refused the user (401, 403)
     ├── HostError                        host-side connect/disconnect or the remote shell
     ├── HypervisorError                  libvirt refused or failed
     │   └── DeviceRemovalTimeout         the guest did not release a disk in time
@@ -93,6 +95,13 @@ class StorageUnavailable(StorageError):
     pass
 
 
+class AuthError(StorageError):
+    """Keystone refused a login (wrong password, unknown user or project, no role there),
+    or the storage API refused the user this call (policy). Exit 3: nothing was changed
+    by the refused call; the fix is in the credentials or the user's roles."""
+    exit_code = 3
+
+
 class HostError(AttachflowError):
     pass
 
@@ -130,7 +139,8 @@ class OperationFailed(AttachflowError):
     @property
     def exit_code(self) -> int:  # type: ignore[override]
         # Bad input found only by the service (e.g. Cinder refusing to reserve a volume
-        # in use) is still bad input: report it as such once everything is undone.
-        if isinstance(self.cause, InputError) and not self.undo_failures:
+        # in use) is still bad input, and a refused login still a refused login: report
+        # them as such once everything is undone.
+        if isinstance(self.cause, (InputError, AuthError)) and not self.undo_failures:
             return self.cause.exit_code
         return 1

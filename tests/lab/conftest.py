@@ -74,7 +74,7 @@ class Lab:
     def cinder(self):
         if self._cinder is None:
             from cinderclient import client
-            from attachflow.cinder_side import make_session
+            from attachflow.identity import make_session
             sess, _ = make_session()
             self._cinder = client.Client("3.71", session=sess)
         return self._cinder

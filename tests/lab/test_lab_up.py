@@ -69,7 +69,7 @@ def _cinder(service_role: bool = False, cloud: str | None = None):
     Without a service token Cinder refuses to delete an attachment that carries an
     instance until Nova confirms the detach (there is no Nova)."""
     from cinderclient import client
-    from attachflow.cinder_side import make_session
+    from attachflow.identity import make_session
 
     env = _lab_env()
     if not service_role:

@@ -100,6 +100,18 @@ class FakeCinderAPI:
         self.volumes: dict[str, dict[str, Any]] = {}
         self.attachments: dict[str, dict[str, Any]] = {}
         self.service_tokens: set[str] = set()  # tokens of users with the service role
+        # Keystone's side: every token issued (token -> role), those revoked since, users
+        # disabled, and the projects that exist.
+        self.tokens: dict[str, str] = {}
+        self.revoked: set[str] = set()
+        self.disabled: set[str] = set()
+        self.projects = {"demo", "service"}
+        self.logins = 0
+        # Whether Cinder finds Nova in the catalog when it asks about an attachment's
+        # guest: with Nova it refuses with 409; without (a standalone Cinder, as in the
+        # lab) the lookup fails and Cinder answers 500.
+        self.nova_in_catalog = True
+        self.keystone_unavailable = False  # Keystone's logins answer 503
         self._script: dict[tuple[str, str], list[Answer]] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -192,29 +204,54 @@ class FakeCinderAPI:
                     "media-types": [{"base": "application/json",
                                      "type": "application/vnd.openstack.identity-v3+json"}]}})
             if req.method == "POST" and req.path == "/identity/v3/auth/tokens":
+                if self.keystone_unavailable:
+                    return fault(503, "Service Unavailable")
                 return self._token(req.body)
             prefix = f"/v3/{PROJECT}"
             if not req.path.startswith(prefix + "/"):
                 return fault(404, f"no route for {req.path}")
             path = req.path[len(prefix):]
+            token = req.header("X-Auth-Token") or ""
+            # keystonemiddleware: a token Keystone issued must still be valid (noauth's
+            # "user:project" tokens are not Keystone's)
+            if ":" not in token and (token not in self.tokens or token in self.revoked):
+                return fault(401, "The request you have made requires authentication.")
+            if self.tokens.get(token) == "reader" and req.method != "GET":
+                return fault(403, "Policy doesn't allow volume:attachment_create to be "
+                                  "performed.")
             queued = self._script.get((req.method, path))
             if queued:
                 return queued.pop(0)
             return self._route(req.method, path, req.body, self._from_a_service(req))
 
+    def revoke(self, token: str) -> None:
+        self.revoked.add(token)
+
     def _token(self, body: Any) -> Answer:
         """Keystone's answer to a password authentication: a token whose catalog has
         Cinder public in RegionOne (as 127.0.0.1), public in RegionTwo (as localhost) and
         internal in RegionTwo (as 127.1), so a request's Host header tells which
-        endpoint was chosen."""
+        endpoint was chosen. Keystone does not say why it refuses a login: a wrong
+        password, a disabled user and a project that does not exist all get the same
+        401."""
         user = body["auth"]["identity"]["password"]["user"]
-        if user.get("password") != "secret" and user.get("password") != "svc-secret":
+        # a user's password says its role: "secret" member, "svc-secret" service (and its
+        # own token), "reader-secret" reader
+        role = {"secret": "member", "svc-secret": "service",
+                "reader-secret": "reader"}.get(user.get("password"))
+        project = body["auth"].get("scope", {}).get("project", {})
+        if role is None or user.get("name", user.get("id")) in self.disabled \
+                or project.get("name", project.get("id")) not in self.projects | {"svc-project"}:
             return Answer(401, {"error": {"code": 401, "title": "Unauthorized",
                                           "message": "The request you have made requires "
                                                      "authentication."}})
-        # a user whose password is "svc-secret" has the service role, and its own token
-        role = "service" if user.get("password") == "svc-secret" else "member"
-        issued = "tok-1" if role == "member" else f"tok-svc-{user.get('name')}"
+        self.logins += 1
+        issued = {"member": "tok-1", "reader": "tok-reader"}.get(
+            role, f"tok-svc-{user.get('name')}")
+        # a login after a revocation gets a new token
+        while issued in self.revoked:
+            issued += "+"
+        self.tokens[issued] = role
         endpoints = [
             {"id": "e1", "interface": "public", "region": "RegionOne",
              "region_id": "RegionOne", "url": f"http://127.0.0.1:{self.port}/v3/{PROJECT}"},
@@ -252,8 +289,9 @@ class FakeCinderAPI:
         """Cinder's test for a call from a service (2023.2 on): noauth's claimed role,
         or a valid service token of a user with the service role."""
         roles = req.header("X-Service-Roles") or ""
+        service = req.header("X-Service-Token")
         return "service" in roles.split(",") or \
-            req.header("X-Service-Token") in self.service_tokens
+            service in self.service_tokens and service not in self.revoked
 
     def _route(self, method: str, path: str, body: Any, from_a_service: bool) -> Answer:
         m = re.fullmatch(r"/volumes/([^/]+)", path)
@@ -283,7 +321,9 @@ class FakeCinderAPI:
                 return Answer(200, {"attachment": att})
             if not m[2] and method == "DELETE":
                 if att.get("instance") and att.get("connection_info") and not from_a_service:
-                    # and with no Nova to ask whether it still uses the attachment
+                    if not self.nova_in_catalog:
+                        return fault(500, "The server has either erred or is incapable of "
+                                          "performing the requested operation.")
                     return fault(409, f"Detach volume from instance {att.get('instance')} "
                                       "using the Compute API")
                 del self.attachments[m[1]]

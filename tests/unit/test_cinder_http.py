@@ -15,6 +15,7 @@ import pytest
 
 from attachflow import errors
 from attachflow.cinder_side import AttachmentsFlow, CinderStorage, LegacyFlow, select_flow
+from attachflow.identity import SERVICE_SETTINGS
 from attachflow.model import (ConnectionInfo, ConnectorProperties, NewAttachment, Volume,
                               VolumeAttachment)
 from attachflow.record import VolumeRecord
@@ -395,9 +396,11 @@ def test_storage_timeouts_must_be_sensible_numbers(api, name, value):
 @pytest.mark.filterwarnings("ignore:Support for InfluxDB")  # openstacksdk's own
 def test_a_cloud_from_clouds_yaml_has_its_endpoint_and_the_timeout(api, tmp_path,
                                                                    monkeypatch):
-    (tmp_path / "clouds.yaml").write_text(
-        f"clouds:\n  lab:\n    auth_type: none\n"
-        f"    block_storage_endpoint_override: {api.endpoint}/p\n")
+    (tmp_path / "clouds.yaml").write_text(json.dumps({"clouds": {"lab": {
+        "auth": {"auth_url": f"http://127.0.0.1:{api.port}/identity/v3",
+                 "username": "demo", "password": "secret", "project_name": "demo",
+                 "user_domain_name": "Default", "project_domain_name": "Default"},
+        "block_storage_endpoint_override": f"{api.endpoint}/p"}}}))
     monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(tmp_path / "clouds.yaml"))
     storage = CinderStorage.connect(cloud="lab", env={"ATTACHFLOW_STORAGE_TIMEOUT": "1"})
     assert storage.version == (3, 71)
@@ -857,9 +860,81 @@ def test_the_region_and_interface_pick_the_endpoint(api, region, interface, host
     assert api.calls()[0].header("Host") == f"{host}:{api.port}"
 
 
-def test_wrong_credentials_are_a_storage_error(api):
-    with pytest.raises(errors.StorageError, match="microversion negotiation"):
-        CinderStorage.connect(env=keystone_env(api, OS_PASSWORD="wrong"))
+@pytest.mark.parametrize("change", [{"OS_PASSWORD": "Xq-7-not-it"}, {"OS_PROJECT_NAME": "nosuch"},
+                                    {"OS_USERNAME": "gone"}])
+def test_a_refused_login_names_keystone_the_user_and_the_project(api, change):
+    api.disabled.add("gone")
+    env = keystone_env(api, **change)
+    with pytest.raises(errors.AuthError) as info:
+        CinderStorage.connect(env=env)
+    assert str(info.value) == (
+        f"Keystone at {env['OS_AUTH_URL']} refused the login of user "
+        f"'{env['OS_USERNAME']}' in project '{env['OS_PROJECT_NAME']}' (OS_* variables) "
+        "(HTTP 401): a wrong password, an unknown or disabled user or project, or no role "
+        "on that project")
+    assert info.value.exit_code == 3
+    assert "secret" not in str(info.value) and "Xq-7-not-it" not in str(info.value)
+    assert api.calls() == []  # Cinder was never asked
+
+
+def test_a_refused_service_login_names_the_service_user(api):
+    env = keystone_env(api, **dict(SERVICE, OS_SERVICE_PASSWORD="stale"))
+    with pytest.raises(errors.AuthError, match="refused the login of service user "
+                                               "'attachflow' in project 'service' "
+                                               r"\(OS_SERVICE_\*\)"):
+        CinderStorage.connect(env=env)
+
+
+def test_an_unreachable_keystone_is_named(api):
+    env = keystone_env(api, OS_AUTH_URL="http://127.0.0.1:9/identity/v3")
+    with pytest.raises(errors.StorageUnavailable) as info:
+        CinderStorage.connect(env=env)
+    assert str(info.value).startswith("cannot reach Keystone at http://127.0.0.1:9/identity/v3 (")
+    assert info.value.exit_code == 1 and "\n" not in str(info.value)
+
+
+def test_a_revoked_token_is_replaced_by_one_new_login(api):
+    storage = CinderStorage.connect(env=keystone_env(api))
+    api.add_volume(VOL)
+    api.revoke("tok-1")
+    logins = api.logins
+    assert storage.get_volume(VOL).id == VOL
+    assert api.logins == logins + 1
+    assert [r.header("X-Auth-Token") for r in api.calls("GET")][-2:] == ["tok-1", "tok-1+"]
+
+
+def test_a_revoked_token_whose_new_login_is_refused_fails_cleanly(api):
+    storage = CinderStorage.connect(env=keystone_env(api))
+    api.revoke("tok-1")
+    api.disabled.add("demo")
+    with pytest.raises(errors.AuthError) as info:
+        storage.reserve(VOL)
+    assert str(info.value).startswith(
+        f"os-reserve {VOL}: the token was refused and Keystone at ")
+    assert "refused the login" in str(info.value) and info.value.exit_code == 3
+    assert api.volumes[VOL]["status"] == "available"
+
+
+def test_a_revoked_token_while_keystone_fails_says_so(api):
+    storage = CinderStorage.connect(env=keystone_env(api))
+    api.keystone_unavailable = True
+    api.revoke("tok-1")
+    with pytest.raises(errors.StorageUnavailable) as info:
+        storage.reserve(VOL)
+    assert str(info.value) == (f"os-reserve {VOL}: the token was refused and Keystone at "
+                               f"http://127.0.0.1:{api.port}/identity/v3 failed "
+                               "the login (HTTP 503)")
+
+
+def test_a_forbidden_call_is_an_auth_error_and_changes_nothing(api):
+    storage = CinderStorage.connect(env=keystone_env(api, OS_PASSWORD="reader-secret"))
+    with pytest.raises(errors.AuthError) as info:
+        storage.reserve(VOL)
+    assert str(info.value) == (f"os-reserve {VOL}: Cinder refused the user this call (HTTP "
+                               "403: Policy doesn't allow volume:attachment_create to be "
+                               "performed.)")
+    assert info.value.exit_code == 3
+    assert api.volumes[VOL]["status"] == "available"
 
 
 def test_the_process_environment_is_read_when_none_is_given(api, monkeypatch):
@@ -909,9 +984,11 @@ def test_an_auth_url_means_keystone_even_with_an_endpoint(api):
 
 @pytest.mark.filterwarnings("ignore:Support for InfluxDB")  # openstacksdk's own
 def test_the_cloud_can_come_from_os_cloud(api, tmp_path, monkeypatch):
-    (tmp_path / "clouds.yaml").write_text(
-        f"clouds:\n  lab:\n    auth_type: none\n"
-        f"    block_storage_endpoint_override: {api.endpoint}/p\n")
+    (tmp_path / "clouds.yaml").write_text(json.dumps({"clouds": {"lab": {
+        "auth": {"auth_url": f"http://127.0.0.1:{api.port}/identity/v3",
+                 "username": "demo", "password": "secret", "project_name": "demo",
+                 "user_domain_name": "Default", "project_domain_name": "Default"},
+        "block_storage_endpoint_override": f"{api.endpoint}/p"}}}))
     monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(tmp_path / "clouds.yaml"))
     monkeypatch.delenv("OS_CLOUD", raising=False)
     storage = CinderStorage.connect(env={"OS_CLOUD": "lab"})
@@ -1001,6 +1078,27 @@ def test_without_service_credentials_the_refusal_says_what_to_configure(api):
     assert "--os-service-cloud / ATTACHFLOW_SERVICE_CLOUD, or OS_SERVICE_USERNAME" in message
     assert len(api.calls("DELETE")) == 1 and ATT in api.attachments  # not retried
     assert api.calls()[0].header("X-Service-Token") is None
+
+
+def test_without_service_credentials_and_without_nova_the_failure_says_what_to_configure(api):
+    """A standalone Cinder (no Nova in the catalog) fails its question to Nova with 500."""
+    api.nova_in_catalog = False
+    storage = CinderStorage.connect(env=keystone_env(api))
+    api.clear()
+    attached(api)
+    with pytest.raises(errors.StorageError) as info:
+        storage.attachment_delete(ATT)
+    assert str(info.value) == (
+        f"DELETE attachment {ATT}: server error 500 (The server has either erred or is "
+        "incapable of performing the requested operation.). Cinder (2023.2 on) releases a "
+        "guest's attachment only for a service, and asks Nova otherwise; without Nova, give "
+        f"attachflow a service user: {SERVICE_SETTINGS}")
+    assert len(api.calls("DELETE")) == 1 and ATT in api.attachments  # sent once
+    # with a service user the same call goes through, and a real 500 would be retried
+    storage = CinderStorage.connect(env=keystone_env(api, **SERVICE))
+    api.script("DELETE", f"/attachments/{ATT}", fault(500, "hiccup"))
+    storage.attachment_delete(ATT)
+    assert ATT not in api.attachments
 
 
 @pytest.mark.filterwarnings("ignore:Support for InfluxDB")  # openstacksdk's own

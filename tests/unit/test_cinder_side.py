@@ -12,7 +12,8 @@ from keystoneauth1 import exceptions as kexc
 from attachflow import errors
 from attachflow.cinder_side import (AttachmentsFlow, CinderStorage, LegacyFlow,
                                     StorageAttachment, flow_for_record,
-                                    make_session, select_flow)
+                                    select_flow)
+from attachflow.identity import make_session
 
 
 class Scripted:
@@ -189,9 +190,10 @@ def test_a_refused_read_is_neither_retried_nor_called_unavailable():
     show = Scripted(cexc.Forbidden(403, "Policy doesn't allow volume:attachment_show"))
     with pytest.raises(errors.StorageError) as info:
         storage(att_show=show).attachment_show("a1", "v1")
-    assert type(info.value) is errors.StorageError and info.value.exit_code == 1
-    assert str(info.value) == ("GET attachment a1: HTTP 403 (Policy doesn't allow "
-                               "volume:attachment_show)")
+    assert type(info.value) is errors.AuthError and info.value.exit_code == 3
+    assert str(info.value) == ("GET attachment a1: Cinder refused the user this call (HTTP "
+                               "403: Policy doesn't allow volume:attachment_show)")
+    assert show.count == 1
     assert info.value.status == 403 and show.count == 1
 
 

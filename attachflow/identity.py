@@ -1,0 +1,246 @@
+"""Who attachflow is to the storage API: the user's credentials (a clouds.yaml cloud, the
+OS_* variables, or noauth in labs), the service user's (for service tokens), and logging
+in to Keystone with them.
+
+Side effect owned: the login requests to Keystone. A refused login, or a Keystone that
+cannot be reached, is told here in the words an operator needs (which Keystone, which
+user and project, what to check); passwords and tokens never appear in them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Mapping
+
+from attachflow import errors
+
+
+def env_value(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    return value if value else None
+
+
+# How long one storage request may take (ATTACHFLOW_STORAGE_TIMEOUT), and one call with
+# its retries (ATTACHFLOW_STORAGE_DEADLINE): a storage API that accepts connections but
+# never answers fails the command in about a minute. Cinder answers an attach in
+# seconds; its own RPC timeout to the volume service is 60 s.
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_DEADLINE = 60.0
+
+
+def seconds_setting(env: Mapping[str, str], name: str, default: float) -> float:
+    value = env_value(env, name)
+    if not value:
+        return default
+    from attachflow import validate
+    try:
+        return validate.check_number(name, float(value), "timeout")
+    except (ValueError, errors.InputError):
+        raise errors.InputError(f"{name} '{value}' is not a number of seconds from "
+                                f"{validate.bounds_text('timeout')}") from None
+
+
+def request_timeout(env: Mapping[str, str]) -> float:
+    return seconds_setting(env, "ATTACHFLOW_STORAGE_TIMEOUT", DEFAULT_TIMEOUT)
+
+
+SERVICE_SETTINGS = ("--os-service-cloud / ATTACHFLOW_SERVICE_CLOUD, or OS_SERVICE_USERNAME, "
+                    "OS_SERVICE_PASSWORD and OS_SERVICE_PROJECT_NAME")
+
+
+def _cloud(name: str, env: Mapping[str, str]):
+    """One cloud of clouds.yaml; OS_CLIENT_CONFIG_FILE in ``env`` names the file first, as
+    it does for the openstack CLI."""
+    import openstack.config  # lazily: only clouds need clouds.yaml parsing
+    from openstack.config import loader
+    files = None
+    if env_value(env, "OS_CLIENT_CONFIG_FILE"):
+        files = [env["OS_CLIENT_CONFIG_FILE"], *loader.CONFIG_FILES]
+    return openstack.config.OpenStackConfig(config_files=files).get_one(cloud=name)
+
+
+def _service_identity(service_cloud: str | None,
+                      env: Mapping[str, str]) -> "Identity | None":
+    """The service user, or None: from a second clouds.yaml cloud, or from OS_SERVICE_*
+    variables (auth URL and domains default to the user's)."""
+    service_cloud = service_cloud or env_value(env, "ATTACHFLOW_SERVICE_CLOUD")
+    if service_cloud:
+        try:
+            region = _cloud(service_cloud, env)
+            return Identity.of("service user", region.get_auth(), region.auth,
+                               f"cloud '{service_cloud}'")
+        except errors.AttachflowError:
+            raise
+        except Exception as exc:
+            raise errors.InputError(f"service cloud '{service_cloud}': {exc}") from None
+    if not (env_value(env, "OS_SERVICE_USERNAME") or env_value(env, "OS_SERVICE_USER_ID")):
+        return None
+    from keystoneauth1 import loading
+    loader = loading.get_plugin_loader("password")
+    options = {}
+    for opt in loader.get_options():
+        name = opt.dest.upper()
+        value = env_value(env, f"OS_SERVICE_{name}")
+        # The Keystone and the domains are the user's unless the service's are given (a
+        # domain by name or by id: one of them, not a mix of the two users' settings).
+        domain = name.rsplit("_", 1)[0] if "_DOMAIN_" in name else None
+        own_domain = domain and any(env_value(env, f"OS_SERVICE_{domain}_{kind}")
+                                    for kind in ("NAME", "ID"))
+        if value is None and (name == "AUTH_URL" or domain and not own_domain):
+            value = env_value(env, f"OS_{name}")
+        if value is not None:
+            options[opt.dest] = value
+    missing = [f"OS_SERVICE_{n}" for n in ("AUTH_URL", "PASSWORD") if n.lower() not in options]
+    if not (options.get("project_name") or options.get("project_id")):
+        missing.append("OS_SERVICE_PROJECT_NAME")
+    if missing:
+        raise errors.InputError("service credentials incomplete: set " + ", ".join(missing))
+    return Identity.of("service user", loader.load_from_options(**options), options,
+                       "OS_SERVICE_*")
+
+
+def _with_service_token(user_auth, service: "Identity | None"):
+    """Requests carry the user's token and, in X-Service-Token, the service user's."""
+    if service is None:
+        return user_auth
+    from keystoneauth1 import service_token
+    return service_token.ServiceTokenAuthWrapper(user_auth=user_auth,
+                                                 service_auth=service.plugin)
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    """One user attachflow logs in as: the keystoneauth plugin, and how to name the user
+    in a message (never with its password)."""
+    role: str            # "user" or "service user"
+    plugin: Any
+    auth_url: str
+    label: str           # user 'x' in project 'y' (cloud 'z')
+
+    @classmethod
+    def of(cls, role: str, plugin: Any, options: Mapping[str, Any],
+           source: str) -> "Identity":
+        user = options.get("username") or options.get("user_id") or "?"
+        project = options.get("project_name") or options.get("project_id")
+        where = f" in project '{project}'" if project else ""
+        return cls(role, plugin, str(options.get("auth_url") or "?"),
+                   f"{role} '{user}'{where} ({source})")
+
+
+@dataclasses.dataclass(frozen=True)
+class StorageSession:
+    """A session to the storage API and who it logs in as."""
+    session: Any
+    endpoint: str | None          # a cloud's block-storage endpoint, else the catalog's
+    identities: tuple[Identity, ...]   # empty under noauth
+    service_token: bool           # requests carry a service's identity (token or noauth)
+
+    def log_in(self) -> None:
+        """Get every user's token now, so that a refused login names the user."""
+        for identity in self.identities:
+            try:
+                identity.plugin.get_token(self.session)
+            except Exception as exc:
+                raise login_error(exc, identity) from None
+
+
+def login_error(exc: BaseException, identity: "Identity | None" = None) -> errors.StorageError:
+    """A failed login to Keystone, in an operator's words."""
+    from keystoneauth1 import exceptions as kexc
+    who = f" of {identity.label}" if identity else ""
+    url = (identity.auth_url if identity
+           else (getattr(exc, "url", None) or "?").split("/auth/tokens", 1)[0])
+    if isinstance(exc, kexc.http.HttpError):
+        code = exc.http_status
+        if code in (401, 403):
+            return errors.AuthError(
+                f"Keystone at {url} refused the login{who} (HTTP "
+                f"{code}): a wrong password, an unknown or disabled user or project, or no "
+                "role on that project", status=code)
+        return errors.StorageUnavailable(f"Keystone at {url} failed the login{who} "
+                                         f"(HTTP {code})", status=code)
+    if isinstance(exc, kexc.ConnectionError):
+        reason = str(exc).split(": HTTPConnectionPool", 1)[0].split(
+            ": HTTPSConnectionPool", 1)[0]
+        return errors.StorageUnavailable(f"cannot reach Keystone at {url} ({reason})")
+    if isinstance(exc, kexc.DiscoveryFailure):
+        return errors.StorageUnavailable(f"cannot reach Keystone at {url} ({exc})")
+    return errors.StorageError(f"the login{who} to Keystone at {url} failed: "
+                               f"{type(exc).__name__}: {exc}")
+
+
+def make_session(cloud: str | None = None, env: Mapping[str, str] | None = None,
+                 service_cloud: str | None = None):
+    """(session, endpoint or None): see ``open_session``."""
+    opened = open_session(cloud, env, service_cloud)
+    return opened.session, opened.endpoint
+
+
+def open_session(cloud: str | None = None, env: Mapping[str, str] | None = None,
+                 service_cloud: str | None = None) -> StorageSession:
+    """A keystoneauth1 session from a clouds.yaml cloud, the OS_* variables, or noauth.
+
+    noauth (labs): OS_AUTH_TYPE=noauth with OS_ENDPOINT, OS_USER_ID, OS_PROJECT_ID.
+    Every request times out after ATTACHFLOW_STORAGE_TIMEOUT seconds (default 30), and a
+    call's retries stop after ATTACHFLOW_STORAGE_DEADLINE (default 60): a storage API
+    that stops answering must not hang an attach.
+    """
+    env = os.environ if env is None else env
+    cloud = cloud or env_value(env, "OS_CLOUD")
+    timeout = request_timeout(env)
+    if cloud:
+        try:
+            region = _cloud(cloud, env)
+        except Exception as exc:
+            raise errors.InputError(f"cloud '{cloud}': {exc}") from None
+        sess = region.get_session()
+        sess.timeout = timeout
+        user = Identity.of("user", sess.auth, region.auth, f"cloud '{cloud}'")
+        service = _service_identity(service_cloud, env)
+        sess.auth = _with_service_token(sess.auth, service)
+        return StorageSession(sess, region.get_endpoint("block-storage"),
+                              (user, *([service] if service else [])), service is not None)
+
+    from keystoneauth1 import loading, session as ks_session
+    auth_type = env_value(env, "OS_AUTH_TYPE") or ("noauth" if env_value(env, "OS_ENDPOINT")
+                                              and not env_value(env, "OS_AUTH_URL")
+                                              else "password")
+    try:
+        loader = loading.get_plugin_loader(auth_type)
+    except Exception:
+        raise errors.InputError(f"unknown OS_AUTH_TYPE '{auth_type}'") from None
+    options = {}
+    for opt in loader.get_options():
+        value = env_value(env, "OS_" + opt.dest.upper()) or env_value(env, "OS_" + opt.name.upper()
+                                                             .replace("-", "_"))
+        if value is not None:
+            options[opt.dest] = value
+    missing = [o.name for o in loader.get_options() if o.required and o.dest not in options]
+    if missing:
+        raise errors.InputError(
+            "storage credentials incomplete: set "
+            + ", ".join("OS_" + m.upper().replace("-", "_") for m in missing)
+            + " (or --os-cloud / OS_CLOUD)")
+    plugin = loader.load_from_options(**options)
+    verify: bool | str = not bool(env_value(env, "OS_INSECURE"))
+    if env_value(env, "OS_CACERT"):
+        verify = env["OS_CACERT"]
+    headers = {}
+    identities: tuple[Identity, ...] = ()
+    if auth_type == "noauth":
+        # Without a service role, Cinder asks Nova before deleting an attachment that
+        # names an instance, and fails where there is no Nova. In noauth nothing checks
+        # the role (and there is no token to vouch for it); with Keystone, the role
+        # comes from a service token.
+        headers["X-Service-Roles"] = "service"
+        service_token = True
+    else:
+        service = _service_identity(service_cloud, env)
+        identities = (Identity.of("user", plugin, options, "OS_* variables"),
+                      *([service] if service else []))
+        plugin = _with_service_token(plugin, service)
+        service_token = service is not None
+    return StorageSession(
+        ks_session.Session(auth=plugin, verify=verify, additional_headers=headers,
+                           timeout=timeout), None, identities, service_token)
