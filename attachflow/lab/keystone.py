@@ -101,6 +101,18 @@ def _manage(*args: str, env: dict[str, str] | None = None, timeout: float = 300)
          *args], env={**layout.DAEMON_ENV, **(env or {})}, timeout=timeout)
 
 
+def _key_repository(repo: Path) -> None:
+    """A Fernet key repository as `keystone-manage fernet_setup` leaves it: key 0 staged,
+    key 1 primary, each 32 random bytes in URL-safe base64, readable by root only. Written
+    here because each keystone-manage run costs seconds of imports on a fresh lab."""
+    import base64
+    repo.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for index in ("0", "1"):
+        if not (repo / index).exists():
+            layout.write(repo / index, base64.urlsafe_b64encode(secrets.token_bytes(32))
+                         .decode(), 0o600)
+
+
 def _keystone_version() -> str:
     found = sorted(layout.VENV.glob("lib/python*/site-packages/keystone-*.dist-info"))
     if not found:
@@ -121,10 +133,8 @@ class KeystoneDB(Component):
         db = (f"mysql+pymysql://root@localhost/keystone?unix_socket={mariadb.socket_path()}"
               "&charset=utf8")
         layout.render("keystone.conf", conf_path(), 0o600, database_url=db)
-        for repo, command in (("fernet-keys", "fernet_setup"),
-                              ("credential-keys", "credential_setup")):
-            if not (kdir / repo / "0").exists():
-                _manage(command, "--keystone-user", "root", "--keystone-group", "root")
+        for repo in ("fernet-keys", "credential-keys"):
+            _key_repository(kdir / repo)
         marker = kdir / "bootstrapped"
         if marker.exists():
             return
@@ -236,33 +246,27 @@ def session(account: Account = ADMIN):
 
 
 class _Admin:
-    """The handful of identity-API calls the lab's set-up needs; each find-or-create, so
-    a second `up` changes nothing."""
+    """The handful of identity-API calls the lab's set-up needs. Each creates, and on a
+    conflict (a second `up`) finds what exists, so a fresh lab pays one request per
+    account and grant."""
 
     def __init__(self) -> None:
         self.sess = session(ADMIN)
+        self.roles = {r["name"]: r["id"] for r in self.get("/roles")["roles"]}
 
-    def _get(self, path: str, **params: str) -> dict[str, Any]:
+    def get(self, path: str, **params: str) -> dict[str, Any]:
         return self.sess.get(auth_url() + path, params=params).json()
 
-    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self.sess.post(auth_url() + path, json=body).json()
+    def create(self, kind: str, body: dict[str, Any], **match: str) -> dict[str, Any]:
+        resp = self.sess.post(f"{auth_url()}/{kind}s", json={kind: body}, raise_exc=False)
+        if resp.status_code == 409 and match:
+            return self.get(f"/{kind}s", **match)[f"{kind}s"][0]
+        resp.raise_for_status()
+        return resp.json()[kind]
 
-    def find_or_create(self, kind: str, body: dict[str, Any],
-                       **match: str) -> dict[str, Any]:
-        found = self._get(f"/{kind}s", **match)[f"{kind}s"]
-        if found:
-            return found[0]
-        return self._post(f"/{kind}s", {kind: body})[kind]
-
-    def domain_id(self) -> str:
-        return self._get("/domains", name=DOMAIN)["domains"][0]["id"]
-
-    def grant(self, project_id: str, user_id: str, role_id: str) -> None:
-        self.sess.put(f"{auth_url()}/projects/{project_id}/users/{user_id}/roles/{role_id}")
-
-    def role_id(self, name: str) -> str:
-        return self._get("/roles", name=name)["roles"][0]["id"]
+    def grant(self, project_id: str, user_id: str, role: str) -> None:
+        self.sess.put(f"{auth_url()}/projects/{project_id}/users/{user_id}/roles/"
+                      f"{self.roles[role]}")
 
 
 def _endpoint_url() -> str:
@@ -276,32 +280,33 @@ class KeystoneAccounts(Component):
     requires = ("keystone",)
 
     def up(self, lab: Lab) -> None:
+        if self.ready(lab):
+            return
         admin = _Admin()
-        domain = admin.domain_id()
+        domain = "default"  # the Default domain's id, made by keystone-manage db_sync
         pw = passwords()
         projects = {}
         for name in (LAB_PROJECT, SERVICE_PROJECT):
-            projects[name] = admin.find_or_create(
-                "project", {"name": name, "domain_id": domain}, name=name,
-                domain_id=domain)["id"]
+            projects[name] = admin.create("project", {"name": name, "domain_id": domain},
+                                          name=name, domain_id=domain)["id"]
         for account in ACCOUNTS:
             if account is ADMIN:
                 continue
-            user = admin.find_or_create(
-                "user", {"name": account.user, "domain_id": domain,
-                         "password": pw[account.user], "enabled": True},
-                name=account.user, domain_id=domain)
-            admin.grant(projects[account.project], user["id"], admin.role_id(account.role))
+            user = admin.create("user", {"name": account.user, "domain_id": domain,
+                                         "password": pw[account.user], "enabled": True},
+                                name=account.user, domain_id=domain)
+            admin.grant(projects[account.project], user["id"], account.role)
         # Both names Cinder goes by: openstacksdk looks for block-storage, cinderclient
-        # for volumev3.
+        # for volumev3. Services may share a type, so look before making one.
         for svc_type, svc_name in (("block-storage", "cinder"), ("volumev3", "cinderv3")):
-            svc = admin.find_or_create("service", {"type": svc_type, "name": svc_name},
-                                       type=svc_type)
-            for interface in ("public", "internal", "admin"):
-                admin.find_or_create(
-                    "endpoint", {"service_id": svc["id"], "interface": interface,
-                                 "region_id": REGION, "url": _endpoint_url()},
-                    service_id=svc["id"], interface=interface)
+            found = admin.get("/services", type=svc_type)["services"]
+            svc = found[0] if found else admin.create(
+                "service", {"type": svc_type, "name": svc_name})
+            have = {e["interface"] for e in
+                    admin.get("/endpoints", service_id=svc["id"])["endpoints"]}
+            for interface in {"public", "internal", "admin"} - have:
+                admin.create("endpoint", {"service_id": svc["id"], "interface": interface,
+                                          "region_id": REGION, "url": _endpoint_url()})
         write_client_files()
         (base_dir() / "accounts-ready").write_text("")
 

@@ -58,9 +58,10 @@ class Lab:
         self._conns = {}
 
     # -- the attachflow command, as a user runs it -------------------------------------------
-    def af(self, *args: str, expect: int | None = 0) -> subprocess.CompletedProcess:
+    def af(self, *args: str, expect: int | None = 0,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         proc = subprocess.run(["attachflow", *args], capture_output=True, text=True,
-                              timeout=600)
+                              timeout=600, env=env)
         if expect is not None:
             assert proc.returncode == expect, (args, proc.returncode, proc.stdout,
                                                proc.stderr)

@@ -68,6 +68,13 @@ def test_no_secret_in_a_debug_library_caller_or_the_cli_debug_trace(lab, cleanup
     cli_log = "".join(p.stdout + p.stderr for p in traces)
     for words in ("REQ: curl", "RESP:", "libvirt ", "ssh root@"):
         assert words in cli_log, words
+    # Keystone's logins are in both traces, and neither the passwords nor the tokens
+    from attachflow.lab import keystone
+    for log in (library_log, cli_log):
+        assert "authentication request to http://127.0.0.1:5000/v3/auth/tokens" in log
+        assert "X-Service-Token" in log
+        assert "gAAAAA" not in log  # how every Fernet token begins
+    secrets |= set(keystone.passwords().values())
     for secret in secrets:
         assert secret not in library_log and secret not in cli_log
     assert_detached(lab, data, "hosta", vm)

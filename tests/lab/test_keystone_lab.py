@@ -1,0 +1,231 @@
+"""The lab's Cinder behind its real Keystone: what happens to attachflow's operations when
+the service user is missing, a login is refused, the user may not act, a token is revoked
+in the middle of an operation, or Keystone is down.
+
+Every other lab test already runs as the lab's member user with a service token (what
+`lab env` sets); these take one of those away at a time and check, where a user would,
+that the failure is one line with the right exit code and that the lab is exactly as
+before (or, where Keystone made an undo impossible, that the message says what is left).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+import pytest
+
+from attachflow.lab import keystone
+from test_e2e import APIS, assert_attached, assert_detached, boot, lab_state
+
+
+def env_without(*names: str, **changes: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in names}
+    env.update(changes)
+    return env
+
+
+def one_line(proc) -> str:
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def no_secret_in(text: str) -> None:
+    for password in keystone.passwords().values():
+        assert password not in text
+    assert "gAAAAA" not in text  # the start of every Fernet token
+
+
+# -- Keystone's admin, for what an operator would do to users meanwhile -----------------
+
+def _user_id(name: str) -> str:
+    sess = keystone.session(keystone.ADMIN)
+    users = sess.get(f"{keystone.auth_url()}/users", params={"name": name}).json()["users"]
+    return users[0]["id"]
+
+
+def set_user(name: str, **fields) -> None:
+    sess = keystone.session(keystone.ADMIN)
+    sess.patch(f"{keystone.auth_url()}/users/{_user_id(name)}", json={"user": fields})
+
+
+@contextlib.contextmanager
+def keystone_stopped(lab):
+    from attachflow.lab.component import Lab
+    from attachflow.lab.keystone import KeystoneService
+    from attachflow.lab.shell import wait_for
+    supervised = Lab()
+    supervised.supervisor.stop("keystone")
+    try:
+        yield
+    finally:
+        supervised.supervisor.start("keystone")
+        wait_for("keystone", lambda: KeystoneService().ready(supervised), timeout=90)
+
+
+# -- the service user ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("api", APIS)
+def test_without_a_service_user_a_detach_fails_cleanly_and_says_what_to_set(lab, cleanup,
+                                                                            api):
+    vm, _root = boot(lab, cleanup, "hosta", api)
+    data = lab.create_volume()
+    cleanup["volumes"].append(data)
+    lab.af_json("attach", data, vm, "--host", "hosta", "--api", api)
+    before = lab_state(lab)
+    proc = lab.af("detach", data, vm, "--host", "hosta", expect=1,
+                  env=env_without("ATTACHFLOW_SERVICE_CLOUD"))
+    line = one_line(proc)
+    assert "--os-service-cloud / ATTACHFLOW_SERVICE_CLOUD" in line, line
+    assert "all earlier steps undone" in line, line
+    assert lab_state(lab) == before
+    assert_attached(lab, data, "hosta", vm, "vdb")
+    # with the service user back, the same detach goes through
+    lab.af_json("detach", data, vm, "--host", "hosta")
+    assert_detached(lab, data, "hosta", vm)
+
+
+# -- refused logins and refused calls ------------------------------------------------------
+
+def test_refused_logins_and_calls_are_one_line_and_change_nothing(lab, cleanup):
+    vm, _root = boot(lab, cleanup, "hosta", "attachments")
+    free = lab.create_volume()
+    cleanup["volumes"].append(free)
+    before = lab_state(lab)
+    # The member's settings as OS_* variables (from the openrc `lab env` sources), with
+    # one thing wrong each time.
+    plain = {"OS_CLOUD": ""}
+    cases = {
+        "wrong password": (dict(plain, OS_PASSWORD="not-the-password-1"), 3,
+                           "Keystone at http://127.0.0.1:5000/v3 refused the login of user "
+                           "'lab-member' in project 'attachflow-lab'"),
+        "unknown project": (dict(plain, OS_PROJECT_NAME="no-such-project"), 3,
+                            "refused the login of user 'lab-member' in project "
+                            "'no-such-project'"),
+        "service user's password": (
+            {"ATTACHFLOW_SERVICE_CLOUD": "", "OS_SERVICE_USERNAME": "attachflow-service",
+             "OS_SERVICE_PASSWORD": "not-the-password-2",
+             "OS_SERVICE_PROJECT_NAME": "service"}, 3,
+            "refused the login of service user 'attachflow-service' in project 'service'"),
+        "a reader may not attach": ({"OS_CLOUD": "attachflow-lab-reader"}, 3,
+                                    "Cinder refused the user this call (HTTP 403"),
+    }
+    for case, (changes, code, words) in cases.items():
+        proc = lab.af("attach", free, vm, "--host", "hosta", expect=None,
+                      env=env_without(**changes))
+        assert proc.returncode == code, (case, proc.stderr)
+        line = one_line(proc)
+        assert words in line, (case, line)
+        no_secret_in(proc.stdout + proc.stderr)
+        assert "not-the-password" not in proc.stderr
+        assert lab_state(lab) == before, case
+
+    with keystone_stopped(lab):
+        proc = lab.af("attach", free, vm, "--host", "hosta", expect=1)
+        line = one_line(proc)
+        assert line.startswith("attachflow: error: cannot reach Keystone at "
+                               "http://127.0.0.1:5000/v3 ("), line
+        assert lab_state(lab) == before
+    # and with Keystone back, the same attach works
+    assert lab.af_json("attach", free, vm, "--host", "hosta")["device"] == "vdb"
+
+
+# -- tokens revoked while an operation runs -------------------------------------------------
+
+class TokenRequests(logging.Handler):
+    """Counts the logins keystoneauth makes (its debug lines name each request)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.count = 0
+
+    def emit(self, record):
+        if "authentication request to http://127.0.0.1:5000/v3/auth/tokens" in \
+                record.getMessage():
+            self.count += 1
+
+
+@contextlib.contextmanager
+def counting_logins():
+    log = logging.getLogger("keystoneauth.identity")
+    handler, level = TokenRequests(), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
+def at_step(step: str, action):
+    """A progress listener that runs ``action`` once, when ``step`` is done."""
+    from attachflow.events import StepDone
+    done = []
+
+    def listener(event):
+        if isinstance(event, StepDone) and event.step.startswith(step) and not done:
+            done.append(event)
+            action()
+    return listener, done
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_a_token_revoked_mid_attach_is_replaced_by_one_new_login(lab, cleanup, api):
+    import attachflow
+    vm, _root = boot(lab, cleanup, "hosta", api)
+    data = lab.create_volume()
+    cleanup["volumes"].append(data)
+
+    def revoke():
+        # Disabling a user revokes every token it holds; enabled again, it may log in.
+        set_user("lab-member", enabled=False)
+        set_user("lab-member", enabled=True)
+
+    listener, fired = at_step("host connect", revoke)
+    with counting_logins() as logins, attachflow.Client(api=api, progress=listener) as af:
+        af.storage.get_volume(data)        # logged in before the operation
+        first = logins.count
+        result = af.attach(data, vm, host="hosta")
+    assert fired and result.device == "vdb"
+    # one new login each for the member and the service user, no more
+    assert logins.count - first == 2, logins.count
+    assert_attached(lab, data, "hosta", vm, "vdb")
+
+
+def test_a_refused_new_login_mid_attach_undoes_what_it_can_and_names_the_rest(lab,
+                                                                              cleanup):
+    import attachflow
+    from attachflow import errors
+    vm, _root = boot(lab, cleanup, "hosta", "attachments")
+    data = lab.create_volume()
+    cleanup["volumes"].append(data)
+    password = keystone.passwords()["lab-member"]
+    secrets_before = sorted(lab.secrets("hosta"))
+
+    def change_password():
+        # A changed password revokes the user's tokens, and the old one no longer logs in.
+        set_user("lab-member", password=password + "-changed")
+
+    listener, fired = at_step("host connect", change_password)
+    try:
+        with attachflow.Client(api="attachments", progress=listener) as af:
+            with pytest.raises(errors.OperationFailed) as info:
+                af.attach(data, vm, host="hosta")
+    finally:
+        set_user("lab-member", password=password)
+    message = str(info.value)
+    assert fired and isinstance(info.value.cause, errors.AuthError), message
+    assert "the token was refused and Keystone at http://127.0.0.1:5000/v3 refused the " \
+           "login" in message
+    assert "could NOT undo: storage connect" in message, message
+    no_secret_in(message)
+    # the host side is undone: no disk, no secret, no session on the target
+    for inactive in (False, True):
+        assert lab.disk("hosta", vm, data, inactive=inactive) is None
+    assert sorted(lab.secrets("hosta")) == secrets_before
+    assert lab.initiators_of(data) == []
+    # what the message names is what is left: the attachment, in Cinder
+    assert [a.id for a in lab.cinder.attachments.list(search_opts={"volume_id": data})]
