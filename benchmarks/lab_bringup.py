@@ -1,6 +1,8 @@
-"""`attachflow lab up` and `lab down` against a baseline revision of attachflow, in one run.
+"""`attachflow lab up` and `lab down` against a baseline revision of attachflow, or against
+the same tree's lab without Keystone, in one run.
 
     python3 -m benchmarks.lab_bringup --baseline REV [--reps N] [--out DIR]
+    python3 -m benchmarks.lab_bringup --baseline-auth noauth [--reps N] [--out DIR]
 
 The baseline revision is checked out in a temporary git worktree and run from there
 (`python3 -m attachflow.cli lab up|down` with that tree on PYTHONPATH); the working tree's
@@ -25,18 +27,18 @@ from benchmarks.run import machine, summary, write_results
 REPO = Path(__file__).resolve().parents[1]
 
 
-def timed(tree: Path, command: str) -> tuple[float, str | None]:
+def timed(tree: Path, command: str, *options: str) -> tuple[float, str | None]:
     """Wall time of `lab COMMAND` run from ``tree``, and its error line if it failed."""
     env = dict(os.environ, PYTHONPATH=str(tree))
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "attachflow.cli", "lab", command],
+    proc = subprocess.run([sys.executable, "-m", "attachflow.cli", "lab", command, *options],
                           capture_output=True, text=True, env=env, cwd="/")
     took = time.perf_counter() - t0
     return took, (proc.stderr.strip().splitlines() or ["?"])[-1] if proc.returncode else None
 
 
-def cycle(tree: Path, failures: list[str]) -> tuple[float, float]:
-    up, error = timed(tree, "up")
+def cycle(tree: Path, failures: list[str], *up_options: str) -> tuple[float, float]:
+    up, error = timed(tree, "up", *up_options)
     if error:
         raise RuntimeError(f"{tree}: lab up failed: {error}")
     down, error = timed(tree, "down")
@@ -74,44 +76,62 @@ def markdown(res: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--baseline", required=True, help="git revision to compare with")
+    parser.add_argument("--baseline", help="git revision to compare with")
+    parser.add_argument("--baseline-auth", choices=["noauth", "keystone"],
+                        help="compare with this tree's lab brought up with --auth MODE")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("benchmarks: the lab needs root", file=sys.stderr)
         return 2
-    rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", args.baseline],
-                         capture_output=True, text=True, check=True).stdout.strip()
+    if bool(args.baseline) == bool(args.baseline_auth):
+        parser.error("give one of --baseline REV and --baseline-auth MODE")
+    if args.baseline:
+        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", args.baseline],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        options: dict[str, tuple[str, ...]] = {"current": (), "baseline": ()}
+    else:
+        rev = f"this tree with --auth {args.baseline_auth}"
+        other = "keystone" if args.baseline_auth == "noauth" else "noauth"
+        options = {"current": ("--auth", other), "baseline": ("--auth", args.baseline_auth)}
     with tempfile.TemporaryDirectory(prefix="attachflow-baseline-") as tmp:
         base_tree = Path(tmp) / "tree"
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach",
-                        str(base_tree), rev], check=True, capture_output=True)
+        if args.baseline:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach",
+                            str(base_tree), rev], check=True, capture_output=True)
+        else:
+            base_tree = REPO
         try:
             trees = {"current": REPO, "baseline": base_tree}
             failures: dict[str, list[str]] = {n: [] for n in trees}
             for name, tree in trees.items():
                 print(f"warm-up: {name}", flush=True)
-                cycle(tree, [])
+                cycle(tree, [], *options[name])
             samples: dict[str, dict[str, list[float]]] = {
                 n: {"up": [], "down": []} for n in trees}
             for rep in range(args.reps):
                 order = ["baseline", "current"] if rep % 2 == 0 else ["current", "baseline"]
                 for name in order:
-                    up, down = cycle(trees[name], failures[name])
+                    up, down = cycle(trees[name], failures[name], *options[name])
                     samples[name]["up"].append(up)
                     samples[name]["down"].append(down)
                     print(f"rep {rep + 1} {name}: up {up:.1f} s, down {down:.1f} s",
                           flush=True)
         finally:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force",
-                            str(base_tree)], capture_output=True)
-    res = {"baseline": rev, "current": "working tree", "reps": args.reps,
+            if args.baseline:
+                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force",
+                                str(base_tree)], capture_output=True)
+    current = "working tree" + (f" with {' '.join(options['current'])}"
+                                if options["current"] else "")
+    res = {"baseline": rev, "current": current, "reps": args.reps,
            "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "current_s": {c: summary(v) for c, v in samples["current"].items()},
            "baseline_s": {c: summary(v) for c, v in samples["baseline"].items()},
            "down_failures": failures}
-    write_results(Path(args.out), "lab-bringup", res, markdown(res))
+    write_results(Path(args.out), "lab-bringup" if args.baseline else
+                  f"lab-bringup-{options['current'][1]}-vs-{args.baseline_auth}", res,
+                  markdown(res))
     return 0
 
 

@@ -17,6 +17,7 @@ import pytest
 
 import attachflow.lab as lab_api
 from attachflow.lab import layout
+from labenv import evaluated
 from leftovers import cgroup_dir, daemon_pids, leftovers
 
 pytestmark = pytest.mark.lab
@@ -60,6 +61,21 @@ def test_five_up_down_cycles_leave_no_process():
         left = leftovers(before=outside)
         assert not left, f"cycle {cycle}: lab down ({took:.1f}s) left {left}"
 
-        status = lab_api.up(echo=lambda _m: None)
+        # Every other lab runs without Keystone, as `lab up --auth noauth` asks.
+        auth = "noauth" if cycle % 2 == 1 else "keystone"
+        status = lab_api.up(echo=lambda _m: None, auth=auth)
         assert status["state"] == "up", (cycle, status)
+        assert status["auth"] == auth
+        assert ("keystone" in status["components"]) == (auth == "keystone")
         assert status["supervisor"]["processes"] > 0
+        # Cinder answers a client set up by `lab env`, and only the lab's own way.
+        env = evaluated(lab_api.env_lines())
+        assert ("OS_AUTH_TYPE" in env) == (auth == "noauth")
+        from attachflow.identity import make_session
+        sess, endpoint = make_session(env=env)
+        from cinderclient import client
+        volumes = client.Client("3.71", session=sess, endpoint_override=endpoint).volumes
+        assert volumes.list() == []
+        if auth == "noauth":
+            with pytest.raises(lab_api.LabError, match="runs with noauth"):
+                lab_api.up(echo=lambda _m: None, auth="keystone")
