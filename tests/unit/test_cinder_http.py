@@ -1223,3 +1223,50 @@ def test_the_refusal_keeps_cinders_status(api):
     with pytest.raises(errors.StorageError) as info:
         storage.attachment_delete(ATT)
     assert info.value.status == 409 and info.value.exit_code == 1
+
+
+# ---------------------------------------------------------------------------------------
+# the command line, on a Cinder behind a (stand-in) Keystone
+
+def cli_on(api, monkeypatch, env):
+    from click.testing import CliRunner
+    from attachflow import cli
+    from attachflow.client import Client
+    from attachflow.testing import FakeCinder, fake_host
+    host = fake_host("hosta", target=FakeCinder())
+    host.hypervisor.add_domain("vm1")
+
+    def client(transport=None, api=None, os_cloud=None, progress=None, os_service_cloud=None):
+        return Client(transport=transport, api=api, progress=progress, env=env,
+                      hosts={"local": host, "hosta": host})
+
+    monkeypatch.setattr(cli, "_client", client)
+    return host, lambda *args: CliRunner().invoke(cli.cli, list(args),
+                                                   catch_exceptions=False)
+
+
+@pytest.mark.parametrize("password, words", [
+    ("Xq-7-not-it", "refused the login of user 'demo' in project 'demo'"),
+    ("reader-secret", "Cinder refused the user this call (HTTP 403"),
+])
+def test_the_cli_says_a_refusal_in_one_line_with_exit_3_and_changes_nothing(
+        api, monkeypatch, password, words):
+    host, run = cli_on(api, monkeypatch, keystone_env(api, OS_PASSWORD=password, **SERVICE))
+    result = run("attach", VOL, "vm1", "--transport", "native")
+    assert result.exit_code == 3, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], result.stderr
+    assert password not in result.stderr and "svc-secret" not in result.stderr
+    assert api.volumes[VOL]["status"] == "available" and not api.attachments
+    assert not host.hypervisor.secrets
+
+
+def test_the_cli_names_an_unreachable_keystone_in_one_line(api, monkeypatch):
+    env = keystone_env(api, OS_AUTH_URL="http://127.0.0.1:9/identity/v3")
+    _host, run = cli_on(api, monkeypatch, env)
+    result = run("attach", VOL, "vm1", "--transport", "native")
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr  # keystoneauth's own warnings stay quiet
+    assert lines[0].startswith("attachflow: error: cannot reach Keystone at "
+                               "http://127.0.0.1:9/identity/v3 (")
