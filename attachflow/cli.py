@@ -224,9 +224,11 @@ def cli():
 
     Storage credentials come from --os-cloud / OS_CLOUD (clouds.yaml), the usual OS_*
     variables, or noauth for labs (OS_AUTH_TYPE=noauth, OS_ENDPOINT, OS_USER_ID,
-    OS_PROJECT_ID). Every command undoes its own steps when one fails, and is safe to run
-    again. Exit status is 0 on success, 1 when the operation failed, 2 on bad usage or
-    input (nothing changed).
+    OS_PROJECT_ID). Behind Keystone, detach and migration need a service user too
+    (--os-service-cloud): Cinder releases a guest's attachment only for a service.
+    Every command undoes its own steps when one fails, and is safe to run again. Exit
+    status is 0 on success, 1 when the operation failed, 2 on bad usage or input, 3 when
+    Keystone refused the login or Cinder refused the user the call (nothing changed).
 
     \b
     Environment:
