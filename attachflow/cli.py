@@ -573,7 +573,8 @@ def _emit_lab_status(status: dict[str, Any], fmt: str) -> None:
         _emit(status, "json")
         return
     sup = status.get("supervisor") or {}
-    click.echo(f"lab {status.get('state', '?')}  ({status.get('state_dir', '')}; "
+    click.echo(f"lab {status.get('state', '?')}  ({status.get('auth', '?')}; "
+               f"{status.get('state_dir', '')}; "
                f"{sup.get('processes', 0)} processes, supervisord pid {sup.get('pid')})")
     click.echo(f"  {'COMPONENT':<17} {'STATE':<9} {'READY':>6} {'PID':>7} {'PROCS':>5}  ADDRESS")
     for name, comp in (status.get("components") or {}).items():
