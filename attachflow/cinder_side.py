@@ -23,8 +23,8 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from attachflow import errors
-from attachflow.identity import (DEFAULT_DEADLINE, SERVICE_SETTINGS, env_value, login_error,
-                                 open_session, seconds_setting)
+from attachflow.identity import SERVICE_SETTINGS, login_error, open_session
+from attachflow.settings import DEFAULT_DEADLINE, env_value, seconds_setting
 from attachflow.model import (ConnectionInfo, ConnectorProperties, NewAttachment, Volume,
                               VolumeAttachment, masked)
 
@@ -99,7 +99,8 @@ class StorageAPI(abc.ABC):
 # ---------------------------------------------------------------------------------------
 # The real adapter
 
-def _translate(exc: BaseException, what: str) -> errors.AttachflowError:
+def _translate(exc: BaseException, what: str,
+               service_token: bool = False) -> errors.AttachflowError:
     """cinderclient/keystoneauth exceptions -> attachflow's. Messages carry the server's
     text, never the request body (which may hold connector or CHAP data)."""
     from cinderclient import exceptions as cexc
@@ -107,18 +108,24 @@ def _translate(exc: BaseException, what: str) -> errors.AttachflowError:
     if isinstance(exc, errors.AttachflowError):
         return exc
     if _is_login(exc):
-        # keystoneauth logs in again when the storage API refuses a token (revoked,
-        # expired): that second login failed.
+        # keystoneauth logs in again mid-call when a token is about to expire or the
+        # storage API refused it (revoked): that login failed.
         err = login_error(exc)
-        return type(err)(f"{what}: the token was refused and {err}", status=err.status)
+        return type(err)(f"{what}: a new login to Keystone failed: {err}",
+                         status=err.status)
     if isinstance(exc, cexc.ClientException):
         code = getattr(exc, "code", None)
         text = getattr(exc, "message", None) or str(exc)
-        if code in (401, 403):
-            return errors.AuthError(
-                f"{what}: Cinder refused the "
-                + ("token even after a fresh login" if code == 401 else "user this call")
-                + f" (HTTP {code}: {text})", status=code)
+        if code == 401:
+            # keystonemiddleware refuses the whole request when either token is bad,
+            # including a service token whose user lacks the service role.
+            whose = ("the user's or the service user's (which needs the 'service' role)"
+                     if service_token else "the user's")
+            return errors.AuthError(f"{what}: Cinder refused {whose} token even after a new "
+                                    f"login (HTTP 401: {text})", status=code)
+        if code == 403:
+            return errors.AuthError(f"{what}: Cinder refused the user this call (HTTP 403: "
+                                    f"{text})", status=code)
         if code == 404:
             return errors.StorageNotFound(f"{what}: not found ({text})", status=404)
         if code == 409 and "using the Compute API" in text:
@@ -235,7 +242,7 @@ class CinderStorage(StorageAPI):
             try:
                 return fn()
             except Exception as exc:
-                raise _translate(exc, what) from None
+                raise _translate(exc, what, self.service_token) from None
 
         try:
             if kind == "write" or guarded and not self.service_token:
@@ -248,7 +255,8 @@ class CinderStorage(StorageAPI):
                 return None
             raise
         except errors.StorageUnavailable as exc:
-            if guarded and not self.service_token and (exc.status or 0) >= 500:
+            if guarded and not self.service_token and (exc.status or 0) >= 500 \
+                    and not isinstance(exc, errors.KeystoneUnavailable):
                 raise errors.StorageError(
                     f"{exc}. Cinder (2023.2 on) releases a guest's attachment only for a "
                     "service, and asks Nova otherwise; without Nova, give attachflow a "
@@ -348,7 +356,8 @@ class CinderStorage(StorageAPI):
 
     def detach(self, volume_id, attachment_id):
         self._call(f"os-detach {volume_id}",
-                   lambda: self._client.volumes.detach(volume_id, attachment_id))
+                   lambda: self._client.volumes.detach(volume_id, attachment_id),
+                   guarded=True)
 
 
 def _plain(value: Any) -> Any:

@@ -15,7 +15,8 @@ the tree to one-line messages and exit codes (``exit_code``)::
     │   └── PreflightError               a live migration's check failed before any change
     ├── StorageError                     the storage API failed (HTTP, connection)
     │   ├── StorageNotFound              404 from the storage API
-    │   ├── StorageUnavailable           connection refused, timeouts, 5xx (Keystone's too)
+    │   ├── StorageUnavailable           connection refused, timeouts, 5xx
+    │   │   └── KeystoneUnavailable      the same, from Keystone during a login
     │   └── AuthError                    exit 3: Keystone refused the credentials, or the
     │                                    storage API refused the user (401, 403)
     ├── HostError                        host-side connect/disconnect or the remote shell
@@ -92,6 +93,10 @@ class StorageNotFound(StorageError):
 
 
 class StorageUnavailable(StorageError):
+    pass
+
+
+class KeystoneUnavailable(StorageUnavailable):
     pass
 
 

@@ -11,38 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Any, Mapping
 
 from attachflow import errors
-
-
-def env_value(env: Mapping[str, str], name: str) -> str | None:
-    value = env.get(name)
-    return value if value else None
-
-
-# How long one storage request may take (ATTACHFLOW_STORAGE_TIMEOUT), and one call with
-# its retries (ATTACHFLOW_STORAGE_DEADLINE): a storage API that accepts connections but
-# never answers fails the command in about a minute. Cinder answers an attach in
-# seconds; its own RPC timeout to the volume service is 60 s.
-DEFAULT_TIMEOUT = 30.0
-DEFAULT_DEADLINE = 60.0
-
-
-def seconds_setting(env: Mapping[str, str], name: str, default: float) -> float:
-    value = env_value(env, name)
-    if not value:
-        return default
-    from attachflow import validate
-    try:
-        return validate.check_number(name, float(value), "timeout")
-    except (ValueError, errors.InputError):
-        raise errors.InputError(f"{name} '{value}' is not a number of seconds from "
-                                f"{validate.bounds_text('timeout')}") from None
-
-
-def request_timeout(env: Mapping[str, str]) -> float:
-    return seconds_setting(env, "ATTACHFLOW_STORAGE_TIMEOUT", DEFAULT_TIMEOUT)
+from attachflow.settings import env_value, request_timeout
 
 
 SERVICE_SETTINGS = ("--os-service-cloud / ATTACHFLOW_SERVICE_CLOUD, or OS_SERVICE_USERNAME, "
@@ -146,11 +119,18 @@ class StorageSession:
 
 
 def login_error(exc: BaseException, identity: "Identity | None" = None) -> errors.StorageError:
-    """A failed login to Keystone, in an operator's words."""
+    """A failed login to Keystone, in an operator's words: which Keystone, which user,
+    and what went wrong, without urllib3's retry story."""
     from keystoneauth1 import exceptions as kexc
     who = f" of {identity.label}" if identity else ""
-    url = (identity.auth_url if identity
-           else (getattr(exc, "url", None) or "?").split("/auth/tokens", 1)[0])
+    text = str(exc)
+    if identity:
+        url = identity.auth_url
+    else:
+        # HTTP errors carry the URL; connection errors only name it in their text
+        found = getattr(exc, "url", None) or (re.findall(r"https?://[^\s'\"]+", text) or
+                                              ["?"])[0]
+        url = found.split("/auth/tokens", 1)[0].rstrip(":")
     if isinstance(exc, kexc.http.HttpError):
         code = exc.http_status
         if code in (401, 403):
@@ -158,16 +138,17 @@ def login_error(exc: BaseException, identity: "Identity | None" = None) -> error
                 f"Keystone at {url} refused the login{who} (HTTP "
                 f"{code}): a wrong password, an unknown or disabled user or project, or no "
                 "role on that project", status=code)
-        return errors.StorageUnavailable(f"Keystone at {url} failed the login{who} "
-                                         f"(HTTP {code})", status=code)
-    if isinstance(exc, kexc.ConnectionError):
-        reason = str(exc).split(": HTTPConnectionPool", 1)[0].split(
-            ": HTTPSConnectionPool", 1)[0]
-        return errors.StorageUnavailable(f"cannot reach Keystone at {url} ({reason})")
-    if isinstance(exc, kexc.DiscoveryFailure):
-        return errors.StorageUnavailable(f"cannot reach Keystone at {url} ({exc})")
+        return errors.KeystoneUnavailable(f"Keystone at {url} failed the login{who} "
+                                          f"(HTTP {code})", status=code)
+    if isinstance(exc, (kexc.ConnectionError, kexc.DiscoveryFailure)):
+        # "[Errno 111] Connection refused", "timed out", ... is what an operator needs
+        errno = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+        reason = errno[1] if errno else (
+            "timed out" if isinstance(exc, kexc.ConnectTimeout) or "timed out" in text
+            else type(exc).__name__)
+        return errors.KeystoneUnavailable(f"cannot reach Keystone at {url} ({reason})")
     return errors.StorageError(f"the login{who} to Keystone at {url} failed: "
-                               f"{type(exc).__name__}: {exc}")
+                               f"{type(exc).__name__}: {text}")
 
 
 def make_session(cloud: str | None = None, env: Mapping[str, str] | None = None,
@@ -192,9 +173,9 @@ def open_session(cloud: str | None = None, env: Mapping[str, str] | None = None,
     if cloud:
         try:
             region = _cloud(cloud, env)
+            sess = region.get_session()
         except Exception as exc:
             raise errors.InputError(f"cloud '{cloud}': {exc}") from None
-        sess = region.get_session()
         sess.timeout = timeout
         user = Identity.of("user", sess.auth, region.auth, f"cloud '{cloud}'")
         service = _service_identity(service_cloud, env)

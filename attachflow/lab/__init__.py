@@ -219,16 +219,29 @@ def status() -> dict[str, Any]:
         "state_dir": str(st),
         "hosts_file": str(hosts_file()),
         "cinder_endpoint": layout.cinder_endpoint(),
-        "auth": layout.auth_mode(),
+        "auth": layout.recorded_auth_mode(),
         "bring_up_seconds": layout.load_json(layout.path("bring-up-seconds"), None),
         "supervisor": supervisor,
         "components": out,
     }
 
 
+# What each kind of lab sets, so that `lab env` can unset the other's: a shell that
+# evaluated a noauth lab's lines and then a Keystone lab's must not mix the two.
+_NOAUTH_VARIABLES = ("OS_AUTH_TYPE", "OS_ENDPOINT", "CINDER_ENDPOINT", "OS_USER_ID",
+                     "OS_PROJECT_ID")
+_KEYSTONE_VARIABLES = ("OS_CLIENT_CONFIG_FILE", "OS_CLOUD", "ATTACHFLOW_SERVICE_CLOUD",
+                       "OS_AUTH_URL", "OS_USERNAME", "OS_PASSWORD", "OS_PROJECT_NAME",
+                       "OS_USER_DOMAIN_NAME", "OS_PROJECT_DOMAIN_NAME", "OS_REGION_NAME",
+                       "OS_INTERFACE", "OS_IDENTITY_API_VERSION")
+
+
 def _auth_env() -> tuple[list[tuple[str, str]], list[str]]:
-    """The variables (and lines to source) that point clients at the lab's Cinder."""
+    """The variables (and lines to run after them) that point clients at the lab's
+    Cinder; the first line unsets what the other kind of lab sets."""
     from attachflow.lab import layout
+    if layout.recorded_auth_mode() is None:
+        raise LabError("the lab is not up (attachflow lab up)")
     if layout.auth_mode() == "noauth":
         return [
             ("OS_AUTH_TYPE", "noauth"),
@@ -260,6 +273,7 @@ def env_lines() -> list[str]:
     """Shell lines that point the openstack and cinder CLIs and attachflow at the lab."""
     from attachflow.lab import guest, layout
     auth_values, auth_lines = _auth_env()
+    stale = _KEYSTONE_VARIABLES if layout.auth_mode() == "noauth" else _NOAUTH_VARIABLES
     values = [
         *auth_values,
         ("OS_VOLUME_API_VERSION", layout.VOLUME_API_VERSION),
@@ -273,4 +287,5 @@ def env_lines() -> list[str]:
         ("ATTACHFLOW_BOOT_INITRD", str(guest.image_dir() / "initrd.img")),
         ("ATTACHFLOW_BOOT_CMDLINE", guest.CMDLINE),
     ]
-    return [f"export {k}={shlex.quote(v)}" for k, v in values] + auth_lines
+    return ([f"unset {' '.join(stale)}"]
+            + [f"export {k}={shlex.quote(v)}" for k, v in values] + auth_lines)

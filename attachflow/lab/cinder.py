@@ -37,7 +37,7 @@ def _auth_values() -> dict[str, str]:
     return {"auth_strategy": "keystone",
             "auth_sections": layout.render_text(
                 "cinder-keystone.conf", cinder_user=keystone.CINDER.user,
-                cinder_password=keystone.passwords()[keystone.CINDER.user],
+                cinder_password=keystone.passwords(draw=True)[keystone.CINDER.user],
                 cinder_project=keystone.CINDER.project, domain=keystone.DOMAIN)}
 
 

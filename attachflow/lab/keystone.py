@@ -83,13 +83,16 @@ def openrc_path() -> Path:
 _passwords_lock = threading.Lock()
 
 
-def passwords() -> dict[str, str]:
-    """Every account's password, drawn once per lab (components that start in parallel
-    both ask for them, hence the lock)."""
+def passwords(draw: bool = False) -> dict[str, str]:
+    """Every account's password. ``draw``: make the missing ones; only `lab up` does,
+    under the lab's lock (and this one: components that start in parallel both ask)."""
     store = base_dir() / "passwords.json"
     with _passwords_lock:
         known = layout.load_json(store, {})
         if not all(a.user in known for a in ACCOUNTS):
+            if not draw:
+                raise LabError(f"no Keystone passwords in {store}: is the lab up? "
+                               "(attachflow lab up)")
             known = {a.user: known.get(a.user) or secrets.token_urlsafe(18)
                      for a in ACCOUNTS}
             layout.write(store, json.dumps(known, indent=1) + "\n", 0o600)
@@ -154,7 +157,7 @@ class KeystoneDB(Component):
                 "--bootstrap-role-name", ADMIN.role, "--bootstrap-region-id", REGION,
                 "--bootstrap-admin-url", endpoint, "--bootstrap-public-url", endpoint,
                 "--bootstrap-internal-url", endpoint,
-                env={"OS_BOOTSTRAP_PASSWORD": passwords()[ADMIN.user]})
+                env={"OS_BOOTSTRAP_PASSWORD": passwords(draw=True)[ADMIN.user]})
         marker.write_text("")
 
     def status(self, lab: Lab) -> Status:
@@ -226,23 +229,25 @@ class KeystoneService(Component):
 # ---------------------------------------------------------------------------------------
 # Talking to the lab's Keystone as its admin
 
-_sessions: dict[str, Any] = {}
+_sessions: dict[tuple[str, str, str], Any] = {}
 _sessions_lock = threading.Lock()
 
 
 def session(account: Account = ADMIN):
-    """A keystoneauth session for one of the lab's accounts (one per process: it keeps
-    its token until the token expires)."""
+    """A keystoneauth session for one of the lab's accounts, kept for the process (with
+    its token) as long as the lab keeps the account's password: a lab brought down and
+    up again has new ones."""
     from keystoneauth1 import session as ks_session
     from keystoneauth1.identity import v3
+    password = passwords()[account.user]
+    key = (account.user, password, str(base_dir()))
     with _sessions_lock:
-        if account.user not in _sessions:
+        if key not in _sessions:
             auth = v3.Password(auth_url=auth_url(), username=account.user,
-                               password=passwords()[account.user],
-                               user_domain_name=DOMAIN, project_name=account.project,
-                               project_domain_name=DOMAIN)
-            _sessions[account.user] = ks_session.Session(auth=auth, timeout=10)
-        return _sessions[account.user]
+                               password=password, user_domain_name=DOMAIN,
+                               project_name=account.project, project_domain_name=DOMAIN)
+            _sessions[key] = ks_session.Session(auth=auth, timeout=10)
+        return _sessions[key]
 
 
 class _Admin:
@@ -283,8 +288,8 @@ class KeystoneAccounts(Component):
         if self.ready(lab):
             return
         admin = _Admin()
-        domain = "default"  # the Default domain's id, made by keystone-manage db_sync
-        pw = passwords()
+        domain = "default"  # the Default domain's id, made by keystone-manage bootstrap
+        pw = passwords(draw=True)
         projects = {}
         for name in (LAB_PROJECT, SERVICE_PROJECT):
             projects[name] = admin.create("project", {"name": name, "domain_id": domain},

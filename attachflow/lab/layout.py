@@ -75,12 +75,18 @@ def path(*parts: str) -> Path:
 
 
 def auth_mode() -> str:
-    """The running (or last) lab's authentication, as `lab up --auth` chose it."""
+    """The running (or last) lab's authentication, as `lab up --auth` chose it; the
+    default for a lab not brought up yet."""
+    return recorded_auth_mode() or AUTH_MODES[0]
+
+
+def recorded_auth_mode() -> str | None:
+    """What `lab up` recorded, or None where no lab was brought up."""
     try:
         value = path("auth").read_text().strip()
     except OSError:
-        return AUTH_MODES[0]
-    return value if value in AUTH_MODES else AUTH_MODES[0]
+        return None
+    return value if value in AUTH_MODES else None
 
 
 def hosts_file() -> Path:

@@ -38,7 +38,9 @@ def lab():
     manager.up(echo=lambda line: print(line, flush=True))
     saved = dict(os.environ)
     from labenv import evaluated
-    os.environ.update(evaluated(manager.env_lines(), base=dict(os.environ)))
+    applied = evaluated(manager.env_lines(), base=dict(os.environ))
+    os.environ.clear()
+    os.environ.update(applied)
     if "ATTACHFLOW_BOOT_KERNEL" not in os.environ:
         from attachflow.lab import guest
         image = guest.build(manager.state_dir() / "guest")

@@ -97,8 +97,9 @@ def test_without_a_service_user_a_detach_fails_cleanly_and_says_what_to_set(lab,
 
 
 def test_a_legacy_detach_needs_no_service_user(lab, cleanup):
-    """Cinder keeps no connection info for a legacy attachment, so it lets its owner
-    end it without asking Nova (what Cinder's attachment_deletion_allowed allows)."""
+    """Cinder keeps no connection info for a legacy attachment, so it lets its owner end
+    the volume's only attachment without asking Nova (attachment_deletion_allowed; with
+    several attachments on the volume it would ask)."""
     vm, _root = boot(lab, cleanup, "hosta", "legacy")
     data = lab.create_volume()
     cleanup["volumes"].append(data)
@@ -244,8 +245,8 @@ def test_a_refused_new_login_mid_attach_undoes_what_it_can_and_names_the_rest(la
         time.sleep(1.1)  # past the second of that revocation (see above)
     message = str(info.value)
     assert fired and isinstance(info.value.cause, errors.AuthError), message
-    assert "the token was refused and Keystone at http://127.0.0.1:5000/v3 refused the " \
-           "login" in message
+    assert "a new login to Keystone failed: Keystone at http://127.0.0.1:5000/v3 refused " \
+           "the login" in message
     assert "could NOT undo: storage connect" in message, message
     no_secret_in(message)
     # the host side is undone: no disk, no secret, no session on the target

@@ -60,8 +60,7 @@ def lab_up():
 
 def _lab_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OS_", "CINDER_"))}
-    env.update(evaluated(manager.env_lines(), base=env))
-    return env
+    return evaluated(manager.env_lines(), base=env)
 
 
 def _cinder(service_role: bool = False, cloud: str | None = None):

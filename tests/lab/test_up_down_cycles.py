@@ -44,6 +44,7 @@ def test_five_up_down_cycles_leave_no_process():
     in_lab = {int(pid) for procs in cgroup_dir().rglob("cgroup.procs")
               for pid in procs.read_text().split()}
     outside = {p: c for p, c in outside.items() if p not in in_lab}
+    previous_env = evaluated(lab_api.env_lines())
     for cycle in range(CYCLES):
         guest = _start_guest("hosta")
         # A process an operator started by hand inside hostb's network namespace.
@@ -68,9 +69,13 @@ def test_five_up_down_cycles_leave_no_process():
         assert status["auth"] == auth
         assert ("keystone" in status["components"]) == (auth == "keystone")
         assert status["supervisor"]["processes"] > 0
-        # Cinder answers a client set up by `lab env`, and only the lab's own way.
-        env = evaluated(lab_api.env_lines())
+        # Cinder answers a client set up by `lab env`, in a shell that evaluated the
+        # previous lab's lines (of the other kind) before: nothing of those is left.
+        env = evaluated(lab_api.env_lines(), base=previous_env)
+        previous_env = env
         assert ("OS_AUTH_TYPE" in env) == (auth == "noauth")
+        assert ("OS_CLOUD" in env) == (auth == "keystone")
+        assert ("OS_PASSWORD" in env) == (auth == "keystone")
         from attachflow.identity import make_session
         sess, endpoint = make_session(env=env)
         from cinderclient import client

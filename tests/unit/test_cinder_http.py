@@ -885,12 +885,13 @@ def test_a_refused_service_login_names_the_service_user(api):
         CinderStorage.connect(env=env)
 
 
-def test_an_unreachable_keystone_is_named(api):
-    env = keystone_env(api, OS_AUTH_URL="http://127.0.0.1:9/identity/v3")
-    with pytest.raises(errors.StorageUnavailable) as info:
-        CinderStorage.connect(env=env)
-    assert str(info.value).startswith("cannot reach Keystone at http://127.0.0.1:9/identity/v3 (")
-    assert info.value.exit_code == 1 and "\n" not in str(info.value)
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/identity/v3", "http://127.0.0.1:9/v3",
+                                 "http://127.0.0.1:9"])
+def test_an_unreachable_keystone_is_named_with_the_reason(api, url):
+    with pytest.raises(errors.KeystoneUnavailable) as info:
+        CinderStorage.connect(env=keystone_env(api, OS_AUTH_URL=url))
+    assert str(info.value) == f"cannot reach Keystone at {url} (Connection refused)"
+    assert info.value.exit_code == 1
 
 
 def test_a_revoked_token_is_replaced_by_one_new_login(api):
@@ -910,7 +911,7 @@ def test_a_revoked_token_whose_new_login_is_refused_fails_cleanly(api):
     with pytest.raises(errors.AuthError) as info:
         storage.reserve(VOL)
     assert str(info.value).startswith(
-        f"os-reserve {VOL}: the token was refused and Keystone at ")
+        f"os-reserve {VOL}: a new login to Keystone failed: Keystone at ")
     assert "refused the login" in str(info.value) and info.value.exit_code == 3
     assert api.volumes[VOL]["status"] == "available"
 
@@ -921,9 +922,49 @@ def test_a_revoked_token_while_keystone_fails_says_so(api):
     api.revoke("tok-1")
     with pytest.raises(errors.StorageUnavailable) as info:
         storage.reserve(VOL)
-    assert str(info.value) == (f"os-reserve {VOL}: the token was refused and Keystone at "
+    assert str(info.value) == (f"os-reserve {VOL}: a new login to Keystone failed: Keystone at "
                                f"http://127.0.0.1:{api.port}/identity/v3 failed "
                                "the login (HTTP 503)")
+
+
+def test_a_token_refused_after_the_new_login_names_both_users(api):
+    storage = CinderStorage.connect(env=keystone_env(api, **SERVICE))
+    api.script("POST", f"/volumes/{VOL}/action",
+               fault(401, "The request you have made requires authentication."),
+               fault(401, "The request you have made requires authentication."))
+    with pytest.raises(errors.AuthError) as info:
+        storage.reserve(VOL)
+    assert str(info.value) == (
+        f"os-reserve {VOL}: Cinder refused the user's or the service user's (which needs "
+        "the 'service' role) token even after a new login (HTTP 401: The request you have "
+        "made requires authentication.)")
+    assert info.value.exit_code == 3
+
+
+def test_a_keystone_failure_during_a_guarded_call_is_not_blamed_on_nova(api):
+    api.nova_in_catalog = False
+    storage = CinderStorage.connect(env=keystone_env(api))
+    attached(api)
+    api.revoke("tok-1")
+    api.keystone_unavailable = True
+    with pytest.raises(errors.KeystoneUnavailable) as info:
+        storage.attachment_delete(ATT)
+    assert "Nova" not in str(info.value) and "failed the login (HTTP 503)" in str(info.value)
+
+
+@pytest.mark.parametrize("call", ["terminate_connection", "detach"])
+def test_legacy_release_calls_without_a_service_user_say_what_to_configure(api, call):
+    """os-terminate_connection and os-detach go through the same check in Cinder."""
+    storage = CinderStorage.connect(env=keystone_env(api))
+    api.clear()
+    api.script("POST", f"/volumes/{VOL}/action",
+               fault(500, "The server has either erred or is incapable of performing the "
+                          "requested operation."))
+    args = {"terminate_connection": (VOL, HOST_CONNECTOR), "detach": (VOL, ATT)}[call]
+    with pytest.raises(errors.StorageError, match="give attachflow a service user: "
+                                                  "--os-service-cloud"):
+        getattr(storage, call)(*args)
+    assert len(api.calls("POST")) == 1  # sent once
 
 
 def test_a_forbidden_call_is_an_auth_error_and_changes_nothing(api):

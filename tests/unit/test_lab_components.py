@@ -192,6 +192,9 @@ def test_cinder_under_noauth_has_no_keystone_section(state):
 def test_lab_clients_files_hold_every_account_readable_by_root_only(state):
     import yaml
     from attachflow.lab import keystone
+    with pytest.raises(LabError, match="no Keystone passwords .* is the lab up"):
+        keystone.write_client_files()  # only `lab up` draws them
+    drawn = keystone.passwords(draw=True)
     keystone.write_client_files()
     clouds = yaml.safe_load(keystone.clouds_path().read_text())["clouds"]
     assert set(clouds) == {"attachflow-lab", "attachflow-lab-service", "attachflow-lab-admin",
@@ -199,7 +202,7 @@ def test_lab_clients_files_hold_every_account_readable_by_root_only(state):
     member = clouds["attachflow-lab"]
     assert member["auth"]["username"] == "lab-member"
     assert member["auth"]["project_name"] == "attachflow-lab"
-    assert member["auth"]["password"] == keystone.passwords()["lab-member"]
+    assert member["auth"]["password"] == drawn["lab-member"]
     assert clouds["attachflow-lab-service"]["auth"]["project_name"] == "service"
     for path in (keystone.clouds_path(), keystone.openrc_path()):
         assert path.stat().st_mode & 0o777 == 0o600
