@@ -261,9 +261,11 @@ def _auth_env() -> tuple[list[tuple[str, str]], list[str]]:
         ("OS_CLOUD", keystone.MEMBER.cloud),
         ("ATTACHFLOW_SERVICE_CLOUD", keystone.SERVICE.cloud),
     ], [
-        # The cinder CLI reads no clouds.yaml: the same member, as OS_* variables, from
-        # a file only root can read (the password stays out of this output).
-        f". {shlex.quote(str(keystone.openrc_path()))}",
+        # The cinder CLI reads no clouds.yaml: `cinder` becomes a shell function that
+        # runs it with the member's OS_* settings from a file only root can read. They
+        # stay out of the shell's environment, where the openstack CLI would let them
+        # override --os-cloud, and the password stays out of this output.
+        f"cinder() ( . {shlex.quote(str(keystone.openrc_path()))} && command cinder \"$@\" )",
         # The openstack CLI, installed with Keystone in the lab's environment.
         f'export PATH={shlex.quote(str(layout.INSTALL_DIR / "bin"))}:"$PATH"',
     ]
