@@ -115,9 +115,11 @@ def test_refused_logins_and_calls_are_one_line_and_change_nothing(lab, cleanup):
     free = lab.create_volume()
     cleanup["volumes"].append(free)
     before = lab_state(lab)
-    # The member's settings as OS_* variables (from the openrc `lab env` sources), with
-    # one thing wrong each time.
-    plain = {"OS_CLOUD": ""}
+    # The member's settings as OS_* variables, with one thing wrong each time.
+    plain = {"OS_CLOUD": "", "OS_AUTH_URL": keystone.auth_url(), "OS_USERNAME": "lab-member",
+             "OS_PASSWORD": keystone.passwords()["lab-member"],
+             "OS_PROJECT_NAME": "attachflow-lab", "OS_USER_DOMAIN_NAME": "Default",
+             "OS_PROJECT_DOMAIN_NAME": "Default"}
     cases = {
         "wrong password": (dict(plain, OS_PASSWORD="not-the-password-1"), 3,
                            "Keystone at http://127.0.0.1:5000/v3 refused the login of user "
