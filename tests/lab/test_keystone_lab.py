@@ -128,9 +128,12 @@ def test_refused_logins_and_calls_are_one_line_and_change_nothing(lab, cleanup):
                             "refused the login of user 'lab-member' in project "
                             "'no-such-project'"),
         "service user's password": (
-            {"ATTACHFLOW_SERVICE_CLOUD": "", "OS_SERVICE_USERNAME": "attachflow-service",
+            {"ATTACHFLOW_SERVICE_CLOUD": "", "OS_SERVICE_AUTH_URL": keystone.auth_url(),
+             "OS_SERVICE_USERNAME": "attachflow-service",
              "OS_SERVICE_PASSWORD": "not-the-password-2",
-             "OS_SERVICE_PROJECT_NAME": "service"}, 3,
+             "OS_SERVICE_PROJECT_NAME": "service",
+             "OS_SERVICE_USER_DOMAIN_NAME": "Default",
+             "OS_SERVICE_PROJECT_DOMAIN_NAME": "Default"}, 3,
             "refused the login of service user 'attachflow-service' in project 'service'"),
         "a reader may not attach": ({"OS_CLOUD": "attachflow-lab-reader"}, 3,
                                     "Cinder refused the user this call (HTTP 403"),
