@@ -576,10 +576,10 @@ def _emit_lab_status(status: dict[str, Any], fmt: str) -> None:
     click.echo(f"lab {status.get('state', '?')}  ({status.get('auth', '?')}; "
                f"{status.get('state_dir', '')}; "
                f"{sup.get('processes', 0)} processes, supervisord pid {sup.get('pid')})")
-    click.echo(f"  {'COMPONENT':<17} {'STATE':<9} {'READY':>6} {'PID':>7} {'PROCS':>5}  ADDRESS")
+    click.echo(f"  {'COMPONENT':<18} {'STATE':<9} {'READY':>6} {'PID':>7} {'PROCS':>5}  ADDRESS")
     for name, comp in (status.get("components") or {}).items():
         ready = comp.get("ready_seconds")
-        click.echo(f"  {name:<17} {comp.get('state', '?'):<9} "
+        click.echo(f"  {name:<18} {comp.get('state', '?'):<9} "
                    f"{'' if ready is None else f'{ready:.1f}s':>6} "
                    f"{comp.get('pid') or '-':>7} {comp.get('processes', 0):>5}  "
                    f"{comp.get('address') or ''}")

@@ -54,8 +54,9 @@ def components(auth: str | None = None) -> list:
     from attachflow.lab.tgtd import Tgtd
     identity = []
     if (auth or layout.auth_mode()) == "keystone":
-        from attachflow.lab.keystone import KeystoneAccounts, KeystoneDB, KeystoneService
-        identity = [KeystoneDB(), KeystoneService(), KeystoneAccounts()]
+        from attachflow.lab.keystone import (KeystoneAccounts, KeystoneBootstrap,
+                                             KeystoneDB, KeystoneService)
+        identity = [KeystoneDB(), KeystoneBootstrap(), KeystoneService(), KeystoneAccounts()]
     return [
         Network(),
         SshKeys(),

@@ -143,7 +143,7 @@ def ordered(components: list[Component]) -> list[Component]:
 
 
 def _up_one(lab: Lab, comp: Component, t0: float) -> None:
-    lab.echo(f"[{time.monotonic() - t0:5.1f}s] {comp.name:<17} starting")
+    lab.echo(f"[{time.monotonic() - t0:5.1f}s] {comp.name:<18} starting")
     started = time.monotonic()
     comp.up(lab)
     names = [p.name for p in comp.programs()]
@@ -152,7 +152,7 @@ def _up_one(lab: Lab, comp: Component, t0: float) -> None:
              dead=(lambda: lab.supervisor.failure(names)) if names else None)
     took = time.monotonic() - started
     lab.record_ready(comp.name, took)
-    lab.echo(f"[{time.monotonic() - t0:5.1f}s] {comp.name:<17} ready ({took:.1f}s)")
+    lab.echo(f"[{time.monotonic() - t0:5.1f}s] {comp.name:<18} ready ({took:.1f}s)")
 
 
 def bring_up(lab: Lab, components: list[Component]) -> None:
@@ -187,7 +187,7 @@ def bring_up(lab: Lab, components: list[Component]) -> None:
                     fut.result()
                     ready.add(name)
                 except Exception as e:  # collect all, report the first
-                    lab.echo(f"[{time.monotonic() - t0:5.1f}s] {name:<17} FAILED: {e}")
+                    lab.echo(f"[{time.monotonic() - t0:5.1f}s] {name:<18} FAILED: {e}")
                     errors.append(e)
     if errors:
         raise errors[0]
@@ -212,7 +212,7 @@ def bring_down(lab: Lab, components: list[Component]) -> list[str]:
             problems = [f"{comp.name}: {p}" for p in comp.down(lab)]
         except Exception as e:  # reported; the other components still go down
             problems = [f"{comp.name}: {e}"]
-        lab.echo(f"[{time.monotonic() - t0:5.1f}s] {comp.name:<17} "
+        lab.echo(f"[{time.monotonic() - t0:5.1f}s] {comp.name:<18} "
                  f"{'down' if not problems else 'NOT fully down'} "
                  f"({time.monotonic() - started:.1f}s)")
         return problems

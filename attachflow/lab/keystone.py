@@ -1,9 +1,10 @@
 """Keystone, the lab's identity service: who may call Cinder, and the catalog that says
 where Cinder is.
 
-Three components: ``keystone-db`` (keystone.conf, the Fernet and credential key
-repositories, the ``keystone`` database, ``keystone-manage bootstrap``), ``keystone``
-(the API under gunicorn on 127.0.0.1:5000) and ``keystone-accounts`` (the lab's projects,
+Four components: ``keystone-db`` (keystone.conf, the Fernet and credential key
+repositories, the ``keystone`` database), ``keystone-bootstrap`` (``keystone-manage
+bootstrap``: the admin), ``keystone`` (the API under gunicorn on 127.0.0.1:5000, starting
+while the bootstrap runs) and ``keystone-accounts`` (the lab's projects,
 users, role assignments and Cinder's catalog entries, made through the API as an operator
 would, and the clouds.yaml / openrc that point clients at them).
 
@@ -23,6 +24,7 @@ database, the keystone daemon, and the accounts and catalog entries above.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import secrets
 import threading
@@ -124,7 +126,7 @@ def _keystone_version() -> str:
 
 
 class KeystoneDB(Component):
-    """keystone.conf, the key repositories, the schema and the bootstrap admin."""
+    """keystone.conf, the key repositories and the schema."""
     name = "keystone-db"
     requires = ("mariadb",)
     pip_packages = ("keystone", "gunicorn", "PyMySQL", "python-openstackclient")
@@ -138,7 +140,7 @@ class KeystoneDB(Component):
         layout.render("keystone.conf", conf_path(), 0o600, database_url=db)
         for repo in ("fernet-keys", "credential-keys"):
             _key_repository(kdir / repo)
-        marker = kdir / "bootstrapped"
+        marker = kdir / "db-synced"
         if marker.exists():
             return
         # db_sync runs a minute of migrations; the schema it leaves, dumped once per
@@ -150,6 +152,24 @@ class KeystoneDB(Component):
             mariadb.sql("CREATE DATABASE IF NOT EXISTS keystone CHARACTER SET utf8")
             _manage("db_sync")
             mariadb.dump("keystone", seed)
+        marker.write_text("")
+
+    def status(self, lab: Lab) -> Status:
+        done = (base_dir() / "db-synced").exists()
+        return Status("up" if done else "down", address=str(conf_path()),
+                      details={"config": str(conf_path())})
+
+
+class KeystoneBootstrap(Component):
+    """The admin, its project and roles, the region and Keystone's own catalog entry
+    (`keystone-manage bootstrap`), made while the API server starts."""
+    name = "keystone-bootstrap"
+    requires = ("keystone-db",)
+
+    def up(self, lab: Lab) -> None:
+        marker = base_dir() / "bootstrapped"
+        if marker.exists():
+            return
         endpoint = f"http://{layout.KEYSTONE_LISTEN}:{layout.KEYSTONE_PORT}"
         # The password goes through the environment, not the command line `ps` shows.
         _manage("bootstrap", "--bootstrap-username", ADMIN.user,
@@ -162,8 +182,7 @@ class KeystoneDB(Component):
 
     def status(self, lab: Lab) -> Status:
         done = (base_dir() / "bootstrapped").exists()
-        return Status("up" if done else "down", address=str(conf_path()),
-                      details={"config": str(conf_path())})
+        return Status("up" if done else "down", details={"admin": ADMIN.user})
 
 
 def _link_openstack_cli() -> None:
@@ -282,7 +301,7 @@ class KeystoneAccounts(Component):
     """The lab's projects, users and roles, Cinder in the catalog, and the files that
     point clients at them."""
     name = "keystone-accounts"
-    requires = ("keystone",)
+    requires = ("keystone", "keystone-bootstrap")
 
     def up(self, lab: Lab) -> None:
         if self.ready(lab):
@@ -294,13 +313,15 @@ class KeystoneAccounts(Component):
         for name in (LAB_PROJECT, SERVICE_PROJECT):
             projects[name] = admin.create("project", {"name": name, "domain_id": domain},
                                           name=name, domain_id=domain)["id"]
-        for account in ACCOUNTS:
-            if account is ADMIN:
-                continue
+        def make(account: Account) -> None:
             user = admin.create("user", {"name": account.user, "domain_id": domain,
                                          "password": pw[account.user], "enabled": True},
                                 name=account.user, domain_id=domain)
             admin.grant(projects[account.project], user["id"], account.role)
+
+        # One thread per account: each is two requests that wait on Keystone.
+        with concurrent.futures.ThreadPoolExecutor(len(ACCOUNTS)) as pool:
+            list(pool.map(make, [a for a in ACCOUNTS if a is not ADMIN]))
         # Both names Cinder goes by: openstacksdk looks for block-storage, cinderclient
         # for volumev3. Services may share a type, so look before making one.
         for svc_type, svc_name in (("block-storage", "cinder"), ("volumev3", "cinderv3")):

@@ -146,8 +146,8 @@ def test_status_reports_every_component_up(lab_up):
     assert st["state"] == "up", st
     comps = st["components"]
     assert st["auth"] == "keystone"
-    for name in ("network", "mariadb", "rabbitmq", "tgtd", "keystone-db", "keystone",
-                 "keystone-accounts", "cinder-api",
+    for name in ("network", "mariadb", "rabbitmq", "tgtd", "keystone-db",
+                 "keystone-bootstrap", "keystone", "keystone-accounts", "cinder-api",
                  "cinder-scheduler", "cinder-volume", "hosta", "hostb"):
         assert comps[name]["state"] == "up", (name, comps[name])
     assert comps["cinder-volume"]["service"] == "up"
