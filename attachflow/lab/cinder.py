@@ -73,13 +73,6 @@ def services() -> dict[tuple[str, str], dict[str, Any]]:
     return {(s["binary"], s["host"]): s for s in api("os-services")["services"]}
 
 
-def _cinder_version() -> str:
-    found = sorted(layout.VENV.glob("lib/python*/site-packages/cinder-*.dist-info"))
-    if not found:
-        raise LabError(f"Cinder is not installed in {layout.VENV}")
-    return found[-1].name.removeprefix("cinder-").removesuffix(".dist-info")
-
-
 class CinderDB(Component):
     """cinder.conf, the volume driver and the database schema the services share."""
     name = "cinder-db"
@@ -100,17 +93,9 @@ class CinderDB(Component):
         marker = cdir / "db-synced"
         if marker.exists():
             return
-        # `cinder-manage db sync` takes seconds of migrations on every fresh lab; the
-        # database it leaves, dumped once per Cinder release, loads in a fraction of that.
-        seed = layout.CACHE_DIR / f"cinder-db-{_cinder_version()}.sql"
-        if seed.exists():
-            mariadb.load(seed)
-        else:
-            mariadb.sql("CREATE DATABASE IF NOT EXISTS cinder CHARACTER SET utf8")
-            run([str(layout.VENV / "bin" / "cinder-manage"), "--config-file",
-                 str(conf_path()), "db", "sync"],
-                env={**layout.DAEMON_ENV, **_env()}, timeout=300)
-            mariadb.dump("cinder", seed)
+        mariadb.schema("cinder", "cinder", lambda: run(
+            [str(layout.VENV / "bin" / "cinder-manage"), "--config-file", str(conf_path()),
+             "db", "sync"], env={**layout.DAEMON_ENV, **_env()}, timeout=300))
         marker.write_text("")
 
     def status(self, lab: Lab) -> Status:

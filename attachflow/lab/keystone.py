@@ -118,13 +118,6 @@ def _key_repository(repo: Path) -> None:
                          .decode(), 0o600)
 
 
-def _keystone_version() -> str:
-    found = sorted(layout.VENV.glob("lib/python*/site-packages/keystone-*.dist-info"))
-    if not found:
-        raise LabError(f"Keystone is not installed in {layout.VENV}")
-    return found[-1].name.removeprefix("keystone-").removesuffix(".dist-info")
-
-
 class KeystoneDB(Component):
     """keystone.conf, the key repositories and the schema."""
     name = "keystone-db"
@@ -143,15 +136,7 @@ class KeystoneDB(Component):
         marker = kdir / "db-synced"
         if marker.exists():
             return
-        # db_sync runs a minute of migrations; the schema it leaves, dumped once per
-        # Keystone release, loads in a second.
-        seed = layout.CACHE_DIR / f"keystone-db-{_keystone_version()}.sql"
-        if seed.exists():
-            mariadb.load(seed)
-        else:
-            mariadb.sql("CREATE DATABASE IF NOT EXISTS keystone CHARACTER SET utf8")
-            _manage("db_sync")
-            mariadb.dump("keystone", seed)
+        mariadb.schema("keystone", "keystone", lambda: _manage("db_sync"))
         marker.write_text("")
 
     def status(self, lab: Lab) -> Status:
