@@ -979,7 +979,8 @@ def test_a_forbidden_call_is_an_auth_error_and_changes_nothing(api):
 
 
 def test_the_process_environment_is_read_when_none_is_given(api, monkeypatch):
-    for name in [n for n in os.environ if n.startswith(("OS_", "ATTACHFLOW_STORAGE_"))]:
+    own_prefixes = ("OS_", "ATTACHFLOW_STORAGE_", "ATTACHFLOW_SERVICE_")
+    for name in [n for n in os.environ if n.startswith(own_prefixes)]:
         monkeypatch.delenv(name)  # only what this test sets, whatever ran before it
     for name, value in keystone_env(api, OS_REGION_NAME="RegionTwo",
                                     OS_INTERFACE="internal",
