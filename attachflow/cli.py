@@ -538,14 +538,20 @@ def _lab_call(fn):
               help="How Cinder checks its callers: keystone (default; tokens, a service "
                    "user, clouds.yaml) or noauth (no Keystone; Cinder trusts the request). "
                    "A running lab keeps what it was brought up with.")
+@click.option("--kernel-nodes", is_flag=True,
+              help="Also boot two compute-node VMs, nodea and nodeb (Debian 12 under "
+                   "QEMU TCG, with the kernel iSCSI initiator, multipath, libvirt and "
+                   "attachflow), for --transport kernel. The first time builds their "
+                   "image (about 4 minutes, then cached); booting takes a few minutes. "
+                   "Added to a running lab that lacks them; kept until `lab down`.")
 @click.option("-f", "--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @click.option("--debug", is_flag=True)
 @_boundary
-def lab_up(auth, fmt, debug):
+def lab_up(auth, kernel_nodes, fmt, debug):
     """Bring the lab up (idempotent); waits until every service is usable."""
     lab_api = _lab_module()
     status = _lab_call(lambda: lab_api.up(echo=lambda m: click.echo(m, err=True),
-                                          auth=auth))
+                                          auth=auth, kernel_nodes=kernel_nodes))
     _emit_lab_status(status, fmt)
 
 

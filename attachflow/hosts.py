@@ -39,8 +39,16 @@ class HostConfig:
     ssh_key: str | None = None
     known_hosts: str | None = None
     libvirt_uri: str = "qemu:///system"
+    # How the source host's libvirtd reaches this host's in a live migration (peer to
+    # peer), when that differs from how attachflow reaches it: ssh keys, known hosts and
+    # wrappers named in libvirt_uri exist where attachflow runs, not on the other hosts.
+    migration_uri: str | None = None
     remote_command: str = "attachflow"
     hostname: str | None = None  # what the storage side is told (connector 'host')
+
+    @property
+    def inbound_migration_uri(self) -> str:
+        return self.migration_uri or self.libvirt_uri
 
     @property
     def local(self) -> bool:
@@ -62,6 +70,7 @@ _SCHEMA: dict[str, tuple[type, str]] = {
     "ssh_key": (str, "a path"),
     "known_hosts": (str, "a path"),
     "libvirt_uri": (str, "a libvirt URI"),
+    "migration_uri": (str, "a libvirt URI"),
     "remote_command": (str, "a command line"),
     "hostname": (str, "a host name"),
 }

@@ -302,7 +302,7 @@ def _connect_destination(tx: Transaction, plan: Plan
     live, persistent = tx.run("destination XML",
                               lambda: destination_definitions(plan, sources, atts))
     return atts, MigrationRequest(
-        dest_uri=dst.cfg.libvirt_uri, dest=live, persist=persistent,
+        dest_uri=dst.cfg.inbound_migration_uri, dest=live, persist=persistent,
         auto_converge=opts.auto_converge,
         postcopy=opts.postcopy or opts.on_timeout == "postcopy",
         bandwidth_mib=opts.bandwidth_mib, copy_disks=tuple(plan.local_disks))

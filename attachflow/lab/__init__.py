@@ -40,9 +40,10 @@ __all__ = ["LabError", "up", "down", "status", "env_lines", "state_dir", "hosts_
            "initiator_name", "HOSTS", "components"]
 
 
-def components(auth: str | None = None) -> list:
+def components(auth: str | None = None, kernel_nodes: bool | None = None) -> list:
     """Every component of the lab; adding one is adding its module and a line here.
-    ``auth``: keystone or noauth; by default what the lab was brought up with."""
+    ``auth``: keystone or noauth; ``kernel_nodes``: whether the compute-node VMs belong
+    to it; by default what the lab was brought up with."""
     from attachflow.lab import layout
     from attachflow.lab.cinder import CinderDB, CinderService
     from attachflow.lab.computehost import ComputeHost
@@ -57,6 +58,12 @@ def components(auth: str | None = None) -> list:
         from attachflow.lab.keystone import (KeystoneAccounts, KeystoneBootstrap,
                                              KeystoneDB, KeystoneService)
         identity = [KeystoneDB(), KeystoneBootstrap(), KeystoneService(), KeystoneAccounts()]
+    nodes = []
+    if layout.kernel_nodes() if kernel_nodes is None else kernel_nodes:
+        from attachflow.lab.nodeimage import NodeImage
+        from attachflow.lab.nodes import KernelNode
+        nodes = [NodeImage(), *(KernelNode(node) for node in layout.NODES),
+                 SshMesh(tuple(layout.NODES), name="node-ssh-mesh")]
     return [
         Network(),
         SshKeys(),
@@ -74,6 +81,7 @@ def components(auth: str | None = None) -> list:
         CinderService("cinder-volume", requires=("tgtd", "cinder-scheduler")),
         *(ComputeHost(host) for host in HOSTS),
         SshMesh(tuple(HOSTS)),
+        *nodes,
     ]
 
 
@@ -97,11 +105,13 @@ def _write_hosts_file(comps: list) -> None:
     layout.write(hosts_file(), layout.render_text("hosts.toml", entries="".join(entries)))
 
 
-def up(echo: Callable[[str], None] = print, auth: str | None = None) -> dict[str, Any]:
+def up(echo: Callable[[str], None] = print, auth: str | None = None,
+       kernel_nodes: bool = False) -> dict[str, Any]:
     """Install what is missing, start the lab, wait until it is usable.
 
     ``auth``: ``keystone`` (the default: Cinder behind a real Keystone) or ``noauth``; a
-    running lab keeps what it was brought up with."""
+    running lab keeps what it was brought up with. ``kernel_nodes``: also the two
+    compute-node VMs (added to a running lab that lacks them; kept once there)."""
     from attachflow.lab import install, layout
     from attachflow.lab.component import Lab, bring_up
     _need_root()
@@ -116,7 +126,8 @@ def up(echo: Callable[[str], None] = print, auth: str | None = None) -> dict[str
             raise LabError(f"the lab runs with {chosen}; `attachflow lab down` first to "
                            f"bring it up with {auth}")
         auth = auth or chosen or layout.AUTH_MODES[0]
-        comps = components(auth)
+        kernel_nodes = kernel_nodes or (not fresh and layout.kernel_nodes())
+        comps = components(auth, kernel_nodes)
         try:
             install.install(comps, echo)
             st = state_dir()
@@ -125,6 +136,8 @@ def up(echo: Callable[[str], None] = print, auth: str | None = None) -> dict[str
             # by root only.
             os.chmod(st, 0o700)
             layout.write(layout.path("auth"), auth + "\n")
+            if kernel_nodes:
+                layout.write(layout.path("kernel-nodes"), "yes\n")
             layout.path("log").mkdir(exist_ok=True)
             echo(f"state dir {st}")
             if fresh:

@@ -31,6 +31,11 @@ BRIDGE = "afbr0"
 STORAGE_IP = "198.18.0.1"
 PREFIX_LEN = 24
 HOSTS = {"hosta": "198.18.0.11", "hostb": "198.18.0.12"}
+# Compute-node virtual machines with their own kernels (`lab up --kernel-nodes`).
+NODES = {"nodea": "198.18.0.21", "nodeb": "198.18.0.22"}
+# The storage side's second portal address, so that a volume has two paths (multipath).
+STORAGE_IP_2 = "198.18.0.2"
+TAP_PREFIX = "aft-"
 NETNS_PREFIX = "af-"
 VETH_PREFIX = "afv-"
 
@@ -89,6 +94,16 @@ def recorded_auth_mode() -> str | None:
     return value if value in AUTH_MODES else None
 
 
+def kernel_nodes() -> bool:
+    """Whether the running lab has its compute-node VMs (`lab up --kernel-nodes`)."""
+    return path("kernel-nodes").exists()
+
+
+def address(machine: str) -> str:
+    """The address of a lab host or node."""
+    return {**HOSTS, **NODES}[machine]
+
+
 def hosts_file() -> Path:
     return path("hosts.toml")
 
@@ -108,7 +123,7 @@ def ssh_wrapper() -> Path:
 
 def libvirt_uri(host: str) -> str:
     wrapper = urllib.parse.quote(str(ssh_wrapper()), safe="/")
-    return f"qemu+ssh://root@{HOSTS[host]}/system?command={wrapper}&no_tty=1"
+    return f"qemu+ssh://root@{address(host)}/system?command={wrapper}&no_tty=1"
 
 
 def remote_command() -> str:
@@ -130,7 +145,8 @@ def values() -> dict[str, str]:
         "cinder_port": str(CINDER_PORT), "rabbit_port": str(RABBIT_PORT),
         "keystone_url": f"http://{KEYSTONE_LISTEN}:{KEYSTONE_PORT}",
         "lab_project_id": LAB_PROJECT_ID,
-        "hosts_lines": "".join(f"{addr}\t{host}\n" for host, addr in HOSTS.items()),
+        "hosts_lines": "".join(f"{addr}\t{host}\n"
+                               for host, addr in {**HOSTS, **NODES}.items()),
     }
 
 

@@ -41,7 +41,7 @@ def _pub(key: Path) -> str:
 
 def ssh_argv(host: str, *remote: str) -> list[str]:
     """ssh from the root namespace to a lab host, through the lab's wrapper."""
-    return [str(layout.ssh_wrapper()), f"root@{layout.HOSTS[host]}", "--", *remote]
+    return [str(layout.ssh_wrapper()), f"root@{layout.address(host)}", "--", *remote]
 
 
 class SshKeys(Component):
@@ -53,16 +53,19 @@ class SshKeys(Component):
         sdir.mkdir(parents=True, exist_ok=True)
         os.chmod(sdir, 0o700)
         _keygen(client_key(), "attachflow-lab")
+        # The compute-node VMs' keys too, whether or not they are brought up: the known
+        # hosts file then serves either kind of lab.
+        machines = {**layout.HOSTS, **layout.NODES}
         known = []
-        for host, addr in layout.HOSTS.items():
+        for host, addr in machines.items():
             _keygen(host_dir(host) / "ssh_host_ed25519_key", f"root@{host}")
             _keygen(host_dir(host) / "root-ssh" / "id_ed25519", f"root@{host}")
             host_key = " ".join(_pub(host_dir(host) / "ssh_host_ed25519_key").split()[:2])
             known.append(f"{host},{addr} {host_key}\n")
         layout.write(known_hosts(), "".join(known))
         authorized = [_pub(client_key())] + [
-            _pub(host_dir(h) / "root-ssh" / "id_ed25519") for h in layout.HOSTS]
-        for host in layout.HOSTS:
+            _pub(host_dir(h) / "root-ssh" / "id_ed25519") for h in machines]
+        for host in machines:
             rs = host_dir(host) / "root-ssh"
             os.chmod(rs, 0o700)
             layout.write(rs / "authorized_keys", "\n".join(authorized) + "\n", 0o600)
@@ -90,10 +93,10 @@ class SshKeys(Component):
 
 class SshMesh(Component):
     """Every compute host logs in to every other with the lab's keys."""
-    name = "ssh-mesh"
     ready_timeout = 20
 
-    def __init__(self, hosts: tuple[str, ...]) -> None:
+    def __init__(self, hosts: tuple[str, ...], name: str = "ssh-mesh") -> None:
+        self.name = name
         self.hosts = hosts
         self.requires = hosts
 
@@ -114,7 +117,7 @@ class SshMesh(Component):
         return True
 
     def status(self, lab: Lab) -> Status:
-        if not all(port_open(layout.HOSTS[h], 22) for h in self.hosts):
+        if not all(port_open(layout.address(h), 22) for h in self.hosts):
             return Status("down", details={"pairs": [f"{a}->{b}" for a, b in self._pairs()]})
         # One direction per pair is enough to show the keys and daemons agree.
         failures = [w for a, b in self._pairs()[:1] if (w := self._check(a, b))]
