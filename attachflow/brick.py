@@ -42,16 +42,25 @@ class HostConnector(abc.ABC):
 
 _BRICK_READY = threading.Lock()
 _brick_set_up = False
+# Where os-brick's connect and disconnect take their host-wide locks (oslo.concurrency
+# file locks), so that two attachflow processes on one host never rescan or log in and
+# out at the same time. OSLO_LOCK_PATH, oslo.concurrency's own setting, overrides it.
+LOCK_PATH = "/run/attachflow/os-brick-locks"
 
 
 def _brick():
-    """Import os-brick lazily (it costs about half a second) and let its privileged calls
-    run in this process when we are root, since there is no sudo to spawn a helper."""
+    """Import os-brick lazily (it costs about half a second), give its host-wide locks a
+    directory, and let its privileged calls run in this process when we are root, since
+    there is no sudo to spawn a helper."""
     global _brick_set_up
     from os_brick.initiator import connector as brick_connector
     with _BRICK_READY:
         if not _brick_set_up:
+            from oslo_concurrency import lockutils
             import os_brick.privileged
+            lock_path = os.environ.get("OSLO_LOCK_PATH") or LOCK_PATH
+            os.makedirs(lock_path, mode=0o700, exist_ok=True)
+            lockutils.set_defaults(lock_path)
             if os.geteuid() == 0:
                 os_brick.privileged.default.set_client_mode(False)
             _brick_set_up = True
@@ -64,7 +73,7 @@ class BrickLocal(HostConnector):
         try:
             return _brick().get_connector_properties(None, my_ip, multipath, False)
         except Exception as exc:
-            raise errors.HostError(f"connector properties: {exc}") from None
+            raise errors.HostError(f"connector properties: {_text(exc)}") from None
 
     def _connector(self, protocol, multipath):
         return _brick().InitiatorConnector.factory(protocol, None, use_multipath=multipath,
@@ -76,7 +85,7 @@ class BrickLocal(HostConnector):
             return dict(self._connector(protocol, multipath).connect_volume(props))
         except Exception as exc:
             raise errors.HostError(f"os-brick connect_volume ({protocol}): "
-                                   f"{_scrub(str(exc), props)}") from None
+                                   f"{_scrub(_text(exc), props)}") from None
 
     def disconnect(self, protocol, props, device_info, multipath):
         LOG.debug("os-brick: disconnect_volume %s %s %s", protocol, masked(props), device_info)
@@ -85,7 +94,15 @@ class BrickLocal(HostConnector):
                                                                    force=False)
         except Exception as exc:
             raise errors.HostError(f"os-brick disconnect_volume ({protocol}): "
-                                   f"{_scrub(str(exc), props)}") from None
+                                   f"{_scrub(_text(exc), props)}") from None
+
+
+def _text(exc: BaseException) -> str:
+    """An exception's message; some of oslo's fail to format themselves."""
+    try:
+        return str(exc) or type(exc).__name__
+    except Exception:
+        return type(exc).__name__
 
 
 def _scrub(text: str, props: dict[str, Any]) -> str:

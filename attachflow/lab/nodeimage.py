@@ -40,7 +40,7 @@ PACKAGES = (
     "open-iscsi", "multipath-tools", "sg3-utils", "lsscsi",
     "libvirt-daemon-system", "libvirt-daemon-driver-qemu", "libvirt-clients",
     "qemu-system-x86",
-    "python3", "python3-pip", "python3-os-brick", "python3-click", "python3-tenacity",
+    "python3", "python3-installer", "python3-os-brick", "python3-click", "python3-tenacity",
     "python3-paramiko", "python3-libvirt",
     "procps", "util-linux", "ca-certificates",
 )
@@ -48,7 +48,7 @@ PACKAGES = (
 # its emulated CPU while the tests run.
 DISABLED_UNITS = ("apt-daily.timer", "apt-daily-upgrade.timer", "man-db.timer",
                   "e2scrub_all.timer", "fstrim.timer", "logrotate.timer",
-                  "dpkg-db-backup.timer", "libvirt-guests.service")
+                  "dpkg-db-backup.timer", "e2scrub_reap.service", "libvirt-guests.service")
 ENABLED_UNITS = ("attachflow-node.service",)
 # (template under templates/node-image, path in the image, mode)
 FILES = (

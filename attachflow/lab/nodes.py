@@ -75,7 +75,7 @@ def mac(node: str) -> str:
 
 class KernelNode(Component):
     requires = ("network", "ssh-keys", "node-image")
-    apt_packages = ("qemu-system-x86", "qemu-utils", "e2fsprogs", "python3-pip")
+    apt_packages = ("qemu-system-x86", "qemu-utils", "e2fsprogs")
     # A node boots systemd under TCG while the other one does too.
     ready_timeout = 600
     poll_interval = 2.0
@@ -115,7 +115,7 @@ class KernelNode(Component):
                      f"NODE_ADDRESS={self.address}\nNODE_PREFIX={layout.PREFIX_LEN}\n")
         layout.render("host/hosts", cfg / "hosts")
         layout.render("host/initiatorname.iscsi", cfg / "initiatorname.iscsi",
-                      initiator=layout.initiator_name(self.name))
+                      host=self.name, initiator=layout.initiator_name(self.name))
         for name in ("ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"):
             shutil.copy2(self.dir / name, cfg / name)
         for name in ("id_ed25519", "id_ed25519.pub", "authorized_keys", "known_hosts",
