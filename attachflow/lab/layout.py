@@ -140,6 +140,7 @@ def values() -> dict[str, str]:
     st = state_dir()
     return {
         "state_dir": str(st), "venv": str(VENV), "storage_ip": STORAGE_IP,
+        "storage_ip_2": STORAGE_IP_2,
         "iscsi_port": str(ISCSI_PORT), "cinder_host": CINDER_HOST,
         "cinder_backend": CINDER_BACKEND, "cinder_listen": CINDER_LISTEN,
         "cinder_port": str(CINDER_PORT), "rabbit_port": str(RABBIT_PORT),

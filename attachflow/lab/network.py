@@ -33,16 +33,25 @@ def netns(host: str) -> str:
     return layout.NETNS_PREFIX + host
 
 
+def add_portal(ip: str) -> None:
+    """One of the storage side's portal addresses on the bridge (tgtd listens on all)."""
+    cidr = f"{ip}/{layout.PREFIX_LEN}"
+    if f" {cidr} " not in run(["ip", "-o", "-4", "addr", "show", "dev",
+                               layout.BRIDGE]).stdout:
+        run(["ip", "addr", "add", cidr, "dev", layout.BRIDGE])
+
+
 class Network(Component):
     name = "network"
     apt_packages = ("iproute2",)
 
     def up(self, lab: Lab) -> None:
-        bridge, cidr = layout.BRIDGE, f"{layout.STORAGE_IP}/{layout.PREFIX_LEN}"
+        bridge = layout.BRIDGE
         if not link_exists(bridge):
             run(["ip", "link", "add", bridge, "type", "bridge"])
-        if f" {cidr} " not in run(["ip", "-o", "-4", "addr", "show", "dev", bridge]).stdout:
-            run(["ip", "addr", "add", cidr, "dev", bridge])
+        # The storage side's two portals: every volume has two paths (multipath).
+        for ip in (layout.STORAGE_IP, layout.STORAGE_IP_2):
+            add_portal(ip)
         run(["ip", "link", "set", bridge, "up"])
         existing = namespaces()
         if not existing:

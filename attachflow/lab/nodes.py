@@ -33,9 +33,19 @@ CPUS = 2
 CMDLINE = "root=/dev/vda rw console=ttyS0 net.ifnames=0 systemd.show_status=0"
 # What a node runs once it is usable: its settings applied, the initiator, multipath and
 # libvirt answering, and attachflow installed.
-READY_PROBE = ("systemctl is-active --quiet attachflow-node.service iscsid.socket "
-               "multipathd.service libvirtd.socket && command -v attachflow >/dev/null && "
-               "virsh -q -c qemu:///system list --all >/dev/null")
+UNITS = ("attachflow-node.service", "iscsid.socket", "multipathd.service",
+         "libvirtd.socket", "ssh.service")
+# Prints "failed UNIT: last journal line" for a unit that failed (the boot will not get
+# better by waiting), "ready" once everything answers, nothing otherwise.
+READY_PROBE = f"""
+for u in {' '.join(UNITS)}; do
+    if systemctl is-failed --quiet $u; then
+        echo "failed $u: $(journalctl -q -u $u -n 1 -o cat)"; exit 0
+    fi
+done
+systemctl is-active --quiet {' '.join(UNITS)} && command -v attachflow >/dev/null &&
+    virsh -q -c qemu:///system list --all >/dev/null && echo ready
+"""
 
 _WHEEL_LOCK = threading.Lock()
 
@@ -77,7 +87,7 @@ class KernelNode(Component):
     requires = ("network", "ssh-keys", "node-image")
     apt_packages = ("qemu-system-x86", "qemu-utils", "e2fsprogs")
     # A node boots systemd under TCG while the other one does too.
-    ready_timeout = 600
+    ready_timeout = 420
     poll_interval = 2.0
 
     def __init__(self, node: str) -> None:
@@ -148,8 +158,11 @@ class KernelNode(Component):
     def ready(self, lab: Lab) -> bool:
         if not port_open(self.address, 22):
             return False
-        cp = run(ssh_argv(self.name, READY_PROBE), check=False, timeout=60)
-        return cp.returncode == 0
+        answer = run(ssh_argv(self.name, READY_PROBE), check=False, timeout=60).stdout
+        if answer.startswith("failed "):
+            raise LabError(f"{self.name}: {answer.strip()} (console log "
+                           f"{self.dir / 'console.log'})")
+        return answer.strip() == "ready"
 
     def down(self, lab: Lab) -> list[str]:
         problems = super().down(lab)

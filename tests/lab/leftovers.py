@@ -52,7 +52,8 @@ def leftovers(before: dict[int, str] | None = None) -> list[str]:
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     found += [f"netns {line.split()[0]}" for line in netns.splitlines()
               if line.startswith(layout.NETNS_PREFIX)]
-    for link in [layout.BRIDGE] + [layout.VETH_PREFIX + h for h in lab_api.HOSTS]:
+    for link in [layout.BRIDGE] + [layout.VETH_PREFIX + h for h in lab_api.HOSTS] + \
+            [layout.TAP_PREFIX + n for n in layout.NODES]:
         if subprocess.run(["ip", "link", "show", link], capture_output=True).returncode == 0:
             found.append(f"link {link}")
     if cgroup_dir().exists():
