@@ -72,7 +72,21 @@ def test_an_explicit_libvirt_uri_is_kept(hosts_file):
         "qemu+tls://198.18.0.11/system"
 
 
+def test_a_migration_uri_is_what_the_source_host_dials_and_defaults_to_the_libvirt_uri(
+        hosts_file):
+    hosts_file.write_text('[hosts.hosta]\naddress = "198.18.0.11"\n'
+                          'migration_uri = "qemu+ssh://root@hosta/system"\n'
+                          '[hosts.hostb]\naddress = "198.18.0.12"\n')
+    a = load_host("hosta", env=env_of(hosts_file))
+    b = load_host("hostb", env=env_of(hosts_file))
+    assert a.inbound_migration_uri == "qemu+ssh://root@hosta/system"
+    assert a.libvirt_uri.startswith("qemu+ssh://root@198.18.0.11")
+    assert b.migration_uri is None and b.inbound_migration_uri == b.libvirt_uri
+
+
 @pytest.mark.parametrize("body,line,words", [
+    ('[hosts.hosta]\naddress = "a"\nmigration_uri = 7\n', 3,
+     "key 'migration_uri': must be a libvirt URI"),
     ('[hosts.hosta]\naddres = "typo"\n', 2, "host 'hosta', key 'addres': unknown key"),
     ('[hosts.hosta]\naddress = "a"\nssh_port = "22"\n', 3,
      "host 'hosta', key 'ssh_port': must be a port number from 1 to 65535, not '22'"),

@@ -76,6 +76,45 @@ def test_the_lab_has_its_components():
             "cinder-volume", "guest-image", *lab_api.HOSTS} <= names
 
 
+def test_kernel_nodes_are_components_only_when_asked_for(state):
+    without = {c.name for c in lab_api.components("noauth")}
+    assert not {"node-image", *layout.NODES} & without
+    comps = lab_api.components("noauth", kernel_nodes=True)
+    names = [c.name for c in ordered(comps)]
+    assert {"node-image", "node-ssh-mesh", *layout.NODES} <= set(names)
+    for node in layout.NODES:
+        assert names.index("node-image") < names.index(node) < names.index("node-ssh-mesh")
+    # a lab brought up with them keeps them
+    (state / "kernel-nodes").write_text("yes\n")
+    assert {"node-image", *layout.NODES} <= {c.name for c in lab_api.components("noauth")}
+
+
+def test_a_node_entry_in_the_hosts_file_is_one_attachflow_reads(state):
+    from attachflow.hosts import load_host
+    from attachflow.lab.nodes import KernelNode
+    layout.write(state / "hosts.toml", layout.render_text(
+        "hosts.toml", entries="".join(KernelNode(n).hosts_entry() for n in layout.NODES)))
+    for node, address in layout.NODES.items():
+        cfg = load_host(node, env={"ATTACHFLOW_HOSTS": str(state / "hosts.toml")})
+        assert cfg.address == address and cfg.remote_command == "attachflow"
+        # the other node's libvirtd dials it with its own root keys, not the lab's wrapper
+        assert cfg.inbound_migration_uri == f"qemu+ssh://root@{address}/system"
+        assert "command=" in cfg.libvirt_uri
+
+
+def test_the_node_image_is_keyed_by_its_recipe(monkeypatch):
+    from attachflow.lab import nodeimage
+    key = nodeimage.recipe_key()
+    assert nodeimage.current().dir.name == f"node-image-{key}"
+    monkeypatch.setattr(nodeimage, "PACKAGES", nodeimage.PACKAGES + ("strace",))
+    assert nodeimage.recipe_key() != key
+    monkeypatch.undo()
+    real = nodeimage._file_text
+    monkeypatch.setattr(nodeimage, "_file_text",
+                        lambda t: real(t) + ("# changed\n" if t == "multipath.conf" else ""))
+    assert nodeimage.recipe_key() != key
+
+
 def test_cinder_volume_starts_after_a_listening_scheduler():
     by_name = {c.name: c for c in lab_api.components()}
     assert "cinder-scheduler" in by_name["cinder-volume"].requires

@@ -647,3 +647,17 @@ def test_a_multipath_volume_moves_on_multipath(lab):
     assert len(b.brick.maps[device]) == 2 and not a.brick.maps
     assert b.hypervisor.domain("vm").disk(root).source.path == device
     assert record.read(b.hypervisor.domain("vm"))[root].multipath is True
+
+
+def test_the_source_reaches_the_destination_by_its_migration_uri(lab):
+    """A host whose libvirt URI names what only attachflow's machine has (a key file, an
+    ssh wrapper) is reached by the source's libvirtd through its migration_uri."""
+    cinder, a, b = lab
+    vols = guest(lab, "attachments", "kernel", volumes=1)
+    peer_view = "test+fake://hostb-from-peers/system"
+    b.hypervisor.network[peer_view] = b.hypervisor
+    b.cfg = dataclasses.replace(b.cfg, migration_uri=peer_view)
+    result = mig.migrate(cinder, mig.preflight(cinder, a, b, "vm", api="auto"))
+    assert result.runs_on == "hostb"
+    assert [m.dest_uri for m in a.hypervisor.migrations] == [peer_view]
+    assert where(lab, vols)[0] == ["hostb"]
