@@ -803,6 +803,9 @@ class FakeBrick(_Faults, HostConnector):
         self.host = host
         self.target = target
         self.sessions: set[tuple[str, str]] = set()  # (portal, iqn) logged in
+        # iscsiadm's node records: one per portal a login was tried on, kept when the
+        # login fails, removed by disconnect (as os-brick does on a real host).
+        self.records: set[tuple[str, str]] = set()
         self.devices: dict[str, tuple[str, str, int]] = {}  # SCSI disk -> (portal, iqn, lun)
         self.maps: dict[str, tuple[str, ...]] = {}  # multipath device -> its SCSI disks
         self.connected: dict[str, dict[str, Any]] = {}  # device -> the props it came from
@@ -861,6 +864,7 @@ class FakeBrick(_Faults, HostConnector):
 
     def _login(self, props: dict[str, Any], portal: str, iqn: str, lun: int) -> str:
         path = _by_path(portal, iqn, lun)
+        self.records.add((portal, iqn))
         if self.target is not None:
             vol = self.target.target(iqn, portal)
             if vol is None:
@@ -926,6 +930,8 @@ class FakeBrick(_Faults, HostConnector):
             self.connected.pop(disk, None)
         in_use = {(p, q) for p, q, _ in self.devices.values()}
         self.sessions = {s for s in self.sessions if s in in_use}
+        named = {(p, q) for p, q, _ in targets}
+        self.records = {r for r in self.records if r in in_use or r not in named}
 
 
 class FakeRunner(Runner):

@@ -33,7 +33,18 @@ class KernelISCSI(Transport):
         return ConnectorProperties.from_dict(props)
 
     def connect(self, host, conn: ConnectionInfo, owner):
-        info = host.brick.connect(self.protocol, conn.to_brick(), self.multipath)
+        try:
+            info = host.brick.connect(self.protocol, conn.to_brick(), self.multipath)
+        except errors.HostError as exc:
+            # A failed login leaves what os-brick made on the way: a node record for
+            # every portal it tried, maybe a session. Its disconnect removes what is
+            # there and passes over what is not.
+            try:
+                host.brick.disconnect(self.protocol, conn.to_brick(), {}, self.multipath)
+            except errors.AttachflowError as cleanup:
+                raise errors.HostError(f"{exc}; cleaning up after it failed too: "
+                                       f"{cleanup}") from None
+            raise
         path = info.get("path")
         if not path:
             raise errors.HostError(f"{host.name}: os-brick returned no device path")

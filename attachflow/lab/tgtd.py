@@ -57,7 +57,16 @@ class Tgtd(Component):
         super().up(lab)
 
     def ready(self, lab: Lab) -> bool:
-        return run(_SHOW, check=False, timeout=10).returncode == 0
+        if run(_SHOW, check=False, timeout=10).returncode != 0:
+            return False
+        # tgtd's command line takes one portal; the second (multipath) is added live.
+        portals = run(["tgtadm", "--lld", "iscsi", "--mode", "portal", "--op", "show"],
+                      timeout=10).stdout
+        second = f"{layout.STORAGE_IP_2}:{layout.ISCSI_PORT}"
+        if second not in portals:
+            run(["tgtadm", "--lld", "iscsi", "--mode", "portal", "--op", "new", "--param",
+                 f"portal={second}"], timeout=10)
+        return True
 
     def down(self, lab: Lab) -> list[str]:
         if lab.program_pids(["tgtd"]):
@@ -83,6 +92,8 @@ class Tgtd(Component):
         st = super().status(lab)
         st.address = f"{layout.STORAGE_IP}:{layout.ISCSI_PORT}"
         st.details["portal"] = st.address
+        st.details["portals"] = [f"{ip}:{layout.ISCSI_PORT}"
+                                 for ip in (layout.STORAGE_IP, layout.STORAGE_IP_2)]
         if st.state == "up":
             out = run(_SHOW, check=False, timeout=10).stdout
             st.details["targets"] = sum(1 for l in out.splitlines() if l.startswith("Target "))

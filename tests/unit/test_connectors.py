@@ -301,3 +301,15 @@ def test_native_source_on_the_destination_has_the_destinations_initiator(cinder)
     block = BlockSource("/dev/sdb")
     assert NativeISCSI().predicted_source(block, here) is block
     assert NativeISCSI().predicted_source(None, here) is None
+
+
+def test_a_failed_kernel_login_leaves_no_node_record(cinder, host):
+    """os-brick keeps a node record for every portal it tried when the login fails; the
+    kernel transport removes them before it reports the failure."""
+    vol = cinder.create_volume()
+    conn = connection(cinder, host, KernelISCSI(), vol)
+    wrong = dataclasses.replace(conn, auth_password=Secret("not-the-password"))
+    with pytest.raises(errors.HostError, match="login failed"):
+        KernelISCSI().connect(host, wrong, "uuid-1")
+    assert host.brick.records == set() and host.brick.sessions == set()
+    assert host.brick.devices == {}
