@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from attachflow import errors
 from attachflow.identity import SERVICE_SETTINGS, login_error, open_session
 from attachflow.settings import DEFAULT_DEADLINE, env_value, seconds_setting
-from attachflow.model import (ConnectionInfo, ConnectorProperties, NewAttachment, Volume,
-                              VolumeAttachment, masked)
+from attachflow.model import (AttachmentSummary, ConnectionInfo, ConnectorProperties,
+                              NewAttachment, Volume, VolumeAttachment, masked)
 
 if TYPE_CHECKING:
     from attachflow.record import VolumeRecord
@@ -64,6 +64,11 @@ class StorageAPI(abc.ABC):
 
     @abc.abstractmethod
     def attachment_complete(self, attachment_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def attachments_of(self, volume_id: str) -> list[AttachmentSummary]:
+        """Every attachment of the volume, whatever its state (a volume's own list shows
+        only completed ones)."""
 
     @abc.abstractmethod
     def attachment_delete(self, attachment_id: str) -> None: ...
@@ -308,6 +313,18 @@ class CinderStorage(StorageAPI):
                          lambda: self._client.attachments.show(attachment_id), "read")
         raw = getattr(att, "connection_info", None)
         return ConnectionInfo.from_cinder(raw, volume_id) if raw else None
+
+    def attachments_of(self, volume_id):
+        if self.version < (3, 27):  # no attachment list: the volume's own, attached ones
+            return [AttachmentSummary(a.attachment_id, a.server_id, "attached")
+                    for a in self.get_volume(volume_id).attachments]
+        found = self._call(f"GET attachments volume={volume_id}",
+                           lambda: self._client.attachments.list(
+                               search_opts={"volume_id": volume_id}), "read")
+        return [AttachmentSummary(a.id, getattr(a, "instance", None),
+                                  str(getattr(a, "status", "") or getattr(
+                                      a, "attach_status", "")))
+                for a in found if getattr(a, "volume_id", volume_id) == volume_id]
 
     def attachment_complete(self, attachment_id):
         self._call(f"POST attachment {attachment_id} os-complete",

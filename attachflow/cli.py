@@ -128,15 +128,26 @@ NEW_DOMAIN = _Checked("name", validate.check_new_domain)
 DEVICE = _Checked("device", validate.check_device)
 
 
-def common(storage: bool = True, transport: bool = True, result: bool = True) -> Callable:
+STATE_DIR_OPTION = click.option(
+    "--state-dir", default=None, metavar="DIR",
+    help="Where the operations journal and the locks live [$ATTACHFLOW_STATE_DIR, "
+         "default /var/lib/attachflow]. Every command that changes something records each "
+         "step there first, so that 'attachflow recover' can finish or undo it after an "
+         "interruption.")
+
+
+def common(storage: bool = True, transport: bool = True, result: bool = True,
+           journal: bool = False, host: bool = True) -> Callable:
     def decorate(fn):
         opts = [
-            click.option("--host", default=lambda: os.environ.get("ATTACHFLOW_HOST", "local"),
-                         show_default="local", help=HOST_HELP),
             click.option("--debug", is_flag=True,
                          help="Trace every storage request, libvirt call, SSH command and "
                               "os-brick call on stderr (secrets masked)."),
         ]
+        if host:
+            opts.insert(0, click.option(
+                "--host", default=lambda: os.environ.get("ATTACHFLOW_HOST", "local"),
+                show_default="local", help=HOST_HELP))
         if result:
             opts += [
                 click.option("-f", "--format", "fmt", type=click.Choice(output.FORMATS),
@@ -170,6 +181,14 @@ def common(storage: bool = True, transport: bool = True, result: bool = True) ->
                                   "CLOUD; or OS_SERVICE_USERNAME, OS_SERVICE_PASSWORD, "
                                   "OS_SERVICE_PROJECT_NAME]."),
             ]
+        if journal:
+            opts += [
+                STATE_DIR_OPTION,
+                click.option("--lock-wait", type=_Number("timeout"), default=None,
+                             metavar="SECONDS",
+                             help="How long to wait for another operation on the same "
+                                  "volume or domain before giving up with exit 4 "
+                                  "[$ATTACHFLOW_LOCK_WAIT, default 60].")]
         for opt in reversed(opts):
             fn = opt(fn)
         return _boundary(fn)
@@ -177,10 +196,12 @@ def common(storage: bool = True, transport: bool = True, result: bool = True) ->
 
 
 def _client(transport: str | None = None, api: str | None = None,
-            os_cloud: str | None = None, progress=None, os_service_cloud: str | None = None):
+            os_cloud: str | None = None, progress=None, os_service_cloud: str | None = None,
+            state_dir: str | None = None, lock_wait: float | None = None):
     """The library's client, made from the command line's settings."""
     return attachflow.Client(cloud=os_cloud, service_cloud=os_service_cloud,
-                             transport=transport, api=api, progress=progress)
+                             transport=transport, api=api, progress=progress,
+                             state_dir=state_dir, lock_wait=lock_wait)
 
 
 class _Cli(click.Group):
@@ -226,9 +247,13 @@ def cli():
     variables, or noauth for labs (OS_AUTH_TYPE=noauth, OS_ENDPOINT, OS_USER_ID,
     OS_PROJECT_ID). Behind Keystone, detach and migration need a service user too
     (--os-service-cloud): Cinder releases a guest's attachment only for a service.
-    Every command undoes its own steps when one fails, and is safe to run again. Exit
-    status is 0 on success, 1 when the operation failed, 2 on bad usage or input, 3 when
-    Keystone refused the login or Cinder refused the user the call (nothing changed).
+    Every command undoes its own steps when one fails, and is safe to run again; each
+    step is journaled first, so an interrupted command (killed, its machine rebooted)
+    is finished or undone by 'attachflow recover --all'. Exit status is 0 on success,
+    1 when the operation failed, 2 on bad usage or input, 3 when Keystone refused the
+    login or Cinder refused the user the call (nothing changed), 4 when another
+    operation holds the volume or domain, 5 when an interrupted operation must be
+    recovered first (or recover needs a human).
 
     \b
     Environment:
@@ -240,6 +265,8 @@ def cli():
       ATTACHFLOW_STORAGE_TIMEOUT   seconds per storage API request (30; 1 to 86400)
       ATTACHFLOW_STORAGE_DEADLINE  seconds per storage call, retries included (60)
       ATTACHFLOW_SERVICE_CLOUD     --os-service-cloud (or OS_SERVICE_USERNAME, ...)
+      ATTACHFLOW_STATE_DIR         --state-dir (/var/lib/attachflow): journal, locks
+      ATTACHFLOW_LOCK_WAIT         --lock-wait (60 s)
     """
 
 
@@ -263,9 +290,9 @@ def connector(host, fmt, columns, debug, transport, multipath):
               metavar="SECONDS",
               help=f"Seconds to wait for the guest if undo must detach "
                    f"({_bounds('timeout', 's')}).")
-@common()
+@common(journal=True)
 def attach(volume, domain, device, multipath, detach_timeout, host, fmt, columns, debug,
-           transport, api, os_cloud, os_service_cloud):
+           transport, api, os_cloud, os_service_cloud, state_dir, lock_wait):
     """Attach Cinder VOLUME (its id) to libvirt DOMAIN as /dev/vdX.
 
     Asks Cinder for the connection (attachment with this host's connector, or the
@@ -276,7 +303,8 @@ def attach(volume, domain, device, multipath, detach_timeout, host, fmt, columns
     domain's XML. A volume attached to DOMAIN already, as asked, is reported with
     already=true and nothing changes.
     """
-    with _client(transport, api, os_cloud, os_service_cloud=os_service_cloud) as client:
+    with _client(transport, api, os_cloud, os_service_cloud=os_service_cloud,
+                 state_dir=state_dir, lock_wait=lock_wait) as client:
         result = client.attach(volume, domain, host=host, device=device,
                                multipath=multipath, detach_timeout=detach_timeout)
     _emit(result.to_dict(), fmt, columns)
@@ -292,9 +320,9 @@ def attach(volume, domain, device, multipath, detach_timeout, host, fmt, columns
 @click.option("--strict", is_flag=True,
               help="Fail (exit 2) when the volume is not attached to DOMAIN, instead of "
                    "reporting that there was nothing to do.")
-@common()
+@common(journal=True)
 def detach(volume, domain, timeout, strict, host, fmt, columns, debug, transport, api,
-           os_cloud, os_service_cloud):
+           os_cloud, os_service_cloud, state_dir, lock_wait):
     """Detach Cinder VOLUME from libvirt DOMAIN and clean up host and storage.
 
     Removes the disk from the persistent and the live definition and waits for the
@@ -306,7 +334,8 @@ def detach(volume, domain, timeout, strict, host, fmt, columns, debug, transport
     """
     explicit = click.get_current_context().get_parameter_source("transport")
     chosen = transport if explicit == click.core.ParameterSource.COMMANDLINE else None
-    with _client(transport, api, os_cloud, os_service_cloud=os_service_cloud) as client:
+    with _client(transport, api, os_cloud, os_service_cloud=os_service_cloud,
+                 state_dir=state_dir, lock_wait=lock_wait) as client:
         result = client.detach(volume, domain, host=host, transport=chosen, timeout=timeout,
                                strict=strict)
     _emit(result.to_dict(), fmt, columns)
@@ -331,9 +360,9 @@ def detach(volume, domain, timeout, strict, host, fmt, columns, debug, transport
               metavar="PATH", help="Initrd for --kernel [$ATTACHFLOW_BOOT_INITRD].")
 @click.option("--cmdline", default=lambda: os.environ.get("ATTACHFLOW_BOOT_CMDLINE"),
               help="Kernel command line for --kernel [$ATTACHFLOW_BOOT_CMDLINE].")
-@common()
+@common(journal=True)
 def boot(name, volume, memory, vcpus, virt_type, kernel, initrd, cmdline, host, fmt, columns,
-         debug, transport, api, os_cloud, os_service_cloud):
+         debug, transport, api, os_cloud, os_service_cloud, state_dir, lock_wait):
     """Define and start domain NAME whose root disk (vda) is Cinder VOLUME.
 
     The guest boots from the volume, or from --kernel/--initrd with the volume as vda.
@@ -343,7 +372,8 @@ def boot(name, volume, memory, vcpus, virt_type, kernel, initrd, cmdline, host, 
     if (initrd or cmdline) and not kernel:
         raise click.UsageError("--initrd and --cmdline need --kernel")
     direct = attachflow.DirectBoot(kernel, initrd, cmdline) if kernel else None
-    with _client(transport, api, os_cloud, os_service_cloud=os_service_cloud) as client:
+    with _client(transport, api, os_cloud, os_service_cloud=os_service_cloud,
+                 state_dir=state_dir, lock_wait=lock_wait) as client:
         result = client.boot(name, volume, host=host, memory_mib=memory, vcpus=vcpus,
                              virt_type=virt_type, direct_boot=direct)
     _emit(result.to_dict(), fmt, columns)
@@ -396,10 +426,10 @@ def _progress_printer(kind: str):
               help="Progress on stderr: a bar (auto: on a terminal), JSON lines, or none.")
 @click.option("--dry-run", is_flag=True,
               help="Print the plan and the domain XML change; touch nothing.")
-@common(transport=False)
+@common(transport=False, journal=True)
 def migrate(domain, destination, auto_converge, postcopy, max_downtime, bandwidth,
             completion_timeout, on_timeout, copy_local_disks, progress, dry_run, host, fmt,
-            columns, debug, api, os_cloud, os_service_cloud):
+            columns, debug, api, os_cloud, os_service_cloud, state_dir, lock_wait):
     """Live-migrate running DOMAIN from --host to --to over qemu+ssh.
 
     Every volume gets a connection for the destination first (attachments API: a new
@@ -417,7 +447,8 @@ def migrate(domain, destination, auto_converge, postcopy, max_downtime, bandwidt
         on_timeout=on_timeout, copy_local_disks=copy_local_disks)
     printer = _progress_printer(progress)
     with _client(api=api, os_cloud=os_cloud, progress=printer,
-                 os_service_cloud=os_service_cloud) as client:
+                 os_service_cloud=os_service_cloud, state_dir=state_dir,
+                 lock_wait=lock_wait) as client:
         if dry_run:
             out = attachflow.migration_preview(client.plan_migration(
                 domain, source=host, destination=destination, options=options))
@@ -476,9 +507,9 @@ _LIST_COLUMNS = ("domain", "volume_id", "device", "transport", "attachment_id",
 @click.option("--strict", is_flag=True,
               help="Fail (exit 2) when DOMAIN does not exist, instead of reporting that "
                    "there was nothing to do.")
-@common(transport=False)
+@common(transport=False, journal=True)
 def delete(domain, force, shutdown_timeout, strict, host, fmt, columns, debug, api,
-           os_cloud, os_service_cloud):
+           os_cloud, os_service_cloud, state_dir, lock_wait):
     """Stop and undefine DOMAIN, a guest attachflow booted, detaching its volumes first.
 
     The guest is asked to power off (ACPI) and forced off after --shutdown-timeout; then
@@ -486,10 +517,88 @@ def delete(domain, force, shutdown_timeout, strict, host, fmt, columns, debug, a
     volumes themselves are kept), and the domain is undefined. A volume that cannot be
     detached stops the delete before the domain is undefined: run it again to finish.
     """
-    with _client(api=api, os_cloud=os_cloud, os_service_cloud=os_service_cloud) as client:
+    with _client(api=api, os_cloud=os_cloud, os_service_cloud=os_service_cloud,
+                 state_dir=state_dir, lock_wait=lock_wait) as client:
         result = client.delete_guest(domain, host=host, force=force,
                                      shutdown_timeout=shutdown_timeout, strict=strict)
     _emit(result.to_dict(), fmt, columns)
+
+
+_OPERATION_COLUMNS = ("id", "kind", "state", "host", "destination", "domain", "volumes",
+                      "started", "step")
+
+
+@cli.command("operations")
+@click.option("--all", "show_all", is_flag=True,
+              help="Also the finished operations the journal keeps (30 days).")
+@common(storage=False, transport=False, journal=True, host=False)
+def operations_command(show_all, fmt, columns, debug, state_dir, lock_wait):
+    """List the operations in the journal: by default those not finished.
+
+    \b
+    state: running       a live attachflow process runs it now
+           interrupted   its process died mid-way: run 'attachflow recover ID'
+           incomplete    it ended with something left to do or undo: recover
+           needs-human   recover found something it must not decide (see outcome)
+           done, failed, recovered   finished (--all)
+    step is the last step it recorded. Exits 5 when an operation needs recover.
+    """
+    with _client(state_dir=state_dir, lock_wait=lock_wait) as client:
+        ops = client.operations(include_finished=show_all)
+        rows = [op.to_dict(client.shown_state(op)) for op in ops]
+    wide = fmt in ("json", "yaml")
+    if not wide:
+        for row in rows:
+            row["id"], row["volumes"] = row["id"][:8], " ".join(row["volumes"])
+            row["destination"] = row["destination"] or ""
+    _emit(rows, fmt, columns or (() if wide else _OPERATION_COLUMNS))
+    if any(row["state"] not in ("running", "done", "failed", "recovered") for row in rows):
+        sys.exit(errors.RecoveryNeeded.exit_code)
+
+
+@cli.command("recover")
+@click.argument("op_id", required=False, metavar="[OP_ID]")
+@click.option("--all", "recover_all", is_flag=True,
+              help="Every interrupted or incomplete operation.")
+@click.option("--dry-run", is_flag=True, help="Say what would be done; change nothing.")
+@click.option("--job-wait", type=_Number("timeout"), default=600.0, show_default=True,
+              metavar="SECONDS",
+              help="How long to let a live migration job that is still running finish "
+                   "before aborting it.")
+@common(transport=False, journal=True, host=False)
+def recover_command(op_id, recover_all, dry_run, job_wait, fmt, columns, debug, api,
+                    os_cloud, os_service_cloud, state_dir, lock_wait):
+    """Finish or undo operations that were interrupted (OP_ID, or --all).
+
+    For each, recover reads the real state -- the volume and its attachments in Cinder,
+    the domain's XML on each host involved and where the guest runs, the host's
+    connection, a migration job still running -- and rolls the operation forward when
+    it had passed its point of no return (the guest has the disk, has let it go, runs,
+    or runs on the destination), back otherwise. Safe to run twice, or at once with
+    another recover. Exits 0 when everything is settled, 5 when something needs a human
+    (named on stderr), 4 when an operation is still running.
+    """
+    if bool(op_id) == bool(recover_all):
+        raise click.UsageError("give one operation id, or --all")
+    echo = (lambda line: click.echo(line, err=True)) if not dry_run else None
+    with _client(api=api, os_cloud=os_cloud, os_service_cloud=os_service_cloud,
+                 state_dir=state_dir, lock_wait=lock_wait) as client:
+        results = client.recover(op_id, dry_run=dry_run, job_wait=job_wait, echo=echo)
+    if fmt == "table":
+        if not results:
+            click.echo("nothing to recover")
+        for res in results:
+            click.echo(("would: " if dry_run and not res.needs_human else "")
+                       + res.describe())
+    else:
+        _emit([r.to_dict() for r in results], fmt, columns)
+    human = [r for r in results if r.needs_human]
+    for res in human:
+        click.echo(f"attachflow: error: {res.describe()}", err=True)
+    if human:
+        sys.exit(errors.RecoveryNeeded.exit_code)
+    if any(r.decision == "skipped" and "running" in r.reason for r in results):
+        sys.exit(errors.Busy.exit_code)
 
 
 @cli.command("host-call", hidden=True)

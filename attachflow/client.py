@@ -3,7 +3,9 @@ settings as the command line, offering every operation with typed results.
 
 The client owns the connections it opens: the storage API session (made on first use,
 so ``connector`` needs no Cinder) and one ``ComputeHost`` per host name (libvirt and SSH
-connections), all closed by ``close()`` or at the end of a ``with`` block.
+connections), all closed by ``close()`` or at the end of a ``with`` block. Every attach,
+detach, boot and migration it runs is journaled and locked (``tracking``); ``recover``
+settles the ones that were interrupted.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Mapping
 
 from attachflow import domxml, errors, inventory, operations, redact
 from attachflow import migrate as _migrate
+from attachflow import recover as _recover
+from attachflow.journal import OperationEntry
 from attachflow.cinder_side import CinderStorage, StorageAPI
 from attachflow.compute_side import ComputeHost, open_host
 from attachflow.connectors import get_transport
@@ -20,6 +24,7 @@ from attachflow.connectors.base import Transport
 from attachflow.events import Listener
 from attachflow.hosts import LOCAL
 from attachflow.model import ConnectorProperties
+from attachflow.tracking import Tracker
 
 DEFAULT_TRANSPORT = "kernel"
 DEFAULT_API = "auto"
@@ -45,6 +50,10 @@ class Client:
     - ``progress``: a listener called with every ``attachflow.events.Event``.
     - ``storage`` / ``hosts``: an already made storage API and compute hosts by name,
       used instead of the settings (the client then does not close them).
+    - ``state_dir``: where the operations journal and the locks live
+      (``$ATTACHFLOW_STATE_DIR``, else ``/var/lib/attachflow``).
+    - ``lock_wait``: seconds an operation waits for another one on the same volume or
+      domain before it fails with ``Busy`` (``$ATTACHFLOW_LOCK_WAIT``, else 60).
     """
 
     def __init__(self, *, cloud: str | None = None, service_cloud: str | None = None,
@@ -52,12 +61,17 @@ class Client:
                  transport: str | None = None, api: str | None = None,
                  progress: Listener | None = None, storage: StorageAPI | None = None,
                  hosts: Mapping[str, ComputeHost] | None = None,
+                 state_dir: str | None = None, lock_wait: float | None = None,
                  env: Mapping[str, str] | None = None):
         redact.install()  # whatever the caller's logging shows, it shows no secret
         env = dict(os.environ if env is None else env)
         if hosts_file is not None:
             env["ATTACHFLOW_HOSTS"] = str(hosts_file)
+        if state_dir is not None:
+            env["ATTACHFLOW_STATE_DIR"] = str(state_dir)
         self._env = env
+        self._lock_wait = lock_wait
+        self._tracker: Tracker | None = None
         self.cloud = cloud
         self.service_cloud = service_cloud
         self.transport = _choice("transport", transport or env.get("ATTACHFLOW_TRANSPORT")
@@ -77,6 +91,13 @@ class Client:
                                                   service_cloud=self.service_cloud)
         return self._storage
 
+    @property
+    def tracker(self) -> Tracker:
+        """The journal and locks every operation of this client runs under."""
+        if self._tracker is None:
+            self._tracker = Tracker.from_env(self._env, self._lock_wait)
+        return self._tracker
+
     def host(self, name: str = LOCAL) -> ComputeHost:
         """The compute host ``name`` (``local``, or a name from the hosts file)."""
         if name in self._given_hosts:
@@ -90,6 +111,8 @@ class Client:
         opened, self._opened = self._opened, {}
         for host in opened.values():
             host.close()
+        if self._tracker is not None:
+            self._tracker.journal.close()
 
     def __enter__(self) -> Client:
         return self
@@ -127,7 +150,8 @@ class Client:
         return operations.attach(self.storage, compute,
                                  self._transport(transport, multipath), volume, domain,
                                  api=self._api(api), device=device,
-                                 detach_timeout=detach_timeout, progress=self.progress)
+                                 detach_timeout=detach_timeout, progress=self.progress,
+                                 tracker=self.tracker)
 
     def detach(self, volume: str, domain: str, *, host: str = LOCAL,
                transport: str | None = None, api: str | None = None,
@@ -140,7 +164,8 @@ class Client:
         compute = self.host(host)
         return operations.detach(self.storage, compute, volume, domain,
                                  api=self._api(api), transport_name=chosen,
-                                 timeout=timeout, strict=strict, progress=self.progress)
+                                 timeout=timeout, strict=strict, progress=self.progress,
+                                 tracker=self.tracker)
 
     def boot(self, name: str, volume: str, *, host: str = LOCAL, memory_mib: int = 128,
              vcpus: int = 1, virt_type: str = "kvm",
@@ -152,7 +177,7 @@ class Client:
         return operations.boot(self.storage, compute, self._transport(transport),
                                name, volume, api=self._api(api), memory_mib=memory_mib,
                                vcpus=vcpus, virt_type=virt_type, direct_boot=direct_boot,
-                               progress=self.progress)
+                               progress=self.progress, tracker=self.tracker)
 
     def start_guest(self, name: str, *, host: str = LOCAL) -> bool:
         """Start the defined guest ``name``; False when it was running already."""
@@ -180,7 +205,7 @@ class Client:
         compute = self.host(host)
         return operations.delete_guest(self.storage, compute, name, force=force,
                                        shutdown_timeout=shutdown_timeout, strict=strict,
-                                       progress=self.progress)
+                                       progress=self.progress, tracker=self.tracker)
 
     def plan_migration(self, domain: str, *, source: str, destination: str,
                        options: _migrate.MigrationOptions | None = None,
@@ -197,9 +222,34 @@ class Client:
         """Live-migrate ``domain`` from ``source`` to ``destination`` with every volume
         reconnected there; rolled back while the guest still runs on the source, finished
         once it runs on the destination (``left_behind`` names anything not cleaned up)."""
-        plan = self.plan_migration(domain, source=source, destination=destination,
-                                   options=options, api=api)
-        return _migrate.migrate(self.storage, plan, progress=self.progress)
+        src, dst = self.host(source), self.host(destination)
+        return _migrate.run(self.storage, src, dst, domain, api=self._api(api),
+                            options=options, progress=self.progress, tracker=self.tracker)
+
+    # -- the journal -----------------------------------------------------------------------
+    def operations(self, *, include_finished: bool = False) -> list[OperationEntry]:
+        """Operations in the journal: unfinished ones (running, interrupted, incomplete,
+        needing a human), or all that are kept. ``shown_state(op)`` says which."""
+        return self.tracker.journal.operations(unfinished_only=not include_finished)
+
+    def shown_state(self, op: OperationEntry) -> str:
+        """``op``'s state as a user reads it: "interrupted" for a running entry whose
+        process is gone."""
+        return self.tracker.shown_state(op)
+
+    def recover(self, op_id: str | None = None, *, dry_run: bool = False,
+                job_wait: float = _recover.DEFAULT_JOB_WAIT,
+                echo=None) -> list[_recover.Recovery]:
+        """Settle operation ``op_id`` (an id or its first characters), or every
+        interrupted or incomplete one: forward past its point of no return, back before
+        it, from the real state. ``dry_run``: decide and say, change nothing."""
+        recoverer = _recover.Recoverer(self.tracker, lambda: self.storage, self.host,
+                                       job_wait=job_wait, echo=echo)
+        if op_id is not None:
+            ops = [self.tracker.journal.find(op_id)]
+        else:
+            ops = recoverer.pending()
+        return [recoverer.recover(op, dry_run=dry_run) for op in ops]
 
 
 def migration_preview(plan: _migrate.Plan) -> dict:

@@ -25,6 +25,12 @@ the tree to one-line messages and exit codes (``exit_code``)::
     ├── OperationFailed                  a step of a multi-step operation failed; the steps
     │                                    already done were undone (``undo_failures`` lists
     │                                    what could not be)
+    ├── JournalError                     the operations journal cannot be opened or written
+    ├── Busy                             exit 4: another operation holds the volume or
+    │                                    domain (after waiting for it)
+    ├── RecoveryNeeded                   exit 5: an earlier operation on the volume or
+    │                                    domain was interrupted (``attachflow recover``), or
+    │                                    recover found something only a human can settle
     └── lab.LabError                     the local lab could not be brought up, inspected or
                                          torn down
 
@@ -149,3 +155,15 @@ class OperationFailed(AttachflowError):
         if isinstance(self.cause, (InputError, AuthError)) and not self.undo_failures:
             return self.cause.exit_code
         return 1
+
+
+class JournalError(AttachflowError):
+    pass
+
+
+class Busy(AttachflowError):
+    exit_code = 4
+
+
+class RecoveryNeeded(AttachflowError):
+    exit_code = 5

@@ -37,7 +37,10 @@ from attachflow.events import Emitter, Listener, MigrationProgress
 from attachflow.migration_monitor import Monitor, completion_timeout
 from attachflow.model import ConnectorProperties
 from attachflow.record import VolumeRecord
+from attachflow.journal import INCOMPLETE, OperationLog
+from attachflow.operations import attachment_note
 from attachflow.steps import Problems, Transaction
+from attachflow.tracking import Scope, Tracker, tracked
 
 
 @dataclasses.dataclass
@@ -245,16 +248,55 @@ def dry_run(plan: Plan) -> dict[str, Any]:
             "xml_diff": diff}
 
 
-def migrate(storage: StorageAPI, plan: Plan,
-            progress: Listener | None = None) -> MigrationResult:
+def run(storage: StorageAPI, source: ComputeHost, destination: ComputeHost, domain: str,
+        api: str = "auto", options: MigrationOptions | None = None,
+        progress: Listener | None = None, tracker: Tracker | None = None
+        ) -> MigrationResult:
+    """Preflight and migrate, as one operation: with a ``tracker``, under the locks of the
+    domain and its volumes (none of them changes between the check and the move), and
+    journaled step by step."""
+    domain = validate.check_domain(domain)
+    volumes = _recorded_volumes(source, domain)
+    scope = Scope("migrate", source.name, domain, volumes, destination.name)
+    with tracked(tracker, scope, {}) as log:
+        plan = preflight(storage, source, destination, domain, api=api, options=options)
+        if not {v.volume_id for v in plan.volumes} <= set(volumes):
+            raise errors.PreflightError(f"the volumes of '{domain}' changed while the "
+                                        "migration waited for them; run it again")
+        return migrate(storage, plan, progress=progress, log=log)
+
+
+def _recorded_volumes(host: ComputeHost, domain: str) -> tuple[str, ...]:
+    """The volumes attachflow attached to ``domain``, as its records name them now."""
+    try:
+        return tuple(sorted(record.read(host.hypervisor.domain(domain))))
+    except errors.InputError:
+        return ()  # no such domain, or unreadable records: preflight says which
+
+
+def journal_context(plan: Plan) -> dict[str, Any]:
+    """What recovery needs of a migration: the guest's UUID, each volume's source record
+    and the destination's connectors (nothing secret)."""
+    return {"instance_id": plan.uuid,
+            "volumes": [{"volume_id": v.volume_id, "api": v.flow.api,
+                         "transport": v.transport.name, "record": v.record.to_json()}
+                        for v in plan.volumes],
+            "connectors": {name: props.to_dict() for name, props in plan.connectors.items()}}
+
+
+def migrate(storage: StorageAPI, plan: Plan, progress: Listener | None = None,
+            log: OperationLog | None = None) -> MigrationResult:
     """Move the guest: connect the destination, run the watched job, settle (roll back
     while the guest still runs on the source, forward once it runs on the destination),
-    and finish every volume."""
+    and finish every volume. ``log``: the operation's journal."""
     start = time.monotonic()
     emit = Emitter(progress)
     tx = Transaction(f"migrate {plan.domain} from {plan.source.name} to "
-                     f"{plan.destination.name}", emit)
+                     f"{plan.destination.name}", emit, log)
+    tx.remember(**journal_context(plan))
     atts, request = _connect_destination(tx, plan)
+    if log is not None:
+        log.step_started("live migration")
     job = _run_watched_job(plan, request, lambda counters: emit(MigrationProgress(
         tx.operation, counters["elapsed"], counters["processed"], counters["remaining"],
         counters["total"])))
@@ -264,7 +306,11 @@ def migrate(storage: StorageAPI, plan: Plan,
         left.add("live migration", errors.HypervisorError(
             f"reported '{job.failure}', but the guest runs on {plan.destination.name}: "
             "finished the move instead of rolling back"))
-    left.extend(_finish_volumes(plan, atts))
+    if log is not None:
+        log.step_done("live migration", {"runs_on": plan.destination.name})
+    left.extend(_finish_volumes(plan, atts, log))
+    if log is not None and left:
+        log.finish(INCOMPLETE, "; ".join(left.lines()))
     return _result(plan, job, start, left)
 
 
@@ -288,7 +334,8 @@ def _connect_destination(tx: Transaction, plan: Plan
         att = tx.run(f"destination connection ({vol.flow.api}) {vol.volume_id}",
                      lambda vol=vol, connector=connector: vol.flow.connect_destination(
                          vol.source, connector),
-                     lambda att, vol=vol: vol.flow.undo_connect_destination(att))
+                     lambda att, vol=vol: vol.flow.undo_connect_destination(att),
+                     note=attachment_note)
         atts[vol.volume_id] = att
         tx.run(f"check transport {vol.volume_id}",
                lambda vol=vol, att=att: check_fits(vol.transport,
@@ -344,7 +391,8 @@ def _settle(tx: Transaction, plan: Plan, job: JobOutcome) -> None:
         tx.rollback("live migration", cause)
 
 
-def _finish_volumes(plan: Plan, atts: dict[str, StorageAttachment]) -> Problems:
+def _finish_volumes(plan: Plan, atts: dict[str, StorageAttachment],
+                    log: OperationLog | None = None) -> Problems:
     """Phase 4, roll forward: per volume, complete the destination attachment, disconnect
     the source and release its connection. Every step is tried; failures are collected."""
     src = plan.source
@@ -352,6 +400,8 @@ def _finish_volumes(plan: Plan, atts: dict[str, StorageAttachment]) -> Problems:
     def finish(vol: VolumePlan) -> Problems:
         att = atts[vol.volume_id]
         problems = Problems()
+        if log is not None:
+            log.step_started(f"finish {vol.volume_id}")
         for what, step in (
                 (f"complete destination attachment of {vol.volume_id}",
                  lambda: vol.flow.finish_destination(att)),
@@ -364,6 +414,8 @@ def _finish_volumes(plan: Plan, atts: dict[str, StorageAttachment]) -> Problems:
                 step()
             except errors.AttachflowError as exc:
                 problems.add(what, exc)
+        if log is not None and not problems:
+            log.step_done(f"finish {vol.volume_id}", undoable=False)
         return problems
 
     out = Problems()

@@ -266,6 +266,16 @@ class VolumeAttachment:
 
 
 @dataclasses.dataclass(frozen=True)
+class AttachmentSummary:
+    """One attachment as the storage side's attachment list shows it, whatever its state
+    (reserved, attaching, attached, detaching, ...)."""
+
+    attachment_id: str
+    instance_id: str | None
+    status: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Volume:
     id: str
     name: str | None

@@ -11,7 +11,8 @@ import uuid as uuidlib
 from typing import Any
 
 from attachflow import domxml, errors, record, validate
-from attachflow.cinder_side import Flow, StorageAPI, flow_for_record, select_flow
+from attachflow.cinder_side import (Flow, StorageAPI, StorageAttachment, flow_for_record,
+                                    select_flow)
 from attachflow.compute_side import ComputeHost, DomainRef
 from attachflow.connectors import check_fits, get_transport
 from attachflow.connectors.base import Transport
@@ -19,6 +20,7 @@ from attachflow import events
 from attachflow.events import Emitter, Listener
 from attachflow.record import VolumeRecord
 from attachflow.steps import Transaction
+from attachflow.tracking import Scope, Tracker, tracked
 
 DEFAULT_DETACH_TIMEOUT = 60.0
 
@@ -52,10 +54,11 @@ class Result:
 def _connect_steps(tx: Transaction, flow: Flow, transport: Transport, host: ComputeHost,
                    volume_id: str, instance_id: str, device: str):
     """The first half of every attach: storage connect, transport check, host connect."""
-    connector = tx.run("connector properties", lambda: transport.connector_properties(host))
+    connector = tx.run("connector properties", lambda: transport.connector_properties(host),
+                       note=lambda props: props.to_dict())
     att = tx.run(f"storage connect ({flow.api})",
                  lambda: flow.connect(volume_id, instance_id, connector, f"/dev/{device}"),
-                 flow.undo_connect)
+                 flow.undo_connect, note=attachment_note)
     tx.run("check transport",
            lambda: check_fits(transport, att.connection.driver_volume_type, volume_id))
     source = tx.run(f"host connect ({transport.name})",
@@ -65,6 +68,14 @@ def _connect_steps(tx: Transaction, flow: Flow, transport: Transport, host: Comp
                            readonly=att.connection.access_mode == "ro",
                            discard=att.connection.discard)
     return att, spec
+
+
+def attachment_note(att: StorageAttachment) -> dict[str, Any]:
+    """What the journal keeps of a storage connection: ids, connector, the connection
+    without secrets."""
+    return {"attachment_id": att.attachment_id, "api": att.api,
+            "connector": dict(att.connector),
+            "connection": att.connection.without_secrets().to_record()}
 
 
 def _definitions(host: ComputeHost, ref: DomainRef
@@ -78,16 +89,27 @@ def _definitions(host: ComputeHost, ref: DomainRef
 def attach(storage: StorageAPI, host: ComputeHost, transport: Transport, volume_id: str,
            domain: str, api: str = "auto", device: str | None = None,
            detach_timeout: float = DEFAULT_DETACH_TIMEOUT,
-           progress: Listener | None = None) -> Result:
+           progress: Listener | None = None, tracker: Tracker | None = None) -> Result:
     """Attach ``volume_id`` to ``domain`` on ``host``; when it is attached there already,
-    as asked, return that attachment (``already``) without changing anything."""
-    start = time.monotonic()
-    hv = host.hypervisor
+    as asked, return that attachment (``already``) without changing anything. With a
+    ``tracker``, under the locks of the volume and the domain, journaled step by step."""
     volume_id, domain = validate.check_volume_id(volume_id), validate.check_domain(domain)
     if device is not None:
         validate.check_device(device)
     validate.check_number("the detach timeout", detach_timeout, "timeout")
     flow = select_flow(storage, api)
+    context = {"volume_id": volume_id, "api": flow.api, "transport": transport.name,
+               "multipath": bool(getattr(transport, "multipath", False)), "device": device}
+    with tracked(tracker, Scope("attach", host.name, domain, (volume_id,)), context) as log:
+        return _attach(storage, host, transport, flow, volume_id, domain, device,
+                       detach_timeout, progress, log)
+
+
+def _attach(storage: StorageAPI, host: ComputeHost, transport: Transport, flow: Flow,
+            volume_id: str, domain: str, device: str | None, detach_timeout: float,
+            progress: Listener | None, log) -> Result:
+    start = time.monotonic()
+    hv = host.hypervisor
     ref = hv.lookup(domain)
     live, config = _definitions(host, ref)
     definitions = [d for d in (live, config) if d is not None]
@@ -102,7 +124,8 @@ def attach(storage: StorageAPI, host: ComputeHost, transport: Transport, volume_
         device = domxml.next_free_device(definitions)
     records = record.read(live or config)
 
-    tx = Transaction(f"attach {volume_id} to {domain}", Emitter(progress))
+    tx = Transaction(f"attach {volume_id} to {domain}", Emitter(progress), log)
+    tx.remember(instance_id=ref.uuid)
     att, spec = _connect_steps(tx, flow, transport, host, volume_id, ref.uuid, device)
     disk = domxml.Disk.build(spec)
     tx.run("guest attach", lambda: hv.attach_device(domain, disk, live=ref.active,
@@ -163,13 +186,23 @@ def _find_by_serial(host: ComputeHost, ref: DomainRef, volume_id: str) -> domxml
 def detach(storage: StorageAPI, host: ComputeHost, volume_id: str, domain: str,
            api: str = "auto", transport_name: str | None = None,
            timeout: float = DEFAULT_DETACH_TIMEOUT, strict: bool = False,
-           progress: Listener | None = None) -> Result:
+           progress: Listener | None = None, tracker: Tracker | None = None) -> Result:
     """Detach ``volume_id`` from ``domain`` on ``host``. A volume that is not attached to
     the domain (and that Cinder does not list as attached to it) is a success with
-    ``already`` set, or ``NotAttached`` when ``strict``."""
-    start = time.monotonic()
+    ``already`` set, or ``NotAttached`` when ``strict``. With a ``tracker``, under the
+    locks of the volume and the domain, journaled step by step."""
     volume_id, domain = validate.check_volume_id(volume_id), validate.check_domain(domain)
     validate.check_number("the detach timeout", timeout, "timeout")
+    with tracked(tracker, Scope("detach", host.name, domain, (volume_id,)),
+                 {"volume_id": volume_id}) as log:
+        return _detach(storage, host, volume_id, domain, api, transport_name, timeout,
+                       strict, progress, log)
+
+
+def _detach(storage: StorageAPI, host: ComputeHost, volume_id: str, domain: str,
+            api: str, transport_name: str | None, timeout: float, strict: bool,
+            progress: Listener | None, log) -> Result:
+    start = time.monotonic()
     hv = host.hypervisor
     ref = hv.lookup(domain)
     live, config = _definitions(host, ref)
@@ -191,18 +224,25 @@ def detach(storage: StorageAPI, host: ComputeHost, volume_id: str, domain: str,
     transport = get_transport(name, multipath=rec.multipath if rec is not None else False)
     flow = flow_for_record(storage, rec, api)
 
-    tx = Transaction(f"detach {volume_id} from {domain}", Emitter(progress))
+    tx = Transaction(f"detach {volume_id} from {domain}", Emitter(progress), log)
+    tx.remember(instance_id=ref.uuid, api=flow.api, transport=transport.name,
+                multipath=transport.name == "kernel" and bool(getattr(transport, "multipath",
+                                                                      False)),
+                record=rec.to_json() if rec is not None else None)
     att = tx.run(f"storage begin detach ({flow.api})",
                  lambda: flow.begin_detach(volume_id, ref.uuid, rec),
-                 flow.undo_begin_detach)
+                 flow.undo_begin_detach, note=attachment_note)
     if not att.connector:
         # attached by another tool: the connection is this host's, and Cinder needs its
         # connector to hand out the connection info and to end the connection
         att.connector = tx.run("connector properties",
-                               lambda: transport.connector_properties(host)).to_dict()
+                               lambda: transport.connector_properties(host),
+                               note=lambda props: props.to_dict()).to_dict()
     if att.connection.driver_volume_type == "unknown" and transport.name == "kernel":
         # attached by another tool: ask the storage side where the volume lives
-        att.connection = tx.run("storage connection info", lambda: flow.fresh_connection(att))
+        att.connection = tx.run("storage connection info", lambda: flow.fresh_connection(att),
+                                note=lambda conn: {"connection":
+                                                   conn.without_secrets().to_record()})
     # Persistent first, then live (the guest may refuse): two steps, so that a guest
     # that keeps the disk gets its persistent definition back too.
     if config_disk is not None:
@@ -269,24 +309,38 @@ def boot(storage: StorageAPI, host: ComputeHost, transport: Transport, name: str
          volume_id: str, api: str = "auto", memory_mib: int = 128, vcpus: int = 1,
          virt_type: str = "kvm", emulator: str | None = None,
          direct_boot: domxml.DirectBoot | None = None,
-         progress: Listener | None = None) -> Result:
-    start = time.monotonic()
-    hv = host.hypervisor
+         progress: Listener | None = None, tracker: Tracker | None = None) -> Result:
+    """Define and start ``name`` with ``volume_id`` as its root disk (vda). With a
+    ``tracker``, under the locks of the volume and the domain, journaled step by step."""
     name, volume_id = validate.check_new_domain(name), validate.check_volume_id(volume_id)
     validate.check_number("memory (MiB)", memory_mib, "memory")
     validate.check_number("vcpus", vcpus, "vcpus")
     if virt_type not in ("kvm", "qemu"):
         raise errors.InputError(f"virt type '{virt_type}' is not kvm or qemu")
     flow = select_flow(storage, api)
+    instance_id = str(uuidlib.uuid4())
+    context = {"volume_id": volume_id, "api": flow.api, "transport": transport.name,
+               "multipath": bool(getattr(transport, "multipath", False)),
+               "instance_id": instance_id}
+    with tracked(tracker, Scope("boot", host.name, name, (volume_id,)), context) as log:
+        return _boot(storage, host, transport, flow, name, volume_id, instance_id,
+                     memory_mib, vcpus, virt_type, emulator, direct_boot, progress, log)
+
+
+def _boot(storage: StorageAPI, host: ComputeHost, transport: Transport, flow: Flow,
+          name: str, volume_id: str, instance_id: str, memory_mib: int, vcpus: int,
+          virt_type: str, emulator: str | None, direct_boot: domxml.DirectBoot | None,
+          progress: Listener | None, log) -> Result:
+    start = time.monotonic()
+    hv = host.hypervisor
     try:
         existing = hv.lookup(name)
     except errors.DomainNotFound:
         pass
     else:
         return _booted_already(storage, host, transport, existing, volume_id, start)
-    instance_id = str(uuidlib.uuid4())
 
-    tx = Transaction(f"boot {name} from {volume_id}", Emitter(progress))
+    tx = Transaction(f"boot {name} from {volume_id}", Emitter(progress), log)
     att, spec = _connect_steps(tx, flow, transport, host, volume_id, instance_id, "vda")
     rec = VolumeRecord.for_attachment(att, transport.name, host.cfg.connector_host, "vda")
     definition = domxml.build_domain(name, instance_id, memory_mib, vcpus, virt_type,
@@ -345,7 +399,8 @@ class DeleteResult:
 
 def delete_guest(storage: StorageAPI, host: ComputeHost, name: str, force: bool = False,
                  shutdown_timeout: float = 60.0, strict: bool = False,
-                 progress: Listener | None = None) -> DeleteResult:
+                 progress: Listener | None = None, tracker: Tracker | None = None
+                 ) -> DeleteResult:
     """Stop the guest ``name`` (ACPI, then off after ``shutdown_timeout``), detach and
     release each of its volumes, then undefine it. Only a guest attachflow booted (its
     vda is a recorded volume) unless ``force``. A volume that cannot be detached stops
@@ -381,7 +436,7 @@ def delete_guest(storage: StorageAPI, host: ComputeHost, name: str, force: bool 
     # The root volume last: until it goes, the guest is still recognisably attachflow's,
     # so a delete stopped by a failure can be run again without --force.
     for volume_id in sorted(records, key=lambda v: (records[v].device == "vda", v)):
-        detach(storage, host, volume_id, name, progress=progress)
+        detach(storage, host, volume_id, name, progress=progress, tracker=tracker)
         detached.append(volume_id)
     hv.undefine(name)
     emit(events.StepDone(operation, "undefine guest"))

@@ -5,6 +5,10 @@ step fails, the undos run in reverse order; an undo that fails does not stop the
 (errors are collected, as os-brick's ExceptionChainer does) and is named in the
 ``OperationFailed`` that is raised, so the operator knows exactly what is left.
 
+With an ``OperationLog`` (see ``journal``), each step is written to the journal before it
+runs and again when it succeeds (with what ``note`` says of its result: the ids recovery
+will need), is undone, or fails to be undone.
+
 ``Problems`` is that collection: ``(what, error)`` pairs in the order they happened,
 rendered as one ``"what: error"`` line each. Steps that must all be attempted whatever
 happens (undoing, or finishing a move that cannot be undone) report through it.
@@ -13,10 +17,13 @@ happens (undoing, or finishing a move that cannot be undone) report through it.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from attachflow.errors import AttachflowError, OperationFailed
 from attachflow.events import Emitter, StepDone, StepStarted, StepUndone, UndoFailed
+
+if TYPE_CHECKING:
+    from attachflow.journal import OperationLog
 
 LOG = logging.getLogger("attachflow.steps")
 
@@ -53,14 +60,21 @@ class Problems:
 class Transaction:
     """Steps of one operation; ``emit`` receives each step's events (see ``events``)."""
 
-    def __init__(self, operation: str, emit: Emitter | None = None):
+    def __init__(self, operation: str, emit: Emitter | None = None,
+                 log: OperationLog | None = None):
         self.operation = operation
         self.emit = emit or Emitter()
+        self.log = log
         self._undo: list[tuple[str, Callable[[], Any]]] = []
         self.completed: list[str] = []
 
     def run(self, name: str, do: Callable[[], Any],
-            undo: Callable[[Any], Any] | None = None) -> Any:
+            undo: Callable[[Any], Any] | None = None,
+            note: Callable[[Any], Mapping[str, Any]] | None = None) -> Any:
+        """Run step ``name``; ``undo(result)`` takes it back; ``note(result)`` is what the
+        journal keeps of it (nothing secret)."""
+        if self.log is not None:
+            self.log.step_started(name)
         self.emit(StepStarted(self.operation, name))
         try:
             result = do()
@@ -70,8 +84,16 @@ class Transaction:
         self.completed.append(name)
         if undo is not None:
             self._undo.append((name, lambda: undo(result)))
+        if self.log is not None:
+            self.log.step_done(name, note(result) if note is not None else None,
+                               undoable=undo is not None)
         self.emit(StepDone(self.operation, name))
         return result
+
+    def remember(self, **values: Any) -> None:
+        """Keep ``values`` in the journal's context of this operation, for recovery."""
+        if self.log is not None:
+            self.log.add_context(**values)
 
     def rollback(self, failed_step: str, cause: BaseException) -> None:
         if isinstance(cause, KeyboardInterrupt):
@@ -84,8 +106,12 @@ class Transaction:
                 undo()
             except Exception as exc:  # collect, keep undoing the rest
                 failures.add(name, exc)
+                if self.log is not None:
+                    self.log.undo_failed(name, str(exc))
                 self.emit(UndoFailed(self.operation, name, str(exc)))
             else:
+                if self.log is not None:
+                    self.log.step_undone(name)
                 self.emit(StepUndone(self.operation, name))
         self._undo.clear()
         raise OperationFailed(self.operation, failed_step, cause, failures.pairs()) \

@@ -41,8 +41,8 @@ from attachflow.brick import HostConnector
 from attachflow.cinder_side import StorageAPI
 from attachflow.compute_side import ComputeHost, DomainRef, Hypervisor
 from attachflow.hosts import HostConfig
-from attachflow.model import (ConnectionInfo, NewAttachment, Portal, Secret, Volume,
-                              VolumeAttachment)
+from attachflow.model import (AttachmentSummary, ConnectionInfo, NewAttachment, Portal,
+                              Secret, Volume, VolumeAttachment)
 from attachflow.remote import Runner
 
 
@@ -273,6 +273,11 @@ class FakeCinder(_Faults, StorageAPI):
         raw = dict(self._conn(vol, att.connector or {}), access_mode=att.mode,
                    driver_volume_type=vol.driver_volume_type, attachment_id=att.id)
         return ConnectionInfo.from_cinder(raw, vol.id)
+
+    def attachments_of(self, volume_id):
+        self._enter("attachments_of")
+        return [AttachmentSummary(a.id, a.instance_id, a.status)
+                for a in self._vol(volume_id).attachments.values()]
 
     def attachment_complete(self, attachment_id):
         self._enter("attachment_complete")

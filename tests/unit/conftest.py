@@ -25,3 +25,10 @@ def cinder():
 @pytest.fixture
 def host(cinder):
     return fake_host("hosta", target=cinder)
+
+
+@pytest.fixture(autouse=True)
+def _state_dir(tmp_path, monkeypatch):
+    """Each test's own journal and locks: a client or command made without a state
+    directory uses ATTACHFLOW_STATE_DIR, as on a host."""
+    monkeypatch.setenv("ATTACHFLOW_STATE_DIR", str(tmp_path / "state"))

@@ -1278,7 +1278,8 @@ def cli_on(api, monkeypatch, env):
     host = fake_host("hosta", target=FakeCinder())
     host.hypervisor.add_domain("vm1")
 
-    def client(transport=None, api=None, os_cloud=None, progress=None, os_service_cloud=None):
+    def client(transport=None, api=None, os_cloud=None, progress=None, os_service_cloud=None,
+               state_dir=None, lock_wait=None):
         return Client(transport=transport, api=api, progress=progress, env=env,
                       hosts={"local": host, "hosta": host})
 

@@ -15,7 +15,8 @@ def world(monkeypatch):
     cinder = FakeCinder()
     host = fake_host("hosta", target=cinder)
 
-    def client(transport=None, api=None, os_cloud=None, progress=None, os_service_cloud=None):
+    def client(transport=None, api=None, os_cloud=None, progress=None, os_service_cloud=None,
+               state_dir=None, lock_wait=None):
         # the CLI's own client, on the twins
         return Client(transport=transport, api=api, progress=progress, storage=cinder,
                       hosts={"local": host, "hosta": host})
@@ -133,7 +134,8 @@ def test_migrate_on_timeout_postcopy_starts_the_migration_with_the_post_copy_fla
     hosts = {name: fake_host(name, cinder, address, network)
              for name, address in (("hosta", "198.18.0.11"), ("hostb", "198.18.0.12"))}
     monkeypatch.setattr(cli, "_client", lambda transport=None, api=None, os_cloud=None,
-                        progress=None, os_service_cloud=None: Client(transport=transport, api=api, storage=cinder,
+                        progress=None, os_service_cloud=None, state_dir=None,
+                        lock_wait=None: Client(transport=transport, api=api, storage=cinder,
                                               progress=progress, hosts=hosts))
     result = run("boot", "vm", "--volume", cinder.create_volume(), "--transport", "native",
                  "--host", "hosta")

@@ -16,7 +16,8 @@ from test_flows import snapshot
 @pytest.fixture
 def run(cinder, host, monkeypatch):
     monkeypatch.setattr(cli, "_client", lambda transport=None, api=None, os_cloud=None,
-                        progress=None, os_service_cloud=None: Client(transport=transport or "native", api=api,
+                        progress=None, os_service_cloud=None, state_dir=None,
+                        lock_wait=None: Client(transport=transport or "native", api=api,
                                               storage=cinder, progress=progress,
                                               hosts={"local": host, "hosta": host}))
     return lambda *args: CliRunner().invoke(cli.cli, [*args, "--host", "hosta"])

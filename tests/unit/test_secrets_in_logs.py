@@ -75,7 +75,8 @@ def test_a_library_caller_logging_everything_at_debug_sees_no_secret(twins, capl
 def test_the_command_line_debug_trace_shows_no_secret(twins, monkeypatch):
     cinder, hosts = twins
     monkeypatch.setattr(cli, "_client", lambda transport=None, api=None, os_cloud=None,
-                        progress=None, os_service_cloud=None: attachflow.Client(transport=transport, api=api,
+                        progress=None, os_service_cloud=None, state_dir=None,
+                        lock_wait=None: attachflow.Client(transport=transport, api=api,
                                                          storage=cinder, hosts=hosts,
                                                          progress=progress))
     runner = CliRunner()

@@ -123,7 +123,8 @@ def twins(monkeypatch):
     cinder = FakeCinder()
     host = fake_host("hosta", target=cinder)
     monkeypatch.setattr(cli, "_client", lambda transport=None, api=None, os_cloud=None,
-                        progress=None, os_service_cloud=None: Client(transport=transport or "native", api=api,
+                        progress=None, os_service_cloud=None, state_dir=None,
+                        lock_wait=None: Client(transport=transport or "native", api=api,
                                               storage=cinder, progress=progress,
                                               hosts={"local": host, "hosta": host}))
     return cinder, host

@@ -1,0 +1,456 @@
+"""Settling an operation that was interrupted, or that failed leaving something behind.
+
+Recovery does not replay the journal: it reads what is real now -- the volume and its
+attachments in Cinder, the domain's live and persistent XML on each host involved and
+where the guest runs, a migration job still running -- and uses the journal only for
+what the real state cannot say (which attachment the operation made, the connector it
+sent, the connection it made on a host). Then, per operation, it decides:
+
+- **forward**, when the operation had passed its point of no return: the guest has the
+  disk (attach), the guest has let the disk go (detach), the guest runs (boot), the guest
+  runs on the destination (migrate). What the operation had left to do is done.
+- **back**, otherwise: what it had done is undone, newest first.
+- **human**, when the real state fits neither (the guest runs nowhere, or a domain of
+  that name is another guest now): nothing is touched and the message says what to
+  look at.
+
+Every action checks before it acts, so recovering twice, or recovering an operation
+another recover has settled, changes nothing. An action that fails stops that
+operation's recovery (later actions depend on earlier ones: an attachment is never
+released while a host may still be logged in to it); the operation is then left
+"needs-human" with the failure named, and running recover again retries.
+
+The side effects are the operations' own: Cinder calls, libvirt calls, host
+disconnects, all through ``cinder_side``, ``compute_side`` and the transports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Mapping
+
+from attachflow import domxml, errors, record
+from attachflow.cinder_side import LegacyFlow, StorageAPI, StorageAttachment
+from attachflow.compute_side import ComputeHost, DomainRef
+from attachflow.connectors import get_transport
+from attachflow.journal import NEEDS_HUMAN, RECOVERED, Journal, OperationEntry, settle
+from attachflow.model import ConnectionInfo
+from attachflow.record import VolumeRecord
+from attachflow.tracking import Tracker
+
+FORWARD, BACK, NOTHING, HUMAN, SKIPPED = "forward", "back", "nothing", "human", "skipped"
+
+# How long recover waits for a live migration job that is still running on the source
+# (the process that started it was killed, libvirtd carries on) before aborting it.
+DEFAULT_JOB_WAIT = 600.0
+
+
+@dataclasses.dataclass
+class Action:
+    what: str
+    do: Callable[[], Any]
+
+
+@dataclasses.dataclass
+class Recovery:
+    """What recover decided and did for one operation."""
+
+    op_id: str
+    kind: str
+    domain: str
+    decision: str                   # forward, back, nothing, human, skipped
+    reason: str
+    done: list[str] = dataclasses.field(default_factory=list)
+    planned: list[str] = dataclasses.field(default_factory=list)
+    problem: str | None = None      # what a human must look at
+    dry_run: bool = False
+
+    @property
+    def needs_human(self) -> bool:
+        return self.problem is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def describe(self) -> str:
+        head = f"{self.kind} {self.op_id[:8]} ({self.domain}): "
+        if self.decision == SKIPPED:
+            return head + self.reason
+        if self.problem:
+            did = f" after: {'; '.join(self.done)}" if self.done else ""
+            return head + f"NEEDS A HUMAN: {self.problem}{did}"
+        verb = {FORWARD: "roll forward", BACK: "roll back", NOTHING: "nothing to do"}[
+            self.decision] if self.dry_run else {
+            FORWARD: "rolled forward", BACK: "rolled back", NOTHING: "nothing to do"}[
+            self.decision]
+        steps = self.done or self.planned
+        return head + f"{verb} ({self.reason})" + (f": {'; '.join(steps)}" if steps else "")
+
+
+class Recoverer:
+    """Recovers operations from one journal with one storage API and the hosts by name."""
+
+    def __init__(self, tracker: Tracker, storage: Callable[[], StorageAPI],
+                 host: Callable[[str], ComputeHost], job_wait: float = DEFAULT_JOB_WAIT,
+                 echo: Callable[[str], None] | None = None):
+        self.tracker = tracker
+        self._storage = storage
+        self.host = host
+        self.job_wait = job_wait
+        self.echo = echo or (lambda _line: None)
+
+    @property
+    def journal(self) -> Journal:
+        return self.tracker.journal
+
+    @property
+    def storage(self) -> StorageAPI:
+        return self._storage()
+
+    def pending(self) -> list[OperationEntry]:
+        """The operations recover --all takes: unfinished, and not running now."""
+        return [op for op in self.journal.operations()
+                if not self.tracker.locks.held(op.id)]
+
+    def recover(self, op: OperationEntry, dry_run: bool = False) -> Recovery:
+        with self.tracker.settling(op) as now:
+            if now is None:
+                latest = self.journal.get(op.id)
+                why = "still running (pid %d on %s)" % (op.pid, op.machine) \
+                    if latest is not None and latest.unfinished else \
+                    f"settled already ({latest.state if latest else 'gone'})"
+                return Recovery(op.id, op.kind, op.domain, SKIPPED, why)
+            result = self._settle(now, dry_run)
+            if not dry_run:
+                if result.problem:
+                    settle(self.journal, op.id, NEEDS_HUMAN, result.problem)
+                else:
+                    settle(self.journal, op.id, RECOVERED, result.describe())
+            return result
+
+    def _settle(self, op: OperationEntry, dry_run: bool) -> Recovery:
+        plan = {"attach": self._attach, "boot": self._boot, "detach": self._detach,
+                "migrate": self._migrate}[op.kind]
+        try:
+            decision, reason, actions = plan(op)
+        except errors.AttachflowError as exc:
+            return Recovery(op.id, op.kind, op.domain, HUMAN, "", problem=
+                            f"could not read the real state: {exc}")
+        result = Recovery(op.id, op.kind, op.domain, decision, reason,
+                          planned=[a.what for a in actions], dry_run=dry_run)
+        if decision == HUMAN:
+            result.problem = reason
+            return result
+        if dry_run:
+            return result
+        for action in actions:
+            self.echo(f"{op.kind} {op.id[:8]}: {action.what}")
+            try:
+                action.do()
+            except errors.AttachflowError as exc:
+                result.problem = f"{action.what}: {exc}"
+                return result
+            result.done.append(action.what)
+        return result
+
+    # -- what is real ------------------------------------------------------------------------
+    @staticmethod
+    def _ours(host: ComputeHost, name: str, instance_id: str | None) -> DomainRef | None:
+        """The domain ``name`` on ``host`` if it is the operation's guest (same UUID)."""
+        try:
+            ref = host.hypervisor.lookup(name)
+        except errors.DomainNotFound:
+            return None
+        return ref if instance_id is None or ref.uuid == instance_id else None
+
+    @staticmethod
+    def _definitions(host: ComputeHost, ref: DomainRef
+                     ) -> tuple[domxml.Domain | None, domxml.Domain | None]:
+        hv = host.hypervisor
+        return (hv.domain(ref.name) if ref.active else None,
+                hv.domain(ref.name, inactive=True) if ref.persistent else None)
+
+    def _attachments(self, volume_id: str, instance_id: str) -> list[Any]:
+        return [a for a in self.storage.attachments_of(volume_id)
+                if a.instance_id == instance_id]
+
+    @staticmethod
+    def _connection(data: Mapping[str, Any] | None, volume_id: str) -> ConnectionInfo | None:
+        return ConnectionInfo.from_record(dict(data), volume_id) if data else None
+
+    # -- storage actions, each checking first ------------------------------------------------
+    def _release_new(self, api: str, volume_id: str, instance_id: str,
+                     connector: Mapping[str, Any] | None, keep: str | None = None) -> None:
+        """Take back a connection made for ``instance_id`` that never reached the guest:
+        its attachments (all but ``keep``), or (legacy) the reservation and export."""
+        storage = self.storage
+        if api == "attachments":
+            for att in self._attachments(volume_id, instance_id):
+                if att.attachment_id != keep:
+                    storage.attachment_delete(att.attachment_id)
+            return
+        volume = storage.get_volume(volume_id)
+        if volume.status not in ("attaching", "reserved"):
+            return
+        if connector:
+            # As the legacy flow's own undo: attach and detach again, which is what
+            # removes the export; unreserve alone would leave it.
+            att = StorageAttachment(volume_id, instance_id, "legacy", None,
+                                    ConnectionInfo("iscsi", volume_id), dict(connector))
+            LegacyFlow(storage).undo_connect(att)
+        else:
+            storage.unreserve(volume_id)
+
+    def _complete(self, api: str, volume_id: str, instance_id: str, device: str,
+                  connector_host: str, attachment_id: str | None) -> None:
+        storage = self.storage
+        if api == "attachments":
+            for att in self._attachments(volume_id, instance_id):
+                if att.status != "attached" and (attachment_id in (None, att.attachment_id)):
+                    storage.attachment_complete(att.attachment_id)
+            return
+        if storage.get_volume(volume_id).attachment_for(instance_id) is None:
+            storage.attach(volume_id, instance_id, f"/dev/{device}", connector_host)
+
+    # -- attach and boot ---------------------------------------------------------------------
+    def _connection_steps(self, op: OperationEntry) -> tuple[str, dict, dict | None]:
+        """(api, connector, note of the storage connect step) of an attach or boot."""
+        ctx = op.context
+        api = ctx["api"]
+        connector = dict(op.step_data("connector properties") or {})
+        note = op.step_data(f"storage connect ({api})")
+        return api, connector, dict(note) if note else None
+
+    def _undo_connect(self, op: OperationEntry, host: ComputeHost) -> list[Action]:
+        """Host disconnect, then the storage side, for a connection that never reached a
+        running guest."""
+        ctx = op.context
+        volume_id, instance_id = ctx["volume_id"], ctx["instance_id"]
+        api, connector, note = self._connection_steps(op)
+        transport = get_transport(ctx["transport"], multipath=bool(ctx.get("multipath")))
+        actions = []
+        conn = self._connection((note or {}).get("connection"), volume_id)
+        if conn is not None and op.step_state(f"host connect ({transport.name})"):
+            actions.append(Action(
+                f"disconnect {volume_id} on {host.name} ({transport.name})",
+                lambda: transport.disconnect(host, conn, None, instance_id)))
+        if op.step_state(f"storage connect ({api})"):
+            actions.append(Action(
+                f"release the new connection of {volume_id} in Cinder ({api})",
+                lambda: self._release_new(api, volume_id, instance_id,
+                                          (note or {}).get("connector") or connector)))
+        return actions
+
+    def _attach(self, op: OperationEntry):
+        ctx = op.context
+        volume_id, instance_id = ctx["volume_id"], ctx.get("instance_id")
+        if instance_id is None or not op.steps:
+            return NOTHING, "it stopped before its first step", []
+        host = self.host(op.host)
+        ref = self._ours(host, op.domain, instance_id)
+        live, config = self._definitions(host, ref) if ref else (None, None)
+        disk = next((d.disk(volume_id) for d in (live, config)
+                     if d is not None and d.disk(volume_id) is not None), None)
+        if disk is None:
+            return BACK, "the guest does not have the disk", self._undo_connect(op, host)
+        api, connector, note = self._connection_steps(op)
+        actions = []
+        records = record.read(live or config)
+        if volume_id not in records and note:
+            att = StorageAttachment(volume_id, instance_id, api, note.get("attachment_id"),
+                                    self._connection(note.get("connection"), volume_id)
+                                    or ConnectionInfo("unknown", volume_id),
+                                    dict(note.get("connector") or connector))
+            rec = VolumeRecord.for_attachment(att, ctx["transport"],
+                                              host.cfg.connector_host, disk.target_dev)
+            new = {**records, volume_id: rec}
+            actions.append(Action(f"record {volume_id} in {op.domain}'s metadata",
+                                  lambda: record.save(host.hypervisor, ref, new)))
+        actions.append(Action(
+            f"complete the attachment of {volume_id} in Cinder ({api})",
+            lambda: self._complete(api, volume_id, instance_id, disk.target_dev,
+                                   host.cfg.connector_host,
+                                   (note or {}).get("attachment_id"))))
+        return FORWARD, f"the guest has the disk as {disk.target_dev}", actions
+
+    def _boot(self, op: OperationEntry):
+        ctx = op.context
+        volume_id, instance_id = ctx["volume_id"], ctx["instance_id"]
+        if not op.steps:
+            return NOTHING, "it stopped before its first step", []
+        host = self.host(op.host)
+        ref = self._ours(host, op.domain, instance_id)
+        if ref is not None and ref.active:
+            api, _connector, note = self._connection_steps(op)
+            return FORWARD, "the guest runs", [Action(
+                f"complete the attachment of {volume_id} in Cinder ({api})",
+                lambda: self._complete(api, volume_id, instance_id, "vda",
+                                       host.cfg.connector_host,
+                                       (note or {}).get("attachment_id")))]
+        actions = []
+        if ref is not None:
+            actions.append(Action(f"undefine the guest {op.domain} on {host.name}",
+                                  lambda: host.hypervisor.undefine(op.domain)))
+        return BACK, "the guest never ran", actions + self._undo_connect(op, host)
+
+    # -- detach ----------------------------------------------------------------------------
+    def _detach(self, op: OperationEntry):
+        ctx = op.context
+        volume_id, instance_id = ctx["volume_id"], ctx["instance_id"]
+        api = ctx["api"]
+        if not op.steps:
+            return NOTHING, "it stopped before its first step", []
+        host = self.host(op.host)
+        hv = host.hypervisor
+        ref = self._ours(host, op.domain, instance_id)
+        live, config = self._definitions(host, ref) if ref else (None, None)
+        live_disk = live.disk(volume_id) if live is not None else None
+        config_disk = config.disk(volume_id) if config is not None else None
+        rec_data = ctx.get("record")
+        rec = VolumeRecord.from_json(volume_id, rec_data) if rec_data else None
+        storage = self.storage
+        guest_has_it = live_disk is not None if live is not None else config_disk is not None
+        if guest_has_it:
+            actions = []
+            if live_disk is not None and config is not None and config_disk is None:
+                actions.append(Action(
+                    f"give {volume_id} back to {op.domain}'s persistent definition",
+                    lambda: hv.attach_device(op.domain, live_disk.without_alias(),
+                                             live=False, config=True)))
+            if api == "legacy":
+                def roll_back():
+                    if storage.get_volume(volume_id).status == "detaching":
+                        storage.roll_detaching(volume_id)
+                actions.append(Action(f"end the detach of {volume_id} in Cinder (legacy)",
+                                      roll_back))
+            return BACK, "the guest still has the disk", actions
+
+        transport = get_transport(ctx["transport"], multipath=bool(ctx.get("multipath")))
+        conn = rec.connection if rec is not None else None
+        fresh = op.step_data("storage connection info")
+        if fresh:
+            conn = self._connection(fresh.get("connection"), volume_id)
+        begin = op.step_data(f"storage begin detach ({api})") or {}
+        attachment_id = begin.get("attachment_id") or (rec.attachment_id if rec else None)
+        connector = dict(begin.get("connector") or (rec.connector if rec else {}))
+        actions = []
+        if conn is not None and conn.driver_volume_type != "unknown":
+            actions.append(Action(
+                f"disconnect {volume_id} on {host.name} ({transport.name})",
+                lambda: transport.disconnect(host, conn, None, instance_id)))
+        if ref is not None:
+            current = record.read(live or config)
+            if volume_id in current:
+                remaining = {k: v for k, v in current.items() if k != volume_id}
+                actions.append(Action(f"remove {volume_id} from {op.domain}'s metadata",
+                                      lambda: record.save(hv, ref, remaining)))
+
+        def release():
+            if api == "attachments":
+                for att in self._attachments(volume_id, instance_id):
+                    if attachment_id in (None, att.attachment_id):
+                        storage.attachment_delete(att.attachment_id)
+                return
+            found = storage.get_volume(volume_id).attachment_for(instance_id)
+            if found is not None:
+                storage.terminate_connection(volume_id, connector)
+                storage.detach(volume_id, found.attachment_id)
+        actions.append(Action(f"release {volume_id} in Cinder ({api})", release))
+        return FORWARD, "the guest no longer has the disk", actions
+
+    # -- migrate ---------------------------------------------------------------------------
+    def _wait_for_job(self, host: ComputeHost, name: str) -> None:
+        """A migration job libvirtd still runs (its caller died): wait for it to end,
+        then abort it if it has not."""
+        deadline = time.monotonic() + self.job_wait
+        while True:
+            try:
+                stats = host.hypervisor.job_stats(name)
+            except errors.AttachflowError:
+                return  # no such domain there any more: the job is over
+            if stats.get("type", 0) not in (1, 2):  # bounded or unbounded: running
+                return
+            if time.monotonic() >= deadline:
+                self.echo(f"{name}: the migration job still runs after "
+                          f"{self.job_wait:g} s; aborting it")
+                host.hypervisor.abort_job(name)
+                return
+            time.sleep(1.0)
+
+    @staticmethod
+    def _runs_on(host: ComputeHost, name: str, instance_id: str) -> bool:
+        try:
+            ref = host.hypervisor.lookup(name)
+        except errors.DomainNotFound:
+            return False
+        return ref.active and ref.uuid == instance_id
+
+    def _migrate(self, op: OperationEntry):
+        ctx = op.context
+        instance_id = ctx["instance_id"]
+        if not op.steps:
+            return NOTHING, "it stopped before its first step", []
+        src, dst = self.host(op.host), self.host(op.destination or "")
+        self._wait_for_job(src, op.domain)
+        on_src = self._runs_on(src, op.domain, instance_id)
+        on_dst = self._runs_on(dst, op.domain, instance_id)
+        if on_src == on_dst:
+            where = "on both" if on_src else "on neither"
+            return HUMAN, (f"the guest runs {where} of {src.name} and {dst.name}: start it "
+                           f"(or stop one copy) by hand, then run recover again"), []
+        storage = self.storage
+        actions: list[Action] = []
+        for vol in ctx["volumes"]:
+            volume_id = vol["volume_id"]
+            rec = VolumeRecord.from_json(volume_id, vol["record"])
+            transport = get_transport(vol["transport"], multipath=rec.multipath)
+            api = vol["api"]
+            note = op.step_data(f"destination connection ({api}) {volume_id}") or {}
+            dst_conn = self._connection(note.get("connection"), volume_id) or rec.connection
+            dst_connector = note.get("connector") or ctx["connectors"].get(rec.transport)
+            if on_dst:
+                if api == "attachments":
+                    actions.append(Action(
+                        f"complete the destination attachment of {volume_id}",
+                        lambda volume_id=volume_id, rec=rec: self._complete(
+                            "attachments", volume_id, instance_id, rec.device, "",
+                            None)))
+                actions.append(Action(
+                    f"disconnect {volume_id} on {src.name} ({transport.name})",
+                    lambda transport=transport, rec=rec: transport.disconnect(
+                        src, rec.connection, None, instance_id)))
+                if api == "attachments":
+                    actions.append(Action(
+                        f"release the source attachment of {volume_id}",
+                        lambda rec=rec: storage.attachment_delete(rec.attachment_id)))
+                else:
+                    actions.append(Action(
+                        f"release the source connection of {volume_id} (legacy)",
+                        lambda volume_id=volume_id, rec=rec: storage.terminate_connection(
+                            volume_id, dict(rec.connector))))
+                continue
+            if op.step_state(f"destination connect ({transport.name}) {volume_id}"):
+                actions.append(Action(
+                    f"disconnect {volume_id} on {dst.name} ({transport.name})",
+                    lambda transport=transport, conn=dst_conn: transport.disconnect(
+                        dst, conn, None, instance_id)))
+            if op.step_state(f"destination connection ({api}) {volume_id}"):
+                if api == "attachments":
+                    actions.append(Action(
+                        f"delete the destination attachment of {volume_id}",
+                        lambda volume_id=volume_id, rec=rec: self._release_new(
+                            "attachments", volume_id, instance_id, None,
+                            keep=rec.attachment_id)))
+                elif dst_connector:
+                    actions.append(Action(
+                        f"end the destination connection of {volume_id} (legacy)",
+                        lambda volume_id=volume_id, c=dst_connector:
+                        storage.terminate_connection(volume_id, dict(c))))
+        if on_dst:
+            return FORWARD, f"the guest runs on {dst.name}", actions
+        leftover = self._ours(dst, op.domain, instance_id)
+        if leftover is not None:
+            actions.insert(0, Action(f"undefine the inactive copy of {op.domain} on "
+                                     f"{dst.name}", lambda: dst.hypervisor.undefine(op.domain)))
+        return BACK, f"the guest runs on {src.name}", actions

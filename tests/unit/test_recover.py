@@ -1,0 +1,317 @@
+"""Interrupted operations on the twins: the process "dies" right after the journal records
+step boundary N (nothing is undone, no final state is written, its locks go), for every
+N of attach, detach, boot and migrate, with both APIs and both transports; then
+``recover`` runs in a new client, and what a user would check must agree: the volume's
+status and attachments in Cinder, the disk in the domain on the host where the guest
+runs, the host's iSCSI sessions and libvirt secrets. A second recover changes nothing,
+and the operation can be run again."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+
+import attachflow
+from attachflow import errors, journal as journal_mod, operations
+from attachflow.connectors import get_transport
+from attachflow.journal import OperationLog
+from attachflow.testing import FakeCinder, fake_host
+
+
+class Killed(BaseException):
+    """The orchestrator died here."""
+
+
+@pytest.fixture
+def world():
+    cinder, network = FakeCinder(), {}
+    hosts = {name: fake_host(name, cinder, address, network)
+             for name, address in (("hosta", "198.18.0.11"), ("hostb", "198.18.0.12"))}
+    return cinder, hosts
+
+
+def client(world, **settings):
+    cinder, hosts = world
+    return attachflow.Client(storage=cinder, hosts=hosts, **settings)
+
+
+@contextlib.contextmanager
+def dies_after_boundary(monkeypatch, n: int):
+    """The process dies once the journal has recorded ``n`` step boundaries: nothing
+    after it runs, nothing is undone, the operation keeps its "running" entry."""
+    written = [0]
+    dying = [False]
+    real_step, real_finish = OperationLog._step, OperationLog.finish
+
+    def step(self, name, state, data=None):
+        real_step(self, name, state, data)
+        written[0] += 1
+        if written[0] == n:
+            dying[0] = True
+            raise Killed(f"after boundary {n}: {name} {state}")
+
+    def finish(self, state, outcome=None):
+        if not dying[0]:
+            real_finish(self, state, outcome)
+
+    monkeypatch.setattr(OperationLog, "_step", step)
+    monkeypatch.setattr(OperationLog, "finish", finish)
+    try:
+        yield written
+    finally:
+        monkeypatch.setattr(OperationLog, "_step", real_step)
+        monkeypatch.setattr(OperationLog, "finish", real_finish)
+
+
+def boundaries(run) -> int:
+    """How many step boundaries a whole run of ``run`` records."""
+    count = [0]
+    real_step = OperationLog._step
+
+    def step(self, name, state, data=None):
+        real_step(self, name, state, data)
+        count[0] += 1
+
+    OperationLog._step = step
+    try:
+        run()
+    finally:
+        OperationLog._step = real_step
+    return count[0]
+
+
+def assert_consistent(cinder: FakeCinder, hosts, volume_ids, domain: str) -> None:
+    """Cinder, the domain where the guest runs (or is defined), the hosts' sessions and
+    secrets tell one story for every volume."""
+    for volume_id in volume_ids:
+        vol = cinder.volumes[volume_id]
+        holders = []
+        for name, host in hosts.items():
+            dom = host.hypervisor.domains.get(domain)
+            if dom is None:
+                continue
+            disks = dom.live if dom.active else dom.config
+            if any(d.serial == volume_id for d in disks):
+                holders.append((name, dom))
+        atts = list(vol.attachments.values())
+        if not holders:
+            assert atts == [], (volume_id, atts)
+            assert vol.status == "available", (volume_id, vol.status)
+        else:
+            assert len(holders) == 1, holders
+            _name, dom = holders[0]
+            assert [a.instance_id for a in atts] == [dom.uuid], (volume_id, atts)
+            assert atts[0].status == "attached" and vol.status == "in-use", (volume_id, atts)
+    # nothing connected on a host that no disk there explains
+    for name, host in hosts.items():
+        paths = set()
+        for dom in host.hypervisor.domains.values():
+            for disk in (dom.live if dom.active else dom.config):
+                if getattr(disk.source, "path", None):
+                    paths.add(disk.source.path)
+        used = set()
+        for path in paths:
+            used.update(host.brick.maps.get(path, (path,)))
+        assert set(host.brick.devices) <= used, (name, host.brick.devices, paths)
+        secrets_needed = {
+            (disk.source.secret_usage) for dom in host.hypervisor.domains.values()
+            for disk in (dom.live if dom.active else dom.config)
+            if getattr(disk.source, "secret_usage", None)}
+        assert set(host.hypervisor.secrets) <= secrets_needed, (name, host.hypervisor.secrets)
+
+
+def consistent(cinder, hosts, volume_ids, domain) -> bool:
+    try:
+        assert_consistent(cinder, hosts, volume_ids, domain)
+    except AssertionError:
+        return False
+    return True
+
+
+def recover_all(world, kind):
+    with client(world) as fresh:
+        results = fresh.recover()
+        assert [r.kind for r in results] == [kind], [r.describe() for r in results]
+        for res in results:
+            assert not res.needs_human, res.describe()
+        again = fresh.recover()
+        assert all(r.decision in ("nothing",) for r in again) or again == [], \
+            [r.describe() for r in again]
+        assert fresh.operations() == [], [o.to_dict() for o in fresh.operations()]
+    return results
+
+
+CASES = [(api, transport) for api in ("attachments", "legacy")
+         for transport in ("kernel", "native")]
+
+
+@pytest.mark.parametrize("api,transport", CASES)
+def test_attach_killed_at_every_boundary_recovers(world, monkeypatch, api, transport):
+    cinder, hosts = world
+    root = cinder.create_volume()
+    operations.boot(cinder, hosts["hosta"], get_transport(transport), "vm1", root,
+                    virt_type="qemu")
+    probe = cinder.create_volume()
+
+    def whole():
+        with client(world, transport=transport, api=api) as c:
+            c.attach(probe, "vm1", host="hosta")
+    total = boundaries(whole)
+    assert total >= 12
+    broken = 0
+    for n in range(1, total + 1):
+        vol = cinder.create_volume()
+        with dies_after_boundary(monkeypatch, n):
+            with client(world, transport=transport, api=api) as c:
+                with pytest.raises(Killed):
+                    c.attach(vol, "vm1", host="hosta")
+        broken += not consistent(cinder, hosts, [vol, root], "vm1")
+        with client(world, transport=transport, api=api) as c:
+            with pytest.raises(errors.RecoveryNeeded, match="attachflow recover"):
+                c.attach(vol, "vm1", host="hosta")
+        recover_all(world, "attach")
+        assert_consistent(cinder, hosts, [vol, root], "vm1")
+        with client(world, transport=transport, api=api) as c:  # usable again
+            c.attach(vol, "vm1", host="hosta")
+            c.detach(vol, "vm1", host="hosta")
+        assert_consistent(cinder, hosts, [vol], "vm1")
+    assert broken >= total // 2  # the kills did leave half-done state behind
+
+
+@pytest.mark.parametrize("api,transport", CASES)
+def test_detach_killed_at_every_boundary_recovers(world, monkeypatch, api, transport):
+    cinder, hosts = world
+    root = cinder.create_volume()
+    operations.boot(cinder, hosts["hosta"], get_transport(transport), "vm1", root,
+                    virt_type="qemu")
+    probe = cinder.create_volume()
+    with client(world, transport=transport, api=api) as c:
+        c.attach(probe, "vm1", host="hosta")
+
+    def whole():
+        with client(world, transport=transport, api=api) as c:
+            c.detach(probe, "vm1", host="hosta")
+    total = boundaries(whole)
+    assert total >= 12
+    broken = 0
+    for n in range(1, total + 1):
+        vol = cinder.create_volume()
+        with client(world, transport=transport, api=api) as c:
+            c.attach(vol, "vm1", host="hosta")
+        with dies_after_boundary(monkeypatch, n):
+            with client(world, transport=transport, api=api) as c:
+                with pytest.raises(Killed):
+                    c.detach(vol, "vm1", host="hosta")
+        broken += not consistent(cinder, hosts, [vol, root], "vm1")
+        recover_all(world, "detach")
+        assert_consistent(cinder, hosts, [vol, root], "vm1")
+        with client(world, transport=transport, api=api) as c:
+            c.detach(vol, "vm1", host="hosta")
+        assert_consistent(cinder, hosts, [vol], "vm1")
+    assert broken >= total // 2
+
+
+@pytest.mark.parametrize("api,transport", CASES)
+def test_boot_killed_at_every_boundary_recovers(world, monkeypatch, api, transport):
+    cinder, hosts = world
+    probe = cinder.create_volume()
+
+    def whole():
+        with client(world, transport=transport, api=api) as c:
+            c.boot("probe", probe, host="hosta", virt_type="qemu")
+    total = boundaries(whole)
+    assert total >= 12
+    broken = 0
+    for n in range(1, total + 1):
+        vol = cinder.create_volume()
+        name = f"vm{n}"
+        with dies_after_boundary(monkeypatch, n):
+            with client(world, transport=transport, api=api) as c:
+                with pytest.raises(Killed):
+                    c.boot(name, vol, host="hosta", virt_type="qemu")
+        broken += not consistent(cinder, hosts, [vol], name)
+        recover_all(world, "boot")
+        assert_consistent(cinder, hosts, [vol], name)
+        with client(world, transport=transport, api=api) as c:
+            c.boot(name, vol, host="hosta", virt_type="qemu")  # or it ran already
+        assert_consistent(cinder, hosts, [vol], name)
+    assert broken >= total // 2
+
+
+@pytest.mark.parametrize("api,transport", CASES)
+def test_migrate_killed_at_every_boundary_recovers(world, monkeypatch, api, transport):
+    cinder, hosts = world
+
+    def guest(name):
+        root, data = cinder.create_volume(), cinder.create_volume()
+        with client(world, transport=transport, api=api) as c:
+            c.boot(name, root, host="hosta", virt_type="qemu")
+            c.attach(data, name, host="hosta")
+        return [root, data]
+
+    probe = guest("probe")
+
+    def whole():
+        with client(world, api=api) as c:
+            c.migrate("probe", source="hosta", destination="hostb")
+    total = boundaries(whole)
+    assert total >= 14
+    assert_consistent(cinder, hosts, probe, "probe")
+    broken = 0
+    for n in range(1, total + 1):
+        name = f"vm{n}"
+        vols = guest(name)
+        with dies_after_boundary(monkeypatch, n):
+            with client(world, api=api) as c:
+                with pytest.raises(Killed):
+                    c.migrate(name, source="hosta", destination="hostb")
+        broken += not consistent(cinder, hosts, vols, name)
+        results = recover_all(world, "migrate")
+        assert [r.decision for r in results] in (["back"], ["forward"]), results
+        assert_consistent(cinder, hosts, vols, name)
+        runs_on = "hostb" if results[0].decision == "forward" else "hosta"
+        other = "hosta" if runs_on == "hostb" else "hostb"
+        with client(world, api=api) as c:  # and it moves again
+            c.migrate(name, source=runs_on, destination=other)
+        assert_consistent(cinder, hosts, vols, name)
+    assert broken >= total // 2
+
+
+def test_a_second_operation_waits_then_names_the_one_holding_the_lock(world, tmp_path):
+    cinder, hosts = world
+    root, vol = cinder.create_volume(), cinder.create_volume()
+    operations.boot(cinder, hosts["hosta"], get_transport("native"), "vm1", root,
+                    virt_type="qemu")
+    first = client(world, transport="native")
+    from attachflow.tracking import Scope
+    scope = Scope("attach", "hosta", "vm1", (vol,))
+    with first.tracker.operation(scope, {"volume_id": vol}):
+        with client(world, transport="native", lock_wait=0.3) as second:
+            with pytest.raises(errors.Busy) as busy:
+                second.attach(vol, "vm1", host="hosta")
+    msg = str(busy.value)
+    assert "domain vm1 is busy" in msg and "held by attach" in msg and "running" in msg
+    assert busy.value.exit_code == 4
+    first.close()
+    assert cinder.volumes[vol].status == "available"
+
+
+def test_the_journal_keeps_no_secret_and_is_root_only(world, tmp_path):
+    import os
+    import stat
+    cinder, hosts = world
+    root, vol = cinder.create_volume(), cinder.create_volume()
+    with client(world, transport="native") as c:
+        c.boot("vm1", root, host="hosta", virt_type="qemu")
+        c.attach(vol, "vm1", host="hosta")
+        c.detach(vol, "vm1", host="hosta")
+        directory = c.tracker.journal.directory
+        ops = c.operations(include_finished=True)
+    assert [o.kind for o in ops] == ["boot", "attach", "detach"]
+    assert all(o.state == "done" for o in ops)
+    data = b"".join(p.read_bytes() for p in directory.iterdir() if p.is_file())
+    for secret in {v.chap_password for v in cinder.volumes.values()}:
+        assert secret and secret.encode() not in data
+    assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(directory / journal_mod.FILE_NAME).st_mode) == 0o600
