@@ -184,11 +184,12 @@ def common(storage: bool = True, transport: bool = True, result: bool = True,
         if journal:
             opts += [
                 STATE_DIR_OPTION,
-                click.option("--lock-wait", type=_Number("timeout"), default=None,
+                click.option("--lock-wait", type=_Number("wait"), default=None,
                              metavar="SECONDS",
                              help="How long to wait for another operation on the same "
                                   "volume or domain before giving up with exit 4 "
-                                  "[$ATTACHFLOW_LOCK_WAIT, default 60].")]
+                                  f"({_bounds('wait', 's')}) [$ATTACHFLOW_LOCK_WAIT, "
+                                  "default 60].")]
         for opt in reversed(opts):
             fn = opt(fn)
         return _boundary(fn)

@@ -16,8 +16,9 @@ import string
 import xml.etree.ElementTree as ET
 from typing import Iterable, Mapping
 
+from attachflow import validate
 from attachflow.errors import InputError
-from attachflow.model import Portal
+from attachflow.model import LUN_MAX, Portal, shown
 
 # attachflow's element in a domain's <metadata>: what record.py keeps there.
 METADATA_NS = "https://attachflow.dev/xmlns/volumes/1"
@@ -72,7 +73,53 @@ def _to_string(elem: ET.Element, pretty: bool = True) -> str:
     return ET.tostring(elem, encoding="unicode") + ("\n" if pretty else "")
 
 
+# What the values attachflow writes into XML may hold: libvirt's schema patterns, and
+# never a character XML 1.0 cannot carry or a control character. Values come from users,
+# from the storage side and from os-brick; whatever does not fit is refused here, the
+# one place XML is made, rather than handed to libvirt.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ufffe\uffff]")
+_IQN = (re.compile(r"[A-Za-z0-9.:_-]{1,223}"), "an iSCSI name")
+_HOST = (re.compile(r"[A-Za-z0-9.-]{1,253}|[0-9A-Fa-f:.]{2,45}"), "a DNS name or IP address")
+_ABS_PATH = (re.compile(r"/.{0,4095}", re.S), "an absolute path")
+_OBJECT = (re.compile(r"[^/\n]{1,255}"), "a name without '/'")
+_TEXT = (re.compile(r".{1,4096}", re.S), "text")
+_SERIAL = (re.compile(r"[A-Za-z0-9_.+\- ]{1,64}"), "a disk serial")
+
+
+def _fits(what: str, value: object, rule: tuple[re.Pattern[str], str]) -> str:
+    pattern, meaning = rule
+    if not isinstance(value, str) or not pattern.fullmatch(value) or _CONTROL.search(value):
+        raise InputError(f"{what} {shown(value)} cannot go into libvirt's XML: it must "
+                         f"be {meaning} without control characters")
+    return value
+
+
+def _check_source(source: DiskSource) -> None:
+    if isinstance(source, BlockSource):
+        _fits("the block device", source.path, _ABS_PATH)
+        return
+    _fits("the iSCSI target", source.iqn, _IQN)
+    if isinstance(source.lun, bool) or not isinstance(source.lun, int) or \
+            not 0 <= source.lun <= LUN_MAX:
+        raise InputError(f"LUN {shown(source.lun)} is not a number from 0 to {LUN_MAX}")
+    if not source.hosts:
+        raise InputError("an iSCSI disk needs a portal")
+    for portal in source.hosts:
+        _fits("the portal host", portal.host, _HOST)
+        if isinstance(portal.port, bool) or not isinstance(portal.port, int) or \
+                not 1 <= portal.port <= 65535:
+            raise InputError(f"portal port {shown(portal.port)} is not from 1 to 65535")
+    if source.initiator_iqn is not None:
+        _fits("the initiator name", source.initiator_iqn, _IQN)
+    if (source.auth_username is None) != (source.secret_usage is None):
+        raise InputError("CHAP needs both a user name and a secret")
+    if source.auth_username is not None:
+        _fits("the CHAP user name", source.auth_username, (_OBJECT[0], "a name"))
+        _fits("the secret's usage name", source.secret_usage, _OBJECT)
+
+
 def _source_element(source: DiskSource) -> ET.Element:
+    _check_source(source)
     if isinstance(source, BlockSource):
         return ET.Element("source", dev=source.path)
     src = ET.Element("source", protocol="iscsi", name=f"{source.iqn}/{source.lun}")
@@ -126,6 +173,8 @@ class Disk:
 
     @classmethod
     def build(cls, spec: DiskSpec) -> "Disk":
+        validate.check_device(spec.target_dev)
+        _fits("the disk serial", spec.serial, _SERIAL)
         block = isinstance(spec.source, BlockSource)
         disk = ET.Element("disk", type="block" if block else "network", device="disk")
         driver = {"name": "qemu", "type": "raw", "cache": "none"}
@@ -376,6 +425,15 @@ def build_domain(name: str, uuid: str, memory_mib: int, vcpus: int, virt_type: s
     """A minimal volume-backed domain: the volume is vda; ACPI on machine 'pc' so that
     virtio disks can be hot-plugged (and unplugged: the guest OS ejects them); the
     serial console is logged to /var/log/libvirt/qemu/NAME-console.log."""
+    validate.check_new_domain(name)
+    if direct_boot:
+        _fits("the kernel", direct_boot.kernel, _ABS_PATH)
+        if direct_boot.initrd:
+            _fits("the initrd", direct_boot.initrd, _ABS_PATH)
+        if direct_boot.cmdline:
+            _fits("the kernel command line", direct_boot.cmdline, _TEXT)
+    if emulator:
+        _fits("the emulator", emulator, _ABS_PATH)
     dom = _domain_head(name, uuid, volume_entries, virt_type)
     ET.SubElement(dom, "memory", unit="MiB").text = str(memory_mib)
     ET.SubElement(dom, "vcpu").text = str(vcpus)

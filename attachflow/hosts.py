@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from attachflow import errors
+from attachflow.model import shown
 
 LOCAL = "local"
 LOCAL_URI = "qemu:///system"
@@ -96,7 +97,9 @@ def load_hosts(env: Mapping[str, str] | None = None) -> dict[str, HostConfig]:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise errors.InputError(f"hosts file {path}: {exc}") from None
+        # tomllib's message may quote the offending text: one printable line of it
+        raise errors.InputError(f"hosts file {path}: not valid TOML: "
+                                f"{shown(str(exc), 200)[1:-1]}") from None
     where = _Locator(path, text)
     extra = sorted(set(data) - {"hosts"})
     if extra:
@@ -211,7 +214,8 @@ class _Locator:
         line = self._line(host, key)
         where = f"hosts file {self.path}" + (f", line {line}" if line else "")
         subject = ", ".join(part for part in (
-            f"host '{host}'" if host else "", f"key '{key}'" if key else "") if part)
+            f"host {shown(host)}" if host is not None else "",
+            f"key {shown(key)}" if key else "") if part)
         return errors.InputError(f"{where}: {subject}: {problem}")
 
 
@@ -234,7 +238,7 @@ def _entry(where: _Locator, name: str, entry: Any) -> HostConfig:
         elif valid:
             valid = bool(value.strip())
         if not valid:
-            raise where.error(name, key, f"must be {meaning}, not {value!r}")
+            raise where.error(name, key, f"must be {meaning}, not {shown(value)}")
     if "address" not in entry and name != LOCAL:
         raise where.error(name, "address", "missing (the host's name or IP address)")
     cfg = dict(entry)

@@ -37,7 +37,7 @@ from attachflow.events import Emitter, Listener, MigrationProgress
 from attachflow.migration_monitor import Monitor, completion_timeout
 from attachflow.model import ConnectorProperties
 from attachflow.record import VolumeRecord
-from attachflow.journal import INCOMPLETE, OperationLog
+from attachflow.journal import FAILED, INCOMPLETE, OperationLog
 from attachflow.operations import attachment_note
 from attachflow.steps import Problems, Transaction
 from attachflow.tracking import Scope, Tracker, tracked
@@ -256,14 +256,20 @@ def run(storage: StorageAPI, source: ComputeHost, destination: ComputeHost, doma
     domain and its volumes (none of them changes between the check and the move), and
     journaled step by step."""
     domain = validate.check_domain(domain)
-    volumes = _recorded_volumes(source, domain)
-    scope = Scope("migrate", source.name, domain, volumes, destination.name)
-    with tracked(tracker, scope, {}) as log:
-        plan = preflight(storage, source, destination, domain, api=api, options=options)
-        if not {v.volume_id for v in plan.volumes} <= set(volumes):
-            raise errors.PreflightError(f"the volumes of '{domain}' changed while the "
-                                        "migration waited for them; run it again")
-        return migrate(storage, plan, progress=progress, log=log)
+    for _attempt in range(3):
+        # The volumes to lock are read before the locks are taken: an attach that
+        # finishes while the migration waits adds one, and the locks are taken again.
+        volumes = _recorded_volumes(source, domain)
+        scope = Scope("migrate", source.name, domain, volumes, destination.name)
+        with tracked(tracker, scope, {}) as log:
+            if tracker is not None and set(_recorded_volumes(source, domain)) - set(volumes):
+                log.finish(FAILED, "its volumes changed while it waited; taken again")
+                continue
+            plan = preflight(storage, source, destination, domain, api=api,
+                             options=options)
+            return migrate(storage, plan, progress=progress, log=log)
+    raise errors.Busy(f"the volumes of '{domain}' kept changing while the migration "
+                      "waited for them; run it again")
 
 
 def _recorded_volumes(host: ComputeHost, domain: str) -> tuple[str, ...]:

@@ -9,11 +9,28 @@ the value. Only the code that must hand the password on (libvirt secret, os-bric
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 from attachflow.errors import InputError
 
 MASK = "***"
+
+# What libvirt's schema takes as a network disk's host (a DNS name or an IP address)
+# and what an iSCSI name may hold (RFC 3720: letters, digits, '-', '.', ':'; 223 bytes).
+_PORTAL_HOST = re.compile(r"[A-Za-z0-9.-]{1,253}|[0-9A-Fa-f:.]{2,45}")
+_IQN = re.compile(r"[A-Za-z0-9.:_-]{1,223}")
+# A user name or method: printable, one line, bounded.
+_TEXT = re.compile(r"[^\x00-\x1f\x7f]{1,255}")
+LUN_MAX = 16383
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """``value`` as an error message can show it: quoted, printable, at most ``limit``
+    characters."""
+    text = repr(value) if not isinstance(value, str) else value
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return f"'{text[:limit - 3]}...'" if len(text) > limit else f"'{text}'"
 SECRET_KEYS = ("password", "secret", "auth_key", "token")
 
 
@@ -101,19 +118,44 @@ class Portal:
 
     @classmethod
     def parse(cls, text: str) -> "Portal":
+        """``HOST:PORT`` (3260 when no port), IPv6 hosts in brackets; a host that is not
+        a DNS name or an IP address, or a port outside 1-65535, is refused."""
+        if not isinstance(text, str):
+            raise InputError(f"iSCSI portal {shown(text)} is not text")
         host, sep, port = text.rpartition(":")
-        if not sep or not host:
-            return cls(text.strip("[]"), 3260)
-        try:
-            return cls(host.strip("[]"), int(port))
-        except ValueError:
-            raise InputError(f"bad iSCSI portal '{text}'") from None
+        if not sep or not host or (host.count(":") and not host.startswith("[")):
+            host, port = text, "3260"
+        host = host.strip("[]")
+        if not _PORTAL_HOST.fullmatch(host) or not port.isdigit() or \
+                not 1 <= int(port) <= 65535:
+            raise InputError(f"bad iSCSI portal {shown(text)} (HOST:PORT, HOST a name or "
+                             "an IP address)")
+        return cls(host, int(port))
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
 
 
+def _iqn(value: Any) -> str:
+    if not isinstance(value, str) or not _IQN.fullmatch(value):
+        raise InputError(f"iSCSI connection info: target {shown(value)} is not an iSCSI "
+                         "name")
+    return value
+
+
+def _lun(value: Any) -> int:
+    if isinstance(value, str) and value.isdigit() and len(value) <= 5:
+        value = int(value)  # some drivers send the LUN as text
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= LUN_MAX:
+        raise InputError(f"iSCSI connection info: LUN {shown(value)} is not a number from "
+                         f"0 to {LUN_MAX}")
+    return value
+
+
+# Fields every connection info has, modelled whatever its type.
+_COMMON = frozenset({"driver_volume_type", "volume_id", "access_mode", "discard",
+                     "encrypted", "attachment_id"})
 # Fields of connection_info that ConnectionInfo models; the rest travels in ``data``.
 _MODELLED = frozenset({
     "driver_volume_type", "volume_id", "access_mode", "discard", "encrypted",
@@ -152,7 +194,7 @@ class ConnectionInfo:
     def from_cinder(cls, raw: dict[str, Any], volume_id: str) -> "ConnectionInfo":
         """Parse either shape Cinder returns: nested (legacy: ``{driver_volume_type,
         data}``) or flat (attachments API: fields beside ``driver_volume_type``)."""
-        if not isinstance(raw, dict) or "driver_volume_type" not in raw:
+        if not isinstance(raw, dict) or not isinstance(raw.get("driver_volume_type"), str):
             raise InputError("storage returned connection info without driver_volume_type")
         data = raw.get("data") if isinstance(raw.get("data"), dict) else {
             k: v for k, v in raw.items() if k != "driver_volume_type"}
@@ -171,43 +213,84 @@ class ConnectionInfo:
 
     @classmethod
     def _parse(cls, dvt: str, data: dict[str, Any], volume_id: str,
-               attachment_id: str | None) -> "ConnectionInfo":
-        common = dict(driver_volume_type=dvt,
-                      volume_id=str(data.get("volume_id") or volume_id),
-                      access_mode=str(data.get("access_mode") or "rw"),
-                      discard=bool(data.get("discard", False)),
-                      encrypted=bool(data.get("encrypted", False)),
-                      attachment_id=attachment_id,
-                      # iSCSI's own fields are modelled; other types keep all of theirs.
-                      data=tuple(sorted((k, MASK if is_secret_key(k) else v)
-                                        for k, v in data.items()
-                                        if dvt != "iscsi" or k not in _MODELLED)))
+               attachment_id: Any) -> "ConnectionInfo":
+        """The typed form of what the storage side said; anything of the wrong type or
+        form in a field attachflow uses is refused (``InputError``, one line)."""
+        if not _TEXT.fullmatch(dvt) or len(dvt) > 64:
+            raise InputError(f"connection info: driver_volume_type {shown(dvt)} is not a "
+                             "name")
+        said_volume = data.get("volume_id")
+        if said_volume not in (None, "", volume_id):
+            raise InputError(f"connection info is for volume {shown(said_volume)}, not "
+                             f"{volume_id}")
+        access_mode = data.get("access_mode") or "rw"
+        if access_mode not in ("rw", "ro"):
+            raise InputError(f"connection info: access_mode {shown(access_mode)} is not "
+                             "rw or ro")
+        flags = {}
+        for key in ("discard", "encrypted"):
+            value = data.get(key)
+            if value not in (None, True, False):
+                raise InputError(f"connection info: {key} {shown(value)} is not true or "
+                                 "false")
+            flags[key] = bool(value)
+        if attachment_id is not None and not (isinstance(attachment_id, str) and
+                                              _IQN.fullmatch(attachment_id)):
+            raise InputError(f"connection info: attachment_id {shown(attachment_id)} is "
+                             "not an id")
+        common = dict(driver_volume_type=dvt, volume_id=volume_id, access_mode=access_mode,
+                      attachment_id=attachment_id or None, **flags,
+                      # iSCSI's own fields are modelled; other types keep the rest,
+                      # but no secret (attachflow connects only iSCSI).
+                      data=tuple(sorted((str(k), v) for k, v in data.items()
+                                        if k not in (_MODELLED if dvt == "iscsi"
+                                                     else _COMMON)
+                                        and not is_secret_key(str(k)))))
         if dvt != "iscsi":
             return cls(**common)
-        try:
-            portal = Portal.parse(str(data["target_portal"]))
-            iqn = str(data["target_iqn"])
-            lun = int(data.get("target_lun", 0))
-        except KeyError as exc:
-            raise InputError(f"iSCSI connection info lacks '{exc.args[0]}'") from None
+        for key in ("target_portal", "target_iqn"):
+            if data.get(key) is None:
+                raise InputError(f"iSCSI connection info lacks '{key}'")
+        portal = Portal.parse(data["target_portal"])
+        iqn = _iqn(data["target_iqn"])
+        lun = _lun(data.get("target_lun", 0))
         portals: tuple[tuple[Portal, str, int], ...] = ()
         if data.get("target_portals"):
-            portals = tuple((Portal.parse(p), str(q), int(n)) for p, q, n in zip(
-                data["target_portals"], data.get("target_iqns") or [iqn] * 99,
-                data.get("target_luns") or [lun] * 99))
+            many = data["target_portals"]
+            iqns = data.get("target_iqns") or [iqn] * len(many) if isinstance(
+                many, list) else None
+            luns = data.get("target_luns") or [lun] * len(many) if isinstance(
+                many, list) else None
+            if not all(isinstance(x, list) for x in (many, iqns, luns)) or \
+                    not len(many) == len(iqns) == len(luns) or len(many) > 64:
+                raise InputError("iSCSI connection info: target_portals, target_iqns and "
+                                 "target_luns are not lists of one length")
+            portals = tuple((Portal.parse(p), _iqn(q), _lun(n))
+                            for p, q, n in zip(many, iqns, luns))
+        texts = {}
+        for key in ("auth_method", "auth_username", "discovery_auth_method",
+                    "discovery_auth_username"):
+            value = data.get(key)
+            if value in (None, ""):
+                texts[key] = None
+            elif isinstance(value, str) and _TEXT.fullmatch(value):
+                texts[key] = value
+            else:
+                raise InputError(f"iSCSI connection info: {key} {shown(value)} is not a "
+                                 "name")
 
         def secret(key: str) -> Secret | None:
             value = data.get(key)
-            return Secret(str(value)) if value and value != MASK else None
+            if value in (None, "", MASK):
+                return None
+            if not isinstance(value, str) or not _TEXT.fullmatch(value):
+                raise InputError(f"iSCSI connection info: {key} is not text")
+            return Secret(value)
 
         return cls(portal=portal, iqn=iqn, lun=lun, portals=portals,
-                   auth_method=data.get("auth_method"),
-                   auth_username=data.get("auth_username"),
                    auth_password=secret("auth_password"),
-                   discovery_auth_method=data.get("discovery_auth_method"),
-                   discovery_auth_username=data.get("discovery_auth_username"),
                    discovery_auth_password=secret("discovery_auth_password"),
-                   **common)
+                   **texts, **common)
 
     def without_secrets(self) -> "ConnectionInfo":
         return dataclasses.replace(self, auth_password=None, discovery_auth_password=None)

@@ -44,6 +44,8 @@ FORWARD, BACK, NOTHING, HUMAN, SKIPPED = "forward", "back", "nothing", "human", 
 # How long recover waits for a live migration job that is still running on the source
 # (the process that started it was killed, libvirtd carries on) before aborting it.
 DEFAULT_JOB_WAIT = 600.0
+# How long recover waits for a guest to finish unplugging a disk it was asked to release.
+DEFAULT_UNPLUG_WAIT = 60.0
 
 
 @dataclasses.dataclass
@@ -93,11 +95,13 @@ class Recoverer:
 
     def __init__(self, tracker: Tracker, storage: Callable[[], StorageAPI],
                  host: Callable[[str], ComputeHost], job_wait: float = DEFAULT_JOB_WAIT,
-                 echo: Callable[[str], None] | None = None):
+                 echo: Callable[[str], None] | None = None,
+                 unplug_wait: float = DEFAULT_UNPLUG_WAIT):
         self.tracker = tracker
         self._storage = storage
         self.host = host
         self.job_wait = job_wait
+        self.unplug_wait = unplug_wait
         self.echo = echo or (lambda _line: None)
 
     @property
@@ -311,7 +315,10 @@ class Recoverer:
         rec = VolumeRecord.from_json(volume_id, rec_data) if rec_data else None
         storage = self.storage
         guest_has_it = live_disk is not None if live is not None else config_disk is not None
-        if guest_has_it:
+        # Once the guest was asked to let the disk go, it may still do so at any moment
+        # (the unplug completes in the guest): the detach goes on, never back.
+        unplug_asked = live_disk is not None and op.step_state("guest detach (live)")
+        if guest_has_it and not unplug_asked:
             actions = []
             if live_disk is not None and config is not None and config_disk is None:
                 actions.append(Action(
@@ -335,6 +342,11 @@ class Recoverer:
         attachment_id = begin.get("attachment_id") or (rec.attachment_id if rec else None)
         connector = dict(begin.get("connector") or (rec.connector if rec else {}))
         actions = []
+        if unplug_asked:
+            actions.append(Action(
+                f"finish unplugging {volume_id} from {op.domain}",
+                lambda: hv.detach_device(op.domain, live_disk, live=True, config=False,
+                                         timeout=self.unplug_wait)))
         if conn is not None and conn.driver_volume_type != "unknown":
             actions.append(Action(
                 f"disconnect {volume_id} on {host.name} ({transport.name})",
@@ -357,7 +369,8 @@ class Recoverer:
                 storage.terminate_connection(volume_id, connector)
                 storage.detach(volume_id, found.attachment_id)
         actions.append(Action(f"release {volume_id} in Cinder ({api})", release))
-        return FORWARD, "the guest no longer has the disk", actions
+        return FORWARD, ("the guest was asked to release the disk" if unplug_asked else
+                         "the guest no longer has the disk"), actions
 
     # -- migrate ---------------------------------------------------------------------------
     def _wait_for_job(self, host: ComputeHost, name: str) -> None:

@@ -21,16 +21,17 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_DEADLINE = 60.0
 
 
-def seconds_setting(env: Mapping[str, str], name: str, default: float) -> float:
+def seconds_setting(env: Mapping[str, str], name: str, default: float,
+                    kind: str = "timeout") -> float:
     value = env_value(env, name)
     if not value:
         return default
     from attachflow import validate
     try:
-        return validate.check_number(name, float(value), "timeout")
+        return validate.check_number(name, float(value), kind)
     except (ValueError, errors.InputError):
         raise errors.InputError(f"{name} '{value}' is not a number of seconds from "
-                                f"{validate.bounds_text('timeout')}") from None
+                                f"{validate.bounds_text(kind)}") from None
 
 
 def request_timeout(env: Mapping[str, str]) -> float:

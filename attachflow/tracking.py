@@ -22,11 +22,11 @@ import time
 import uuid
 from typing import Any, Iterator, Mapping
 
-from attachflow import errors
+from attachflow import errors, validate
 from attachflow.journal import (DONE, FAILED, INCOMPLETE, RUNNING, Journal, OperationEntry,
                                 OperationLog, domain_key, volume_key)
 from attachflow.locks import LockDir
-from attachflow.settings import env_value, seconds_setting
+from attachflow.settings import seconds_setting
 
 # How long a new operation waits for another one on the same volume or domain. An
 # attach or detach takes seconds; a live migration can take minutes, and an operation
@@ -60,10 +60,12 @@ class Tracker:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], lock_wait: float | None = None) -> Tracker:
-        wait = lock_wait if lock_wait is not None else \
-            seconds_setting(env, "ATTACHFLOW_LOCK_WAIT", DEFAULT_LOCK_WAIT) \
-            if env_value(env, "ATTACHFLOW_LOCK_WAIT") else DEFAULT_LOCK_WAIT
-        return cls(Journal.from_env(env), wait)
+        if lock_wait is None:
+            lock_wait = seconds_setting(env, "ATTACHFLOW_LOCK_WAIT", DEFAULT_LOCK_WAIT,
+                                        kind="wait")
+        else:
+            validate.check_number("the lock wait", lock_wait, "wait")
+        return cls(Journal.from_env(env), lock_wait)
 
     # -- what the journal shows ------------------------------------------------------------
     def shown_state(self, op: OperationEntry) -> str:

@@ -28,6 +28,8 @@ _DEVICE = re.compile(r"^vd[a-z]{1,2}$")
 BOUNDS = {
     # seconds: at least one poll; at most a day, beyond which a wait is a hang
     "timeout": (1.0, 86400.0),
+    # seconds to wait for something else to finish first: none at all, up to a day
+    "wait": (0.0, 86400.0),
     # MiB of guest memory: libvirt's floor for a bootable x86 guest; 1 TiB
     "memory": (16, 1 << 20),
     # vCPUs: QEMU's pc machine type stops at 255

@@ -294,6 +294,9 @@ def env_lines() -> list[str]:
         *auth_values,
         ("OS_VOLUME_API_VERSION", layout.VOLUME_API_VERSION),
         ("ATTACHFLOW_HOSTS", str(hosts_file())),
+        # The lab's operations journal and locks live with the lab: `lab down` removes
+        # them with everything else, and a lab's operations never meet a real host's.
+        ("ATTACHFLOW_STATE_DIR", str(state_dir() / "attachflow")),
         ("ATTACHFLOW_VIRT_TYPE", "qemu"),
         # The lab's hosts run on a kernel without an iSCSI initiator: QEMU's own one it is.
         ("ATTACHFLOW_TRANSPORT", "native"),

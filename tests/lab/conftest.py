@@ -24,6 +24,15 @@ pytestmark = pytest.mark.lab
 HOSTS = ("hosta", "hostb")
 
 
+def pytest_terminal_summary(terminalreporter):
+    """The crash points the kill tests reached (test_crash_recovery), with counts."""
+    import sys
+    crash = sys.modules.get("test_crash_recovery")
+    for what, points in sorted(getattr(crash, "REACHED", {}).items()):
+        terminalreporter.write_line(f"crash points reached, {what}: {len(points)} "
+                                    f"{sorted(points)}")
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if "tests/lab/" in str(item.fspath):

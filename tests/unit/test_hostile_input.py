@@ -1,0 +1,200 @@
+"""Hostile and malformed input, as properties over many generated values (hypothesis):
+connection info from a storage side that answers anything, hosts files that are any
+text or any TOML, and the XML attachflow builds from all of it. Each either comes out
+typed and whole, or is refused with one ``InputError`` line; nothing else escapes."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from attachflow import domxml, errors
+from attachflow.hosts import load_hosts
+from attachflow.model import ConnectionInfo, Portal
+from test_libvirt_schema import validate
+
+VOLUME = str(uuid.UUID(int=7))
+
+leaves = (st.none() | st.booleans() | st.integers(-2**70, 2**70)
+          | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=40))
+json_values = st.recursive(leaves, lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                           max_leaves=8)
+KNOWN = ["target_portal", "target_iqn", "target_lun", "target_portals", "target_iqns",
+         "target_luns", "auth_method", "auth_username", "auth_password", "access_mode",
+         "discard", "encrypted", "volume_id", "attachment_id", "discovery_auth_method",
+         "discovery_auth_username", "discovery_auth_password", "qos_specs"]
+portal_text = st.one_of(
+    st.builds(lambda a, b, c, d, p: f"{a}.{b}.{c}.{d}:{p}", *[st.integers(0, 255)] * 4,
+              st.integers(1, 65535)),
+    st.text(max_size=30))
+iqn_text = st.one_of(st.from_regex(r"\Aiqn\.20[0-9]{2}-[0-9]{2}\.[a-z.]{1,12}:[a-z0-9.-]{1,20}\Z"),
+                     st.text(max_size=30))
+field_values = st.fixed_dictionaries({}, optional={
+    "target_portal": portal_text | json_values, "target_iqn": iqn_text | json_values,
+    "target_lun": st.integers(-5, 70000) | json_values,
+    "target_portals": st.lists(portal_text, max_size=3) | json_values,
+    "target_iqns": st.lists(iqn_text, max_size=3) | json_values,
+    "target_luns": st.lists(st.integers(0, 300), max_size=3) | json_values,
+    "auth_method": st.sampled_from(["CHAP", "chap", "none"]) | json_values,
+    "auth_username": st.text(max_size=20) | json_values,
+    "auth_password": st.text(max_size=20) | json_values,
+    "access_mode": st.sampled_from(["rw", "ro"]) | json_values,
+    "discard": json_values, "encrypted": json_values,
+    "qos_specs": json_values,
+})
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc)
+    assert text and "\n" not in text and text.isprintable(), repr(text)
+    assert len(text) < 600, len(text)
+    return text
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(fields=field_values, extra=st.dictionaries(st.text(max_size=12), json_values,
+                                                  max_size=3),
+       dvt=st.sampled_from(["iscsi", "rbd", ""]) | st.text(max_size=10),
+       nested=st.booleans())
+def test_connection_info_is_parsed_whole_or_refused_in_one_line(fields, extra, dvt,
+                                                                 nested):
+    data = {**extra, **fields}
+    raw = {"driver_volume_type": dvt, "data": data} if nested else \
+        {"driver_volume_type": dvt, **data}
+    try:
+        conn = ConnectionInfo.from_cinder(raw, VOLUME)
+    except errors.InputError as exc:
+        one_line(exc)
+        return
+    # typed through and through
+    assert isinstance(conn.driver_volume_type, str)
+    assert isinstance(conn.access_mode, str) and conn.access_mode in ("rw", "ro")
+    if conn.driver_volume_type == "iscsi":
+        assert isinstance(conn.portal, Portal) and isinstance(conn.portal.port, int)
+        assert 1 <= conn.portal.port <= 65535 and conn.portal.host
+        assert isinstance(conn.iqn, str) and conn.iqn
+        assert isinstance(conn.lun, int) and conn.lun >= 0
+        for portal, iqn, lun in conn.portals:
+            assert isinstance(portal, Portal) and isinstance(iqn, str) and iqn
+            assert isinstance(lun, int) and lun >= 0
+    # the secret never shows, and the record form (kept in the domain) parses back
+    secret = fields.get("auth_password")
+    if isinstance(secret, str) and len(secret) > 3:
+        assert secret not in repr(conn) and secret not in json.dumps(conn.to_record())
+    again = ConnectionInfo.from_record(conn.to_record(), VOLUME)
+    assert again == conn.without_secrets()
+
+
+@settings(max_examples=300)
+@given(text=st.text(max_size=200))
+def test_any_text_as_a_hosts_file_is_read_or_refused_in_one_line(tmp_path_factory, text):
+    path = tmp_path_factory.mktemp("hosts") / "hosts.toml"
+    path.write_text(text)
+    try:
+        load_hosts({"ATTACHFLOW_HOSTS": str(path)})
+    except errors.InputError as exc:
+        assert str(path) in one_line(exc)
+
+
+toml_values = st.one_of(st.text(max_size=30), st.integers(-2**40, 2**40), st.booleans())
+HOST_KEYS = ["address", "ssh_user", "ssh_port", "ssh_key", "known_hosts", "libvirt_uri",
+             "hostname", "migration_uri", "remote_command"]
+
+
+def toml_of(hosts: dict) -> str:
+    lines = []
+    for name, entry in hosts.items():
+        lines.append(f"[hosts.{json.dumps(name)}]")
+        lines += [f"{json.dumps(k)} = {json.dumps(v)}" for k, v in entry.items()]
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=300)
+@given(hosts=st.dictionaries(
+    st.text(min_size=1, max_size=12),
+    st.dictionaries(st.sampled_from(HOST_KEYS) | st.text(max_size=8), toml_values,
+                    max_size=5), max_size=3))
+def test_any_hosts_table_is_checked_key_by_key(tmp_path_factory, hosts):
+    path = tmp_path_factory.mktemp("hosts") / "hosts.toml"
+    path.write_text(toml_of(hosts))
+    try:
+        loaded = load_hosts({"ATTACHFLOW_HOSTS": str(path)})
+    except errors.InputError as exc:
+        assert str(path) in one_line(exc)
+        return
+    assert set(loaded) == set(hosts)
+    for name, cfg in loaded.items():
+        assert isinstance(cfg.ssh_port, int) and 1 <= cfg.ssh_port <= 65535
+        for key in ("address", "ssh_user", "libvirt_uri"):
+            value = getattr(cfg, key)
+            assert isinstance(value, str) and value.strip() and value.isprintable()
+
+
+names = st.text(max_size=40)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(name=names, iqn=iqn_text, host=st.one_of(st.ip_addresses(v=4).map(str),
+                                                 st.text(max_size=20)),
+       port=st.integers(-1, 70000), lun=st.integers(-1, 70000),
+       user=st.none() | st.text(max_size=20), usage=st.none() | st.text(max_size=30),
+       path=st.text(max_size=30), kernel=st.none() | st.text(max_size=30),
+       cmdline=st.none() | st.text(max_size=30), block=st.booleans())
+def test_built_xml_validates_with_every_value_escaped_or_is_refused(
+        name, iqn, host, port, lun, user, usage, path, kernel, cmdline, block):
+    try:
+        if block:
+            source = domxml.BlockSource(path=path)
+        else:
+            source = domxml.NetworkISCSISource(
+                iqn=iqn, lun=lun, hosts=(Portal(host, port),), auth_username=user,
+                secret_usage=usage if user else None, initiator_iqn=None)
+        disk = domxml.Disk.build(domxml.DiskSpec(source=source, target_dev="vda",
+                                                 serial=VOLUME))
+        boot = domxml.DirectBoot(kernel, None, cmdline) if kernel is not None else None
+        dom = domxml.build_domain(name, str(uuid.UUID(int=9)), 64, 1, "qemu", disk,
+                                  {VOLUME: json.dumps({"host": name})},
+                                  direct_boot=boot)
+        xml = dom.to_xml()
+    except errors.InputError as exc:
+        one_line(exc)
+        return
+    proc = validate(xml, "generated domain")
+    assert proc.returncode == 0, (proc.stderr, xml)
+    back = domxml.Domain.parse(xml)
+    assert back.name == name
+    parsed = back.disk(VOLUME)
+    assert parsed is not None and parsed.source == source
+    assert back.volume_entries() == {VOLUME: json.dumps({"host": name})}
+
+
+@pytest.mark.parametrize("raw", [
+    {"driver_volume_type": "iscsi", "data": {"target_portal": "198.18.0.1:3260"}},
+    {"driver_volume_type": "iscsi", "target_iqn": "iqn.x:y", "target_portal": None},
+    {"driver_volume_type": "iscsi", "target_iqn": "iqn.x:y",
+     "target_portal": "198.18.0.1:3260", "target_lun": "lots"},
+    {"driver_volume_type": "iscsi", "target_iqn": "iqn.x:y" * 10000,
+     "target_portal": "198.18.0.1:3260"},
+    {"driver_volume_type": "iscsi", "target_iqn": "<x/>", "target_portal": "h:99999"},
+    {"driver_volume_type": "iscsi", "target_iqn": "iqn.x:y",
+     "target_portal": "198.18.0.1:3260", "target_portals": "198.18.0.1:3260"},
+    "not a dict", {"data": {}},
+])
+def test_malformed_connection_info_is_one_line(raw):
+    with pytest.raises(errors.InputError) as refused:
+        ConnectionInfo.from_cinder(raw, VOLUME)  # type: ignore[arg-type]
+    one_line(refused.value)
+
+
+def test_unknown_keys_in_connection_info_travel_without_being_trusted():
+    conn = ConnectionInfo.from_cinder({
+        "driver_volume_type": "iscsi", "target_iqn": "iqn.2010-10.org.x:vol",
+        "target_portal": "198.18.0.1:3260", "target_lun": 1,
+        "volume_backend_secret_key": "s3cret-value", "weird": {"a": [1, 2]}}, VOLUME)
+    assert "s3cret-value" not in repr(conn) and "s3cret-value" not in json.dumps(
+        conn.to_record())
