@@ -90,3 +90,33 @@ def test_the_hook_example_attaches_before_start_and_detaches_after_stop(lab, cle
     assert f"{data}: detached" in proc.stdout
     assert_detached(lab, data, "hosta", vm)
     assert lab.volume(root).status == "in-use"            # the root volume stays
+
+
+def test_a_hundred_attach_detach_cycles_leave_nothing_behind(lab, cleanup):
+    """One guest, one volume, 100 attach + detach cycles through the library: no
+    attachment, host connection, libvirt secret or file descriptor left, and the journal
+    holds exactly what `operations --all` shows."""
+    import attachflow
+    vm, root = boot(lab, cleanup, "hosta", "attachments")
+    data = lab.create_volume()
+    cleanup["volumes"].append(data)
+    before = lab_state(lab)
+    with attachflow.Client() as client:
+        def cycle():
+            assert client.attach(data, vm, host="hosta").device == "vdb"
+            assert client.detach(data, vm, host="hosta").already is False
+        cycle()  # the first one opens what the client keeps open
+        fds = len(os.listdir("/proc/self/fd"))
+        for _ in range(99):
+            cycle()
+        assert len(os.listdir("/proc/self/fd")) <= fds, "file descriptors leaked"
+        ops = [op for op in client.operations(include_finished=True) if op.domain == vm]
+        everything = client.operations(include_finished=True)
+        counts = client.tracker.journal.counts()
+    assert [(op.kind, op.state) for op in ops].count(("attach", "done")) == 100
+    assert [(op.kind, op.state) for op in ops].count(("detach", "done")) == 100
+    assert counts == {"operations": len(everything),
+                      "steps": sum(len(op.steps) for op in everything)}
+    assert_detached(lab, data, "hosta", vm)
+    assert lab_state(lab) == before
+    assert [u for u in lab.secrets("hosta") if data in u] == []
