@@ -420,6 +420,8 @@ def delete_guest(storage: StorageAPI, host: ComputeHost, name: str, force: bool 
                                 "volumes, then destroy it")
     live, config = _definitions(host, ref)
     records = record.read(live or config)
+    if tracker is not None:  # before the guest is stopped, not at its first detach
+        tracker.refuse_if_pending(Scope("delete", host.name, name, tuple(records)))
     if not force and not any(rec.device == "vda" for rec in records.values()):
         raise errors.InputError(f"domain '{name}' on {host.name} was not booted by attachflow "
                                 "(its vda is not a volume attachflow attached); --force "

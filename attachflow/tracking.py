@@ -86,17 +86,24 @@ class Tracker:
             return "held by " + "; ".join(self.describe(op) for op in running)
         return "held by another attachflow process (a recover, or one starting)"
 
+    def refuse_if_pending(self, scope: Scope) -> None:
+        """``RecoveryNeeded`` when an unfinished operation touches ``scope``'s volumes or
+        domain (checked before anything else, by operations made of several)."""
+        pending = [op for op in self.journal.touching(scope.keys)
+                   if not self.locks.held(op.id) or op.state != RUNNING]
+        if pending:
+            op = pending[0]
+            left = ", ".join(sorted(k.replace(":", " ", 1)
+                                    for k in op.resources & set(scope.keys)))
+            raise errors.RecoveryNeeded(
+                f"{scope.kind} refused: {self.describe(op)} was not finished and may have "
+                f"left {left} half-done; run 'attachflow recover {op.id[:8]}' first")
+
     # -- an operation ----------------------------------------------------------------------
     @contextlib.contextmanager
     def operation(self, scope: Scope, context: Mapping[str, Any]) -> Iterator[OperationLog]:
         with self.locks.resources(scope.keys, self.lock_wait, self._holder):
-            pending = self.journal.touching(scope.keys)
-            if pending:
-                op = pending[0]
-                raise errors.RecoveryNeeded(
-                    f"{scope.kind} refused: {self.describe(op)} was not finished and may "
-                    f"have left {', '.join(sorted(k.replace(':', ' ', 1) for k in op.resources & set(scope.keys)))} "
-                    f"half-done; run 'attachflow recover {op.id[:8]}' first")
+            self.refuse_if_pending(scope)
             op_id = str(uuid.uuid4())
             with self.locks.operation(op_id):
                 log = self.journal.begin(op_id, scope.kind, scope.host, scope.domain,

@@ -315,3 +315,22 @@ def test_the_journal_keeps_no_secret_and_is_root_only(world, tmp_path):
         assert secret and secret.encode() not in data
     assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(directory / journal_mod.FILE_NAME).st_mode) == 0o600
+
+
+def test_delete_refuses_before_stopping_a_guest_left_mid_operation(world, monkeypatch):
+    cinder, hosts = world
+    root, vol = cinder.create_volume(), cinder.create_volume()
+    with client(world, transport="native") as c:
+        c.boot("vm1", root, host="hosta", virt_type="qemu")
+    with dies_after_boundary(monkeypatch, 4):
+        with client(world, transport="native") as c:
+            with pytest.raises(Killed):
+                c.attach(vol, "vm1", host="hosta")
+    with client(world, transport="native") as c:
+        [op] = c.operations()
+        assert (op.kind, c.shown_state(op)) == ("attach", "interrupted")
+        with pytest.raises(errors.RecoveryNeeded, match=f"attachflow recover {op.id[:8]}"):
+            c.delete_guest("vm1", host="hosta")
+    assert hosts["hosta"].hypervisor.domains["vm1"].active
+    recover_all(world, "attach")
+    assert_consistent(cinder, hosts, [root, vol], "vm1")
