@@ -1,9 +1,12 @@
 """Multi-step operations with undo.
 
 A ``Transaction`` runs named steps; each successful step may register its undo. When a
-step fails, the undos run in reverse order; an undo that fails does not stop the others
-(errors are collected, as os-brick's ExceptionChainer does) and is named in the
-``OperationFailed`` that is raised, so the operator knows exactly what is left.
+step fails, the undos run in reverse order. An undo that fails stops the undoing: every
+step stands on the ones before it (a guest that kept its disk still needs the host's
+connection and the attachment), so the earlier steps are left in place. The failed undo
+and the steps left in place are named in the ``OperationFailed`` that is raised, so the
+operator (or ``attachflow recover``, which settles it from the real state) knows exactly
+what is left.
 
 With an ``OperationLog`` (see ``journal``), each step is written to the journal before it
 runs and again when it succeeds (with what ``note`` says of its result: the ids recovery
@@ -101,18 +104,29 @@ class Transaction:
         if not self._undo and isinstance(cause, AttachflowError):
             raise cause  # nothing had changed yet: the error speaks for itself
         failures = Problems()
-        for name, undo in reversed(self._undo):
+        pending = list(reversed(self._undo))
+        self._undo.clear()
+        for index, (name, undo) in enumerate(pending):
             try:
                 undo()
-            except Exception as exc:  # collect, keep undoing the rest
+            except Exception as exc:
                 failures.add(name, exc)
                 if self.log is not None:
                     self.log.undo_failed(name, str(exc))
                 self.emit(UndoFailed(self.operation, name, str(exc)))
+                # Each step stands on the ones before it: a guest that kept its disk
+                # still needs the host connection and the attachment. So the earlier
+                # steps stay as they are, named, for a human or `attachflow recover`.
+                for kept, _undo in pending[index + 1:]:
+                    failures.add(kept, AttachflowError(f"left in place because undoing "
+                                                       f"'{name}' failed"))
+                    if self.log is not None:
+                        self.log.undo_failed(kept, f"left in place: undoing '{name}' "
+                                                   "failed")
+                break
             else:
                 if self.log is not None:
                     self.log.step_undone(name)
                 self.emit(StepUndone(self.operation, name))
-        self._undo.clear()
         raise OperationFailed(self.operation, failed_step, cause, failures.pairs()) \
             from cause

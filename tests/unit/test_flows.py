@@ -302,9 +302,10 @@ def test_failed_undo_is_reported(cinder, host):
     assert "storage complete" in msg and "could NOT undo" in msg and "libvirtd went away" \
         in msg
     assert info.value.exit_code == 1
-    # everything else was still undone
-    assert cinder.volumes[vol].status == "available"
+    # what came after the failed undo was undone; what it stands on is left, and named
     assert host.hypervisor.domain("vm1").disk(vol) is None
+    assert "storage connect (attachments): left in place" in msg
+    assert cinder.volumes[vol].status == "attaching"
 
 
 DETACH_FAILURES = {

@@ -27,7 +27,7 @@ def test_problems_keep_order_and_render_one_line_each():
     assert len(problems) == 2
 
 
-def test_rollback_collects_failed_undos_and_keeps_undoing():
+def test_a_failed_undo_leaves_the_steps_before_it_in_place_and_names_them():
     tx = Transaction("op")
     undone = []
 
@@ -39,11 +39,11 @@ def test_rollback_collects_failed_undos_and_keeps_undoing():
     tx.run("three", lambda: 3, undone.append)
     with pytest.raises(errors.OperationFailed) as info:
         tx.run("four", lambda: (_ for _ in ()).throw(errors.AttachflowError("boom")))
-    assert undone == [3, 1]
+    assert undone == [3]  # "one" stays: "two", which stands on it, could not be undone
     assert [(name, str(exc)) for name, exc in info.value.undo_failures] == \
-        [("two", "undo broke")]
+        [("two", "undo broke"), ("one", "left in place because undoing 'two' failed")]
     assert str(info.value) == "op failed at step 'four': boom -- could NOT undo: two: " \
-                              "undo broke"
+                              "undo broke; one: left in place because undoing 'two' failed"
 
 
 def test_steps_run_in_order_and_undo_gets_what_its_step_returned():
@@ -102,7 +102,7 @@ def test_an_unexpected_error_or_an_interrupt_is_wrapped_even_with_nothing_to_und
     assert isinstance(info.value.cause, KeyboardInterrupt) and info.value.exit_code == 1
 
 
-def test_an_undo_failing_with_any_error_is_named_and_the_rest_still_undone():
+def test_an_undo_failing_with_any_error_is_named_with_what_it_left():
     tx = Transaction("op")
     undone = []
 
@@ -113,9 +113,9 @@ def test_an_undo_failing_with_any_error_is_named_and_the_rest_still_undone():
     tx.run("two", lambda: 2, broken)
     with pytest.raises(errors.OperationFailed) as info:
         tx.run("three", lambda: (_ for _ in ()).throw(errors.InputError("refused")))
-    assert undone == [1]
+    assert undone == []
     assert [(name, str(exc)) for name, exc in info.value.undo_failures] == \
-        [("two", "undo bug")]
+        [("two", "undo bug"), ("one", "left in place because undoing 'two' failed")]
     # something is left to clean up by hand: not reported as mere bad input
     assert info.value.exit_code == 1
 
@@ -148,8 +148,7 @@ def test_the_log_names_every_step_and_undo(caplog):
         ("DEBUG", "op: one ..."), ("DEBUG", "op: one done"),
         ("DEBUG", "op: two ..."), ("DEBUG", "op: two done"), ("DEBUG", "op: three ..."),
         ("WARNING", "op interrupted at three; undoing"),
-        ("WARNING", "op: could NOT undo two: undo broke"),
-        ("INFO", "op: undid one")]
+        ("WARNING", "op: could NOT undo two: undo broke")]  # and "one" is left for it
 
 
 def _fail(exc):
@@ -176,8 +175,7 @@ def test_each_step_reports_started_done_undone_and_failed_undo_in_order():
         StepStarted("attach v to vm1", "three"), StepDone("attach v to vm1", "three"),
         StepStarted("attach v to vm1", "four"),
         UndoFailed("attach v to vm1", "two", "undo broke"),
-        StepUndone("attach v to vm1", "one"),
-    ]
+    ]  # "one" is left in place: "two" stands on it
     assert tx.completed == ["one", "two", "three"]
 
 
