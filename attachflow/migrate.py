@@ -449,8 +449,14 @@ def _result(plan: Plan, job: JobOutcome, start: float, left: Problems) -> Migrat
 
 
 def _runs_on(host: ComputeHost, name: str) -> bool:
+    """Whether ``name`` runs on ``host``. A host that cannot be asked is not an answer:
+    rolling back under a guest that runs there would pull its disks away, so that is
+    an error (the operation stays incomplete, for recover)."""
     try:
         return host.hypervisor.lookup(name).active
-    except errors.AttachflowError:
+    except errors.DomainNotFound:
         return False
+    except errors.AttachflowError as exc:
+        raise errors.HypervisorError(f"cannot tell whether {name} runs on {host.name}: "
+                                     f"{exc}") from None
 
