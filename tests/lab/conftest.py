@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+import secrets_seen
+
 pytestmark = pytest.mark.lab
 
 HOSTS = ("hosta", "hostb")
@@ -61,6 +63,15 @@ def lab():
     os.environ.update(saved)
 
 
+@pytest.fixture(autouse=True)
+def _secrets_gathered(request):
+    """After each lab test: the secrets its lab used, for test_secrets_left."""
+    yield
+    if "lab" in request.fixturenames:
+        import attachflow.lab as manager
+        secrets_seen.gather(manager.state_dir())
+
+
 class Lab:
     def __init__(self, manager):
         self.manager = manager
@@ -73,6 +84,7 @@ class Lab:
            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         proc = subprocess.run(["attachflow", *args], capture_output=True, text=True,
                               timeout=600, env=env)
+        secrets_seen.OUTPUTS.extend((proc.stdout, proc.stderr))
         if expect is not None:
             assert proc.returncode == expect, (args, proc.returncode, proc.stdout,
                                                proc.stderr)
