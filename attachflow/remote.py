@@ -51,7 +51,15 @@ class SSHRunner(Runner):
 
     def _connect_once(self):
         if self._client is not None:
-            return self._client
+            transport = self._client.get_transport()
+            if transport is not None and transport.is_active():
+                return self._client
+            # The link dropped (the host rebooted, a network blip, sshd restarted):
+            # a new connection, not an error on every later command.
+            LOG.debug("ssh %s@%s: connection lost; connecting again", self.cfg.ssh_user,
+                      self.cfg.address)
+            _close_quietly(self._client)
+            self._client = None
         import paramiko
         import tenacity
         client = paramiko.SSHClient()
@@ -83,6 +91,11 @@ class SSHRunner(Runner):
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise errors.HostError(f"ssh {self.cfg.ssh_user}@{self.cfg.address}: "
                                    f"{_describe(exc)}") from None
+        transport = client.get_transport()
+        if transport is not None:
+            # A link that dies silently is noticed within a minute, not at the command's
+            # timeout.
+            transport.set_keepalive(KEEPALIVE)
         self._client = client
         return client
 
@@ -116,6 +129,11 @@ class SSHRunner(Runner):
             chan = files[0].channel
             started = time.monotonic()
             answer = _exchange(chan, stdin or b"", deadline)
+            if answer[0] == -1 and not chan.status_event.is_set():
+                # The channel closed without the command's exit status: the link went
+                # down mid-command, which may have run on the host, in part or whole.
+                raise errors.HostError(f"{where}: the connection was lost before the "
+                                       "command finished (it may have run on the host)")
             LOG.debug("%s -> exit %d (%.0f ms)", where, answer[0],
                       (time.monotonic() - started) * 1000)
             return answer
@@ -135,6 +153,8 @@ class SSHRunner(Runner):
 
 
 _CHUNK = 32768
+# Seconds between SSH keepalive messages on an idle connection.
+KEEPALIVE = 15
 # The longest wait for something the channel's file descriptor does not signal: room in
 # the window for more stdin, or the exit status once the output has ended.
 _SHORT_WAIT = 0.01

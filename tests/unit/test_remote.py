@@ -97,6 +97,9 @@ class ScriptedChannel:
                 del self.stdin_pending[:n]
                 if self.stdin_pending or not self.stdin_ended:
                     return
+            elif kind == "drop":  # the SSH link goes down: no EOF, no exit status
+                self.closed = True
+                return
             elif kind == "flood":
                 if len(step) == 1:
                     step.append(time.monotonic())  # when the flood began
@@ -169,6 +172,14 @@ class ScriptedChannel:
     def exit_status_ready(self):
         return self.closed or self.eof_received
 
+    @property
+    def status_event(self):
+        """Set once the command's exit status arrived (with its EOF, here)."""
+        event = threading.Event()
+        if self.eof_received:
+            event.set()
+        return event
+
     def recv_exit_status(self):
         if not self.exit_status_ready():
             raise AssertionError("recv_exit_status would wait for good")
@@ -203,6 +214,14 @@ class ChannelFile:
         return bytes(data)
 
 
+class _LiveTransport:
+    def is_active(self):
+        return True
+
+    def set_keepalive(self, interval):
+        pass
+
+
 class ScriptedClient:
     """An SSHClient already connected, whose commands run on ``channel``."""
 
@@ -210,6 +229,9 @@ class ScriptedClient:
         self.channel = channel
         self.fail = fail
         self.commands = []
+
+    def get_transport(self):
+        return _LiveTransport()
 
     def exec_command(self, command, timeout=None):
         self.commands.append(command)
@@ -302,6 +324,14 @@ class SlowToOpen(ScriptedClient):
         raise paramiko.SSHException("Timeout opening channel.")
 
 
+def test_a_link_lost_mid_command_is_an_error_that_says_the_command_may_have_run():
+    chan = ScriptedChannel([("read",), ("out", b"half an ans"), ("drop",)])
+    with pytest.raises(errors.HostError, match=r"^ssh root@198\.18\.0\.12: attachflow "
+                       r"host-call: the connection was lost before the command finished "
+                       r"\(it may have run on the host\)$"):
+        _runner(ScriptedClient(chan)).run(["attachflow", "host-call"], stdin=b"{}")
+
+
 def test_run_channel_open_timeout_says_timed_out():
     with pytest.raises(errors.HostError, match=r"^ssh root@198\.18\.0\.12: true: timed out "
                        r"after 0\.05 s$"):
@@ -334,6 +364,9 @@ class _TransportClient:
 
     def __init__(self, transport):
         self.transport = transport
+
+    def get_transport(self):
+        return self.transport
 
     def exec_command(self, command, timeout=None):
         chan = self.transport.open_session(timeout=timeout)
