@@ -11,12 +11,12 @@ settles the ones that were interrupted.
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from typing import Callable, Mapping, TypeVar
 
 from attachflow import domxml, errors, inventory, operations, redact
 from attachflow import migrate as _migrate
 from attachflow import recover as _recover
-from attachflow.journal import OperationEntry
+from attachflow.journal import INCOMPLETE, OperationEntry
 from attachflow.cinder_side import CinderStorage, StorageAPI
 from attachflow.compute_side import ComputeHost, open_host
 from attachflow.connectors import get_transport
@@ -25,6 +25,8 @@ from attachflow.events import Listener
 from attachflow.hosts import LOCAL
 from attachflow.model import ConnectorProperties
 from attachflow.tracking import Tracker
+
+_T = TypeVar("_T")
 
 DEFAULT_TRANSPORT = "kernel"
 DEFAULT_API = "auto"
@@ -147,11 +149,10 @@ class Client:
         Attaching a volume already attached there as asked returns its attachment with
         ``already`` set; another device, transport or guest is a refusal."""
         compute = self.host(host)  # a host that is not known fails before any contact
-        return operations.attach(self.storage, compute,
-                                 self._transport(transport, multipath), volume, domain,
-                                 api=self._api(api), device=device,
-                                 detach_timeout=detach_timeout, progress=self.progress,
-                                 tracker=self.tracker)
+        return self._settled(lambda: operations.attach(
+            self.storage, compute, self._transport(transport, multipath), volume, domain,
+            api=self._api(api), device=device, detach_timeout=detach_timeout,
+            progress=self.progress, tracker=self.tracker))
 
     def detach(self, volume: str, domain: str, *, host: str = LOCAL,
                transport: str | None = None, api: str | None = None,
@@ -162,10 +163,10 @@ class Client:
         (``strict``: ``NotAttached``). ``transport``, when given, must match."""
         chosen = _choice("transport", transport, TRANSPORTS) if transport else None
         compute = self.host(host)
-        return operations.detach(self.storage, compute, volume, domain,
-                                 api=self._api(api), transport_name=chosen,
-                                 timeout=timeout, strict=strict, progress=self.progress,
-                                 tracker=self.tracker)
+        return self._settled(lambda: operations.detach(
+            self.storage, compute, volume, domain, api=self._api(api),
+            transport_name=chosen, timeout=timeout, strict=strict, progress=self.progress,
+            tracker=self.tracker))
 
     def boot(self, name: str, volume: str, *, host: str = LOCAL, memory_mib: int = 128,
              vcpus: int = 1, virt_type: str = "kvm",
@@ -174,10 +175,10 @@ class Client:
         """Define and start ``name`` with ``volume`` as its root disk (vda). A guest of
         that name already running from that volume is returned with ``already`` set."""
         compute = self.host(host)
-        return operations.boot(self.storage, compute, self._transport(transport),
-                               name, volume, api=self._api(api), memory_mib=memory_mib,
-                               vcpus=vcpus, virt_type=virt_type, direct_boot=direct_boot,
-                               progress=self.progress, tracker=self.tracker)
+        return self._settled(lambda: operations.boot(
+            self.storage, compute, self._transport(transport), name, volume,
+            api=self._api(api), memory_mib=memory_mib, vcpus=vcpus, virt_type=virt_type,
+            direct_boot=direct_boot, progress=self.progress, tracker=self.tracker))
 
     def start_guest(self, name: str, *, host: str = LOCAL) -> bool:
         """Start the defined guest ``name``; False when it was running already."""
@@ -203,9 +204,9 @@ class Client:
         volumes first (``force``: any guest). A guest that does not exist is a success
         with ``already`` set (``strict``: ``DomainNotFound``)."""
         compute = self.host(host)
-        return operations.delete_guest(self.storage, compute, name, force=force,
-                                       shutdown_timeout=shutdown_timeout, strict=strict,
-                                       progress=self.progress, tracker=self.tracker)
+        return self._settled(lambda: operations.delete_guest(
+            self.storage, compute, name, force=force, shutdown_timeout=shutdown_timeout,
+            strict=strict, progress=self.progress, tracker=self.tracker))
 
     def plan_migration(self, domain: str, *, source: str, destination: str,
                        options: _migrate.MigrationOptions | None = None,
@@ -223,8 +224,33 @@ class Client:
         reconnected there; rolled back while the guest still runs on the source, finished
         once it runs on the destination (``left_behind`` names anything not cleaned up)."""
         src, dst = self.host(source), self.host(destination)
-        return _migrate.run(self.storage, src, dst, domain, api=self._api(api),
-                            options=options, progress=self.progress, tracker=self.tracker)
+        return self._settled(lambda: _migrate.run(
+            self.storage, src, dst, domain, api=self._api(api), options=options,
+            progress=self.progress, tracker=self.tracker))
+
+    def _settled(self, run: Callable[[], _T]) -> _T:
+        """Run an operation; when it fails leaving something for recover (an undo that
+        failed, or a step that may have taken effect), recover it at once, from the
+        real state, and say so in the error. Only what this cannot settle is left for
+        `attachflow recover`."""
+        try:
+            return run()
+        except errors.AttachflowError as exc:
+            op = self.tracker.journal.get(exc.operation_id) if exc.operation_id else None
+            if op is None or op.state != INCOMPLETE:
+                raise
+            try:
+                [settled] = self.recover(op.id)
+            except errors.AttachflowError as again:
+                exc.message += (f"; recovering it failed too ({again}): run 'attachflow "
+                                f"recover {op.id[:8]}' once that is fixed")
+                raise
+            if settled.needs_human:
+                exc.message += (f"; left for a human: {settled.problem} (then 'attachflow "
+                                f"recover {op.id[:8]}')")
+            else:
+                exc.message += f"; recovered: {settled.describe().split(': ', 1)[1]}"
+            raise
 
     # -- the journal -----------------------------------------------------------------------
     def operations(self, *, include_finished: bool = False) -> list[OperationEntry]:

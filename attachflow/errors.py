@@ -43,6 +43,8 @@ from __future__ import annotations
 
 class AttachflowError(Exception):
     exit_code = 1
+    #: the journal's id of the operation that raised it, when it was one
+    operation_id: str | None = None
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -134,9 +136,13 @@ class OperationFailed(AttachflowError):
     """
 
     def __init__(self, operation: str, step: str, cause: BaseException,
-                 undo_failures: list[tuple[str, BaseException]] | None = None):
+                 undo_failures: list[tuple[str, BaseException]] | None = None,
+                 uncertain: bool = False):
         self.operation = operation
         self.step = step
+        # The failed step changes something and did not fail by a refusal: it may
+        # have taken effect (an answer lost after Cinder acted): recover looks.
+        self.uncertain = uncertain
         self.cause = cause
         self.undo_failures = list(undo_failures or [])
         message = f"{operation} failed at step '{step}': {cause}"

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
-from attachflow.errors import AttachflowError, OperationFailed
+from attachflow.errors import AttachflowError, AuthError, InputError, OperationFailed
 from attachflow.events import Emitter, StepDone, StepStarted, StepUndone, UndoFailed
 
 if TYPE_CHECKING:
@@ -82,7 +82,10 @@ class Transaction:
         try:
             result = do()
         except BaseException as exc:
-            self.rollback(name, exc)
+            # A step that changes something and failed for a reason other than a
+            # refusal (a timeout, a lost answer) may have taken effect all the same.
+            self.rollback(name, exc, uncertain=undo is not None and not isinstance(
+                exc, (InputError, AuthError)))
             raise AssertionError("unreachable")  # rollback always raises
         self.completed.append(name)
         if undo is not None:
@@ -98,10 +101,11 @@ class Transaction:
         if self.log is not None:
             self.log.add_context(**values)
 
-    def rollback(self, failed_step: str, cause: BaseException) -> None:
+    def rollback(self, failed_step: str, cause: BaseException,
+                 uncertain: bool = False) -> None:
         if isinstance(cause, KeyboardInterrupt):
             LOG.warning("%s interrupted at %s; undoing", self.operation, failed_step)
-        if not self._undo and isinstance(cause, AttachflowError):
+        if not self._undo and isinstance(cause, AttachflowError) and not uncertain:
             raise cause  # nothing had changed yet: the error speaks for itself
         failures = Problems()
         pending = list(reversed(self._undo))
@@ -128,5 +132,5 @@ class Transaction:
                 if self.log is not None:
                     self.log.step_undone(name)
                 self.emit(StepUndone(self.operation, name))
-        raise OperationFailed(self.operation, failed_step, cause, failures.pairs()) \
-            from cause
+        raise OperationFailed(self.operation, failed_step, cause, failures.pairs(),
+                              uncertain=uncertain) from cause

@@ -111,12 +111,15 @@ class Tracker:
                 try:
                     yield log
                 except errors.OperationFailed as exc:
-                    log.finish(INCOMPLETE if exc.undo_failures else FAILED, str(exc))
+                    log.finish(INCOMPLETE if exc.undo_failures or exc.uncertain
+                               else FAILED, str(exc))
+                    exc.operation_id = log.id
                     raise
                 except errors.AttachflowError as exc:
                     # Raised outside a step: before the first one (a refusal, nothing
                     # changed), or where a step's own undo is not the whole story.
                     log.finish(FAILED if not log.changed else INCOMPLETE, str(exc))
+                    exc.operation_id = log.id
                     raise
                 except BaseException as exc:
                     # Anything else (a bug, an interrupt between steps): recover looks.

@@ -334,3 +334,33 @@ def test_delete_refuses_before_stopping_a_guest_left_mid_operation(world, monkey
     assert hosts["hosta"].hypervisor.domains["vm1"].active
     recover_all(world, "attach")
     assert_consistent(cinder, hosts, [root, vol], "vm1")
+
+
+@pytest.mark.parametrize("method,state", [
+    ("attachment_create", "recovered"),  # the orphan attachment recover finds
+    ("attachment_complete", "failed"),   # the undo deletes the completed attachment
+])
+def test_an_answer_lost_after_cinder_acted_is_recovered_at_once(world, monkeypatch, method,
+                                                                 state):
+    """Cinder acts, then its answer is lost (a timeout, a dropped link): the step may have
+    taken effect, so the failed operation is recovered from the real state right away."""
+    cinder, hosts = world
+    root, vol = cinder.create_volume(), cinder.create_volume()
+    with client(world, transport="native") as c:
+        c.boot("vm1", root, host="hosta", virt_type="qemu")
+    real = getattr(cinder, method)
+
+    def acts_then_times_out(*args, **kwargs):
+        real(*args, **kwargs)
+        raise errors.StorageUnavailable(f"{method}: timed out")
+
+    monkeypatch.setattr(cinder, method, acts_then_times_out)
+    with client(world, transport="native") as c:
+        with pytest.raises(errors.OperationFailed) as failed:
+            c.attach(vol, "vm1", host="hosta")
+        assert ("; recovered: rolled back" in str(failed.value)) == (state == "recovered")
+        assert c.operations() == []
+        [op] = [o for o in c.operations(include_finished=True) if o.kind == "attach"]
+        assert op.state == state
+    assert_consistent(cinder, hosts, [root, vol], "vm1")
+    assert cinder.volumes[vol].status == "available" and not cinder.volumes[vol].attachments
