@@ -44,8 +44,8 @@ def _ssh(script: str, stdin: str | None = None) -> str:
 
 def _floor_cycle(cinder, volume_id: str, instance: str, domain: str,
                  connector: dict) -> None:
-    att = cinder.attachments.create(volume_id, connector, instance)
-    conn = att.connection_info
+    att = cinder.attachments.create(volume_id, connector, instance)  # a dict
+    conn = att["connection_info"]
     iqn, portal, lun = conn["target_iqn"], conn["target_portal"], conn["target_lun"]
     node = f"iscsiadm -m node -T {shlex.quote(iqn)} -p {shlex.quote(portal)}"
     dev = f"/dev/disk/by-path/ip-{portal}-iscsi-{iqn}-lun-{lun}"
@@ -66,7 +66,7 @@ def _floor_cycle(cinder, volume_id: str, instance: str, domain: str,
     _ssh(login, f"{conn['auth_username']}\n{conn['auth_password']}\n")
     _ssh(f"virsh -q detach-device {domain} /tmp/floor-disk.xml --config && "
          f"{node} --logout >/dev/null && {node} -o delete")
-    cinder.attachments.delete(att.id)
+    cinder.attachments.delete(att["id"])
 
 
 def main() -> int:
@@ -117,6 +117,12 @@ def main() -> int:
     finally:
         client.delete_guest(domain, host=NODE, force=True)
         for vol in (root, data_lib, data_floor):
+            for att in cinder.attachments.list(search_opts={"volume_id": vol}):
+                cinder.attachments.delete(att.id)  # a floor cycle that failed midway
+            _ssh("iscsiadm -m node -u >/dev/null 2>&1; iscsiadm -m node -o delete "
+                 ">/dev/null 2>&1; true")
+            while cinder.volumes.get(vol).status not in ("available", "error"):
+                time.sleep(0.2)
             cinder.volumes.delete(vol)
     res = {"reps": args.reps, "machine": machine(),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -345,11 +345,8 @@ def test_live_migration_of_iscsi_backed_guest(lab_up, volume):
             att_b = cinder.attachments.create(volume.id, _connector("hostb"),
                                               instance_id=instance)
             assert att_b["connection_info"]["target_iqn"] == info["target_iqn"]
-            t0 = time.monotonic()
             _virsh("hosta", "migrate", "--live", "--p2p", "--persistent", "--undefinesource",
                    name, "qemu+ssh://root@hostb/system")
-            took = time.monotonic() - t0
-            assert took < 60
             assert _virsh("hostb", "domstate", name).stdout.strip() == "running"
             assert name not in _virsh("hosta", "list", "--all", "--name").stdout
             nexus = _target_block(info["target_iqn"])
@@ -367,9 +364,7 @@ def test_live_migration_of_iscsi_backed_guest(lab_up, volume):
 def test_second_up_is_idempotent(lab_up):
     before = manager.status()
     lines: list[str] = []
-    t0 = time.monotonic()
     after = manager.up(echo=lines.append)
-    assert time.monotonic() - t0 < 20
     assert after["state"] == "up"
     assert not any("install" in l for l in lines), lines
     for name, comp in before["components"].items():
