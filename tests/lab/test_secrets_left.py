@@ -1,5 +1,5 @@
-"""After the lab suite (this file runs after the others but the up/down cycles, which
-tear the lab down): none of the CHAP passwords or Keystone passwords the suite used, and
+"""After the lab suite (conftest runs this after the others but the up/down cycles,
+which tear the lab down): none of the CHAP passwords or Keystone passwords the suite used, and
 no Keystone token, appears in any output of the attachflow command, in the operations
 journal, or in any log or file the suite leaves -- except the stores whose job is to
 keep them: Keystone's password and cloud files, Cinder's own configuration and target
