@@ -10,9 +10,9 @@ the domain's XML on the host where the guest really is, the initiators logged in
 volume's target in tgtd, the libvirt secrets on both hosts, and the pattern written on
 the volume before the operation, read back through the guest and in the volume's file.
 
-A kill can land a little after boundary N (the command goes on while the killer reads
-the journal); the crash points reached are the boundaries the journal shows at the
-kill, and the tests report them.
+The killer stops the command (SIGSTOP) the moment it sees boundary N and kills it; the
+crash point reported is the one the journal shows after the kill (N, or a little after
+when the command ran on between two reads).
 """
 
 from __future__ import annotations
@@ -50,45 +50,54 @@ def journal_path() -> Path:
     return Path(os.environ["ATTACHFLOW_STATE_DIR"]) / "journal.sqlite"
 
 
-def boundaries_of(pid: int) -> tuple[str | None, int, str | None]:
-    """(operation id, step boundaries recorded, last step) of the operation run by
-    ``pid``; the journal read as an observer reads it, without locking anything."""
+def boundaries_of(pid: int) -> tuple[str | None, int, str | None, str | None]:
+    """(operation id, step boundaries recorded, last step, state) of the operation run
+    by ``pid``; the journal read as an observer reads it, without locking anything."""
     path = journal_path()
     if not path.exists():
-        return None, 0, None
+        return None, 0, None, None
     with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True,
                                             timeout=5)) as db:
-        row = db.execute("SELECT id, step FROM operations WHERE pid = ? "
+        row = db.execute("SELECT id, step, state FROM operations WHERE pid = ? "
                          "ORDER BY started DESC LIMIT 1", (pid,)).fetchone()
         if row is None:
-            return None, 0, None
+            return None, 0, None, None
         count = db.execute("SELECT COUNT(*) FROM steps WHERE op_id = ?",
                            (row[0],)).fetchone()[0]
-    return row[0], count, row[1]
+    return row[0], count, row[1], row[2]
+
+
+ENDED = "ended"  # the command ended before the kill was due: nothing to recover
 
 
 def run_killed(args: list[str], boundary: int | None = None,
-               delay: float | None = None) -> tuple[int | None, str | None]:
+               delay: float | None = None) -> int | str:
     """Run ``attachflow ARGS`` and SIGKILL it once its operation has recorded
-    ``boundary`` step boundaries (or after ``delay`` seconds). Returns the boundaries
-    the journal shows at the kill and the last step, or (None, None) when the command
-    ended before."""
+    ``boundary`` step boundaries (or after ``delay`` seconds). The process is stopped
+    (SIGSTOP) the moment that is seen, so the crash point is read exactly, then killed.
+    Returns the boundaries the journal shows at the kill, or ENDED when the command
+    ended (or its operation finished) before."""
     proc = subprocess.Popen(["attachflow", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     started = time.monotonic()
     try:
         while True:
             if proc.poll() is not None:
-                return None, None
-            _op, count, _step = boundaries_of(proc.pid)
+                return ENDED
+            _op, count, _step, _state = boundaries_of(proc.pid)
             if (boundary is not None and count >= boundary) or \
                     (delay is not None and time.monotonic() - started >= delay):
+                os.kill(proc.pid, signal.SIGSTOP)
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
-                _op, count, step = boundaries_of(proc.pid)
-                return count, step
+                # Read after the kill: a commit the process was making when it stopped
+                # is in the journal's log already, and counts (SQLite replays it).
+                _op, count, _step, state = boundaries_of(proc.pid)
+                if state != "running":
+                    return ENDED  # not begun, or finished before it stopped
+                return count
             assert time.monotonic() - started < 300, f"{args} still runs"
-            time.sleep(0.005)
+            time.sleep(0.002)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -117,9 +126,10 @@ def recover(lab, twice: bool = False) -> list[dict]:
 
 
 def volume_file(lab, volume_id: str) -> Path:
-    found = list(lab.state.glob(f"cinder/**/volume-{volume_id}"))
-    assert len(found) == 1, found
-    return found[0]
+    """The file the lab's Cinder backend keeps the volume in (tgtd exports it)."""
+    path = lab.state / "cinder" / "files" / f"volume-{volume_id}"
+    assert path.is_file(), path
+    return path
 
 
 def write_pattern(lab, volume_id: str) -> None:
@@ -226,8 +236,8 @@ def test_attach_and_detach_killed_at_every_boundary(lab, cleanup, guest, api):
     args = [vol, dom, "--host", "hosta", "--api", api]
 
     def attach_then_detach(n: int) -> int | None:
-        reached, _step = run_killed(["attach", *args], boundary=n)
-        if reached is None:  # attach ran to its end before boundary n
+        reached = run_killed(["attach", *args], boundary=n)
+        if reached == ENDED:  # attach ran to its end before boundary n
             assert_one_story(lab, [vol, root], dom)
             lab.af("detach", *args)
             return None
@@ -236,8 +246,8 @@ def test_attach_and_detach_killed_at_every_boundary(lab, cleanup, guest, api):
         assert_data(lab, vol, "hosta", dom)
         lab.af("attach", *args)  # what the operator does next: attach (again)
         assert lab.disk("hosta", dom, vol) is not None
-        killed, _step = run_killed(["detach", *args], boundary=n)
-        if killed is not None:
+        killed = run_killed(["detach", *args], boundary=n)
+        if killed != ENDED:
             recover(lab)
             assert_one_story(lab, [vol, root], dom)
             assert_data(lab, vol, "hosta", dom)
@@ -262,15 +272,15 @@ def test_boot_killed_at_every_boundary(lab, cleanup, api):
         dom = name("crashboot")
         cleanup["domains"].extend((h, dom) for h in HOSTS)
         args = ["boot", dom, "--volume", root, "--host", "hosta", "--api", api]
-        reached, _step = run_killed(args, boundary=n)
-        if reached is not None:
+        reached = run_killed(args, boundary=n)
+        if reached != ENDED:
             recover(lab)
         home = assert_one_story(lab, [root], dom)
         assert_data(lab, root, home, dom)
         lab.af("delete", dom, "--host", "hosta", "--force", "--shutdown-timeout", "1")
         assert_one_story(lab, [root], dom)
         assert dom not in lab.domains("hosta")
-        return reached
+        return None if reached == ENDED else reached
 
     assert sweep("boot", api, attempt) >= 8
 
@@ -285,15 +295,15 @@ def test_migration_killed_at_every_boundary(lab, cleanup, guest, api):
     def attempt(n: int) -> int | None:
         src = state["on"]
         dst = "hostb" if src == "hosta" else "hosta"
-        reached, _step = run_killed(["migrate", dom, "--host", src, "--to", dst,
-                                     "--progress", "none"], boundary=n)
-        if reached is not None:
+        reached = run_killed(["migrate", dom, "--host", src, "--to", dst,
+                              "--progress", "none"], boundary=n)
+        if reached != ENDED:
             recover(lab)
         home = assert_one_story(lab, [root, vol], dom)
         assert home in HOSTS and where(lab, dom)[home], (home, where(lab, dom))
         assert_data(lab, vol, home, dom)
         state["on"] = home
-        return reached
+        return None if reached == ENDED else reached
 
     assert sweep("migrate", api, attempt) >= 10
     lab.af("detach", vol, dom, "--host", state["on"])
@@ -313,8 +323,8 @@ def test_kills_at_random_moments(lab, cleanup, guest):
                 args = ["migrate", dom, "--host", on, "--to", dst, "--progress", "none"]
             else:
                 args = [command, vol, dom, "--host", on]
-            reached, _step = run_killed(args, delay=rng.uniform(0.3, 4.0))
-            if reached is not None:
+            reached = run_killed(args, delay=rng.uniform(0.3, 4.0))
+            if reached != ENDED:
                 landed += 1
                 REACHED.setdefault("random", set()).add(reached)
                 recover(lab, twice=True)
@@ -333,8 +343,7 @@ def test_two_recovers_at_once_settle_each_operation_once(lab, cleanup, guest):
     guests = [guest("attachments") for _ in range(2)]
     vols = [data_volume(lab, cleanup) for _ in range(2)]
     for vol, (dom, _root) in zip(vols, guests):
-        reached, _step = run_killed(["attach", vol, dom, "--host", "hosta"], boundary=6)
-        assert reached is not None
+        assert run_killed(["attach", vol, dom, "--host", "hosta"], boundary=6) != ENDED
     procs = [subprocess.Popen(["attachflow", "recover", "--all", "-f", "json"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
@@ -354,8 +363,7 @@ def test_two_recovers_at_once_settle_each_operation_once(lab, cleanup, guest):
 def test_an_interrupted_operation_blocks_the_volume_until_recovered(lab, cleanup, guest):
     dom, root = guest("attachments")
     vol = data_volume(lab, cleanup)
-    reached, _step = run_killed(["attach", vol, dom, "--host", "hosta"], boundary=4)
-    assert reached is not None
+    assert run_killed(["attach", vol, dom, "--host", "hosta"], boundary=4) != ENDED
     listed = json.loads(lab.af("operations", "-f", "json", expect=5).stdout)
     assert [(o["kind"], o["state"], o["volumes"], o["domain"]) for o in listed] == \
         [("attach", "interrupted", [vol], dom)]
