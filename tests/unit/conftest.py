@@ -27,6 +27,15 @@ def host(cinder):
     return fake_host("hosta", target=cinder)
 
 
+@pytest.fixture
+def world():
+    """Cinder and two hosts of twins that can migrate to each other."""
+    cinder, network = FakeCinder(), {}
+    hosts = {name: fake_host(name, cinder, address, network)
+             for name, address in (("hosta", "198.18.0.11"), ("hostb", "198.18.0.12"))}
+    return cinder, hosts
+
+
 @pytest.fixture(autouse=True)
 def _state_dir(tmp_path, monkeypatch):
     """Each test's own journal and locks: a client or command made without a state

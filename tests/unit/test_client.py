@@ -18,14 +18,6 @@ from attachflow.testing import FakeCinder, fake_host
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def world():
-    cinder, network = FakeCinder(), {}
-    hosts = {name: fake_host(name, cinder, address, network)
-             for name, address in (("hosta", "198.18.0.11"), ("hostb", "198.18.0.12"))}
-    return cinder, hosts
-
-
 def twin_client(world, **settings):
     cinder, hosts = world
     return attachflow.Client(storage=cinder, hosts=hosts, **settings)

@@ -12,28 +12,18 @@ import contextlib
 
 import pytest
 
-import attachflow
 from attachflow import errors, journal as journal_mod, operations
 from attachflow.connectors import get_transport
 from attachflow.journal import OperationLog
-from attachflow.testing import FakeCinder, fake_host
+from attachflow.testing import FakeCinder
 
 
 class Killed(BaseException):
     """The orchestrator died here."""
 
 
-@pytest.fixture
-def world():
-    cinder, network = FakeCinder(), {}
-    hosts = {name: fake_host(name, cinder, address, network)
-             for name, address in (("hosta", "198.18.0.11"), ("hostb", "198.18.0.12"))}
-    return cinder, hosts
-
-
-def client(world, **settings):
-    cinder, hosts = world
-    return attachflow.Client(storage=cinder, hosts=hosts, **settings)
+# a client on the two-host world of twins (conftest's `world`), as the client's tests
+from test_client import twin_client as client
 
 
 @contextlib.contextmanager
