@@ -165,6 +165,11 @@ class LibvirtHypervisor(Hypervisor):
 
     @property
     def conn(self):
+        if self._conn is not None and not self._alive():
+            # libvirtd restarted, or the link to it broke: a new connection for what
+            # comes next instead of an error on every later call.
+            LOG.debug("libvirt connection to %s lost; connecting again", self.host_name)
+            self._drop()
         if self._conn is None:
             libvirt = _libvirt()
             try:
@@ -178,6 +183,30 @@ class LibvirtHypervisor(Hypervisor):
                 except libvirt.libvirtError:
                     pass
         return self._conn
+
+    def _alive(self) -> bool:
+        try:
+            return bool(self._conn.isAlive())
+        except Exception:  # a connection that cannot even say so is not alive
+            return False
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        try:
+            conn.close()
+        except Exception:  # closing a dead connection may fail: it is gone either way
+            pass
+
+    def _read(self, run: Callable[[], Any]) -> Any:
+        """A call that changes nothing, once more on a new connection when it failed
+        because the connection died (libvirtd restarted mid-operation)."""
+        try:
+            return run()
+        except (errors.HypervisorError, errors.HostError):
+            if self._conn is None or self._alive():
+                raise
+            self._drop()
+            return run()
 
     def _dom(self, name: str):
         libvirt = _libvirt()
@@ -203,26 +232,33 @@ class LibvirtHypervisor(Hypervisor):
         return result
 
     def hostname(self):
-        return self._wrap("host name", self.conn.getHostname)
+        return self._read(lambda: self._wrap("host name", self.conn.getHostname))
 
     def list_domains(self):
-        found = self._wrap("list domains", lambda: self.conn.listAllDomains(0))
-        return sorted((self._wrap("describe domain", lambda d=d: DomainRef(
-            name=d.name(), uuid=d.UUIDString(), active=bool(d.isActive()),
-            persistent=bool(d.isPersistent()))) for d in found), key=lambda r: r.name)
+        def run():
+            found = self._wrap("list domains", lambda: self.conn.listAllDomains(0))
+            return sorted((self._wrap("describe domain", lambda d=d: DomainRef(
+                name=d.name(), uuid=d.UUIDString(), active=bool(d.isActive()),
+                persistent=bool(d.isPersistent()))) for d in found), key=lambda r: r.name)
+        return self._read(run)
 
     def lookup(self, name):
-        dom = self._dom(name)
-        return self._wrap("lookup", lambda: DomainRef(
-            name=dom.name(), uuid=dom.UUIDString(), active=bool(dom.isActive()),
-            persistent=bool(dom.isPersistent())))
+        def run():
+            dom = self._dom(name)
+            return self._wrap("lookup", lambda: DomainRef(
+                name=dom.name(), uuid=dom.UUIDString(), active=bool(dom.isActive()),
+                persistent=bool(dom.isPersistent())))
+        return self._read(run)
 
     def domain(self, name, inactive=False, migratable=False):
         libvirt = _libvirt()
-        dom = self._dom(name)
         flags = ((libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0)
                  | (libvirt.VIR_DOMAIN_XML_MIGRATABLE if migratable else 0))
-        return domxml.Domain.parse(self._wrap("read XML", lambda: dom.XMLDesc(flags)))
+
+        def run():
+            dom = self._dom(name)
+            return domxml.Domain.parse(self._wrap("read XML", lambda: dom.XMLDesc(flags)))
+        return self._read(run)
 
     def migrate(self, name, request):
         libvirt = _libvirt()

@@ -1,5 +1,6 @@
 import pytest
 
+from attachflow import errors
 from attachflow.compute_side import ComputeHost
 from attachflow.hosts import HostConfig
 from attachflow.testing import FakeHypervisor, FakeRunner
@@ -38,3 +39,99 @@ def test_a_host_is_closed_when_the_with_block_raises_and_the_error_goes_on():
         with host:
             1 / 0
     assert (host.hypervisor.closed, host.runner.closed) == (1, 1)
+
+
+class _LibvirtError(Exception):
+    def __init__(self, message, code=38):
+        super().__init__(message)
+        self.code = code
+
+    def get_error_code(self):
+        return self.code
+
+    def get_error_message(self):
+        return str(self)
+
+
+class _Conn:
+    """A libvirt connection that dies when libvirtd restarts."""
+
+    def __init__(self, daemon):
+        self.daemon = daemon
+        self.generation = daemon.generation
+        self.closed = False
+
+    def isAlive(self):
+        return not self.closed and self.generation == self.daemon.generation
+
+    def close(self):
+        self.closed = True
+
+    def _check(self):
+        if not self.isAlive():
+            raise _LibvirtError("Cannot write data: Broken pipe")
+
+    def getHostname(self):
+        self._check()
+        return "hosta"
+
+    def lookupByName(self, name):
+        self._check()
+        if name != "vm1":
+            raise _LibvirtError("no domain", code=42)
+        conn = self
+
+        class Dom:
+            def name(self):
+                return "vm1"
+
+            def UUIDString(self):
+                return "9b6c8c35-0a7e-4d32-b1b6-5f0e3c1c2b11"
+
+            def isActive(self):
+                conn._check()
+                return 1
+
+            def isPersistent(self):
+                return 1
+        return Dom()
+
+
+class _Daemon:
+    """The fake libvirt module: open() connects to a libvirtd that can restart."""
+
+    libvirtError = _LibvirtError
+    VIR_ERR_NO_DOMAIN = 42
+
+    def __init__(self):
+        self.generation = 0
+        self.opened = 0
+
+    def open(self, uri):
+        self.opened += 1
+        return _Conn(self)
+
+    def restart(self):
+        self.generation += 1
+
+
+def test_a_restarted_libvirtd_is_reconnected_and_a_read_asked_again(monkeypatch):
+    from attachflow import compute_side
+    daemon = _Daemon()
+    monkeypatch.setattr(compute_side, "_libvirt", lambda: daemon)
+    hv = compute_side.LibvirtHypervisor("qemu:///system", "hosta")
+    assert hv.lookup("vm1").active and daemon.opened == 1
+    daemon.restart()  # between two calls: the next one connects again
+    assert hv.hostname() == "hosta" and daemon.opened == 2
+    daemon.restart()
+    conn = hv._conn
+    conn.generation = daemon.generation  # looks alive, dies at the first call
+
+    def dies_on_call():
+        conn.generation = -1
+        raise _LibvirtError("Cannot recv data: Connection reset by peer")
+    conn.getHostname = dies_on_call
+    assert hv.hostname() == "hosta" and daemon.opened == 3
+    with pytest.raises(errors.DomainNotFound):
+        hv.lookup("vm2")  # an answer, not a broken link: not asked again
+    assert daemon.opened == 3
