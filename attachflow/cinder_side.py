@@ -173,6 +173,12 @@ def _is_login(exc: BaseException) -> bool:
     return isinstance(exc, kexc.ConnectionError) and "/auth/tokens" in str(exc)
 
 
+# How often a call that is safe to repeat is tried: waits of 0.2, 0.4, 0.8, 1.6, 3.2 s,
+# then 5 s, about 35 s in all, so that a Cinder API restarting or answering 503 for
+# half a minute is ridden out (within ATTACHFLOW_STORAGE_DEADLINE, 60 s by default).
+ATTEMPTS = 12
+
+
 def _retrying(kind: str, sleep: Callable[[float], None] = time.sleep,
               deadline: float = DEFAULT_DEADLINE):
     import tenacity
@@ -187,8 +193,8 @@ def _retrying(kind: str, sleep: Callable[[float], None] = time.sleep,
 
     return tenacity.Retrying(
         retry=tenacity.retry_if_exception(retry_on),
-        stop=tenacity.stop_after_attempt(4) | tenacity.stop_after_delay(deadline),
-        wait=tenacity.wait_exponential(multiplier=0.2, max=2),
+        stop=tenacity.stop_after_attempt(ATTEMPTS) | tenacity.stop_after_delay(deadline),
+        wait=tenacity.wait_exponential(multiplier=0.2, max=5),
         sleep=sleep, reraise=True)
 
 

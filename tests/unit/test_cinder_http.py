@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from attachflow import errors
+from attachflow import cinder_side, errors
 from attachflow.cinder_side import AttachmentsFlow, CinderStorage, LegacyFlow, select_flow
 from attachflow.identity import SERVICE_SETTINGS
 from attachflow.model import (ConnectionInfo, ConnectorProperties, NewAttachment, Volume,
@@ -284,12 +284,14 @@ READS = {
 def test_reads_retry_server_errors_then_give_up(api, storage, status, read):
     call, route = READS[read]
     api.script(*route, *[fault(status, "The server has either erred or is incapable "
-                                       "of performing the requested operation.")] * 4)
+                                       "of performing the requested operation.")]
+               * cinder_side.ATTEMPTS)
     with pytest.raises(errors.StorageUnavailable) as info:
         call(storage)
     assert info.value.status == status and str(status) in str(info.value)
     assert info.value.exit_code == 1
-    assert api.routes() == [route] * 4 and len(storage.sleeps) == 3
+    assert api.routes() == [route] * cinder_side.ATTEMPTS
+    assert len(storage.sleeps) == cinder_side.ATTEMPTS - 1
 
 
 def test_a_read_that_succeeds_on_retry_returns_the_answer(api, storage):
@@ -330,10 +332,10 @@ def test_delete_retries_server_errors_and_takes_404_as_done(api, storage):
     storage.attachment_delete(ATT)  # the third answer: 404, the attachment is unknown
     assert api.routes() == [route] * 3 and len(storage.sleeps) == 2
     api.clear()
-    api.script(*route, *[fault(503, "busy")] * 4)
+    api.script(*route, *[fault(503, "busy")] * cinder_side.ATTEMPTS)
     with pytest.raises(errors.StorageUnavailable, match="503"):
         storage.attachment_delete(ATT)
-    assert api.routes() == [route] * 4
+    assert api.routes() == [route] * cinder_side.ATTEMPTS
 
 
 def test_a_proxys_html_error_page_is_read_as_a_server_error(api, storage):
@@ -355,7 +357,7 @@ def test_a_stopped_api_is_unavailable_with_a_short_message(api, storage):
     assert "cannot reach the storage API" in message and "volumes" in message
     assert "HTTPConnectionPool" not in message and "Max retries" not in message
     assert len(message) < 200
-    assert len(storage.sleeps) == 3  # a read is tried four times
+    assert len(storage.sleeps) == cinder_side.ATTEMPTS - 1  # a read is tried again
     storage.sleeps.clear()
     with pytest.raises(errors.StorageUnavailable, match="cannot reach"):
         storage.attachment_delete(ATT)
@@ -490,7 +492,7 @@ CALLS = {
 @pytest.mark.parametrize("name", sorted(CALLS))
 def test_an_error_names_the_call_and_gives_the_servers_words(api, storage, name):
     call, route, what = CALLS[name]
-    api.script(*route, *[fault(503, "busy")] * 4)
+    api.script(*route, *[fault(503, "busy")] * cinder_side.ATTEMPTS)
     with pytest.raises(errors.StorageUnavailable) as info:
         call(storage)
     assert str(info.value) == f"{what}: server error 503 (busy)"
@@ -500,7 +502,7 @@ def test_reads_retry_when_the_api_cannot_be_reached(api, storage):
     api.stop()
     with pytest.raises(errors.StorageUnavailable, match=f"GET attachment {ATT}: cannot"):
         storage.attachment_show(ATT, VOL)
-    assert len(storage.sleeps) == 3
+    assert len(storage.sleeps) == cinder_side.ATTEMPTS - 1
 
 
 def test_connection_info_without_a_volume_id_is_the_volumes(api, storage):
@@ -524,10 +526,11 @@ def test_an_unusable_answer_is_reported_even_when_taking_it_back_fails(api, stor
     api.script("POST", "/attachments", Answer(200, {"attachment": {
         "id": ATT, "status": "attaching", "instance": INSTANCE, "volume_id": VOL,
         "connection_info": dict(broken, driver_volume_type="iscsi")}}))
-    api.script("DELETE", f"/attachments/{ATT}", *[fault(500, "boom")] * 4)
+    api.script("DELETE", f"/attachments/{ATT}", *[fault(500, "boom")] * cinder_side.ATTEMPTS)
     with pytest.raises(errors.InputError, match="lacks 'target_portal'"):
         storage.attachment_create(VOL, INSTANCE, CONNECTOR)
-    assert api.routes() == [("POST", "/attachments")] + [("DELETE", f"/attachments/{ATT}")] * 4
+    assert api.routes() == [("POST", "/attachments")] + \
+        [("DELETE", f"/attachments/{ATT}")] * cinder_side.ATTEMPTS
     api.clear()
     api.script("POST", f"/volumes/{VOL}/action", Answer(200, {"connection_info": {
         "driver_volume_type": "iscsi", "data": broken}}), fault(503, "busy"))
