@@ -116,11 +116,12 @@ def main() -> int:
                   f"floor {samples['floor'][-1]:.1f} s", flush=True)
     finally:
         client.delete_guest(domain, host=NODE, force=True)
+        # what a floor cycle that failed midway may have left on the node
+        _ssh("iscsiadm -m node -u >/dev/null 2>&1; iscsiadm -m node -o delete "
+             ">/dev/null 2>&1; true")
         for vol in (root, data_lib, data_floor):
             for att in cinder.attachments.list(search_opts={"volume_id": vol}):
-                cinder.attachments.delete(att.id)  # a floor cycle that failed midway
-            _ssh("iscsiadm -m node -u >/dev/null 2>&1; iscsiadm -m node -o delete "
-                 ">/dev/null 2>&1; true")
+                cinder.attachments.delete(att.id)
             while cinder.volumes.get(vol).status not in ("available", "error"):
                 time.sleep(0.2)
             cinder.volumes.delete(vol)
