@@ -46,6 +46,10 @@ class HostConfig:
     migration_uri: str | None = None
     remote_command: str = "attachflow"
     hostname: str | None = None  # what the storage side is told (connector 'host')
+    # Seconds to open the SSH connection, and for one command on the host (an os-brick
+    # login retries a slow target for a couple of minutes before it gives up).
+    connect_timeout: float = 10.0
+    command_timeout: float = 300.0
 
     @property
     def inbound_migration_uri(self) -> str:
@@ -64,7 +68,7 @@ class HostConfig:
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _USER = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 _ADDRESS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,252}$")
-_SCHEMA: dict[str, tuple[type, str]] = {
+_SCHEMA: dict[str, tuple[type | tuple[type, ...], str]] = {
     "address": (str, "a host name or IP address"),
     "ssh_user": (str, "a user name"),
     "ssh_port": (int, "a port number from 1 to 65535"),
@@ -74,7 +78,10 @@ _SCHEMA: dict[str, tuple[type, str]] = {
     "migration_uri": (str, "a libvirt URI"),
     "remote_command": (str, "a command line"),
     "hostname": (str, "a host name"),
+    "connect_timeout": ((int, float), "a number of seconds from 1 to 300"),
+    "command_timeout": ((int, float), "a number of seconds from 1 to 86400"),
 }
+_SECONDS = {"connect_timeout": 300, "command_timeout": 86400}
 
 
 def hosts_file_path(env: Mapping[str, str] | None = None) -> Path:
@@ -235,6 +242,8 @@ def _entry(where: _Locator, name: str, entry: Any) -> HostConfig:
             valid = bool(_USER.fullmatch(value))
         elif valid and key in ("address", "hostname"):
             valid = bool(_ADDRESS.fullmatch(value))
+        elif valid and key in _SECONDS:
+            valid = 1 <= value <= _SECONDS[key]  # NaN and infinity fail this too
         elif valid:
             valid = bool(value.strip())
         if not valid:

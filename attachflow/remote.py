@@ -25,7 +25,8 @@ LOG = logging.getLogger("attachflow.ssh")
 class Runner(abc.ABC):
     @abc.abstractmethod
     def run(self, argv: list[str], stdin: bytes | None = None,
-            timeout: float = 300) -> tuple[int, bytes, bytes]: ...
+            timeout: float | None = None) -> tuple[int, bytes, bytes]:
+        """``timeout``: seconds for the whole command; None is the host's setting."""
 
     @abc.abstractmethod
     def ping(self, timeout: float = 5) -> None:
@@ -38,9 +39,9 @@ class Runner(abc.ABC):
 class SSHRunner(Runner):
     """paramiko, known-hosts checking on: an unknown or changed host key is an error."""
 
-    def __init__(self, cfg: HostConfig, connect_timeout: float = 10):
+    def __init__(self, cfg: HostConfig):
         self.cfg = cfg
-        self._timeout = connect_timeout
+        self._timeout = cfg.connect_timeout
         self._client = None
         self._connect_lock = threading.Lock()
 
@@ -115,7 +116,8 @@ class SSHRunner(Runner):
         LOG.debug("ssh %s@%s:%d answers (%s)", self.cfg.ssh_user, self.cfg.address,
                   self.cfg.ssh_port, banner.decode(errors="replace").strip())
 
-    def run(self, argv, stdin=None, timeout=300):
+    def run(self, argv, stdin=None, timeout=None):
+        timeout = self.cfg.command_timeout if timeout is None else timeout
         client = self._connect()
         import paramiko
         command = shlex.join(argv)

@@ -84,6 +84,15 @@ def test_a_migration_uri_is_what_the_source_host_dials_and_defaults_to_the_libvi
     assert b.migration_uri is None and b.inbound_migration_uri == b.libvirt_uri
 
 
+def test_ssh_and_command_timeouts_are_per_host_with_production_defaults(hosts_file):
+    hosts_file.write_text('[hosts.hosta]\naddress = "198.18.0.11"\nconnect_timeout = 3\n'
+                          'command_timeout = 900.5\n[hosts.hostb]\naddress = "198.18.0.12"\n')
+    a = load_host("hosta", env=env_of(hosts_file))
+    b = load_host("hostb", env=env_of(hosts_file))
+    assert (a.connect_timeout, a.command_timeout) == (3, 900.5)
+    assert (b.connect_timeout, b.command_timeout) == (10.0, 300.0)
+
+
 @pytest.mark.parametrize("body,line,words", [
     ('[hosts.hosta]\naddress = "a"\nmigration_uri = 7\n', 3,
      "key 'migration_uri': must be a libvirt URI"),
@@ -98,6 +107,12 @@ def test_a_migration_uri_is_what_the_source_host_dials_and_defaults_to_the_libvi
     ('[hosts.hosta]\naddress = "a"\nssh_key = ""\n', 3, "key 'ssh_key': must be a path"),
     ('[hosts.hosta]\naddress = 7\n', 2, "key 'address'"),
     ('[hosts."bad/name"]\naddress = "a"\n', 1, "host 'bad/name': host names are"),
+    ('[hosts.hosta]\naddress = "a"\ncommand_timeout = 0\n', 3,
+     "key 'command_timeout': must be a number of seconds from 1 to 86400, not '0'"),
+    ('[hosts.hosta]\naddress = "a"\ncommand_timeout = inf\n', 3, "key 'command_timeout'"),
+    ('[hosts.hosta]\naddress = "a"\nconnect_timeout = nan\n', 3, "key 'connect_timeout'"),
+    ('[hosts.hosta]\naddress = "a"\nconnect_timeout = "10"\n', 3,
+     "key 'connect_timeout': must be a number of seconds from 1 to 300, not '10'"),
 ])
 def test_a_malformed_file_names_the_file_line_host_and_key(hosts_file, body, line, words):
     hosts_file.write_text('[hosts.fine]\naddress = "x"\n\n' + body)
