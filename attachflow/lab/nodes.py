@@ -35,9 +35,12 @@ CMDLINE = "root=/dev/vda rw console=ttyS0 net.ifnames=0 systemd.show_status=0"
 # libvirt answering, and attachflow installed.
 UNITS = ("attachflow-node.service", "iscsid.socket", "multipathd.service",
          "libvirtd.socket", "ssh.service")
-# Prints "failed UNIT: last journal line" for a unit that failed (the boot will not get
-# better by waiting), "ready" once everything answers, otherwise what it still waits for.
+# Prints "failed UNIT: last journal line" for a unit that failed, or "failed boot: ..." when
+# systemd dropped a job to break an ordering cycle (the boot will not get better by
+# waiting), "ready" once everything answers, otherwise what it still waits for.
 READY_PROBE = f"""
+cycle=$(journalctl -b -q -o cat | grep -m1 'deleted to break ordering cycle')
+if [ -n "$cycle" ]; then echo "failed boot: $cycle"; exit 0; fi
 for u in {' '.join(UNITS)}; do
     if systemctl is-failed --quiet $u; then
         echo "failed $u: $(journalctl -q -u $u -n 1 -o cat)"; exit 0
