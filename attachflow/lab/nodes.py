@@ -19,7 +19,7 @@ from pathlib import Path
 import attachflow
 from attachflow.lab import layout
 from attachflow.lab.component import Component, Lab, Status
-from attachflow.lab.errors import LabError
+from attachflow.lab.errors import LabError, NeverReady
 from attachflow.lab.network import link_exists
 from attachflow.lab.nodeimage import current as current_image
 from attachflow.lab.shell import port_open, run, tail
@@ -35,16 +35,25 @@ CMDLINE = "root=/dev/vda rw console=ttyS0 net.ifnames=0 systemd.show_status=0"
 # libvirt answering, and attachflow installed.
 UNITS = ("attachflow-node.service", "iscsid.socket", "multipathd.service",
          "libvirtd.socket", "ssh.service")
-# Prints "failed UNIT: last journal line" for a unit that failed (the boot will not get
-# better by waiting), "ready" once everything answers, nothing otherwise.
+# Prints "failed UNIT: last journal line" for a unit that failed, or "failed boot: ..." when
+# systemd dropped a job to break an ordering cycle (the boot will not get better by
+# waiting), "ready" once everything answers, otherwise what it still waits for.
 READY_PROBE = f"""
+cycle=$(journalctl -b -q -o cat | grep -m1 'deleted to break ordering cycle')
+if [ -n "$cycle" ]; then echo "failed boot: $cycle"; exit 0; fi
 for u in {' '.join(UNITS)}; do
     if systemctl is-failed --quiet $u; then
         echo "failed $u: $(journalctl -q -u $u -n 1 -o cat)"; exit 0
     fi
 done
-systemctl is-active --quiet {' '.join(UNITS)} && command -v attachflow >/dev/null &&
-    virsh -q -c qemu:///system list --all >/dev/null && echo ready
+waiting=""
+for u in {' '.join(UNITS)}; do
+    systemctl is-active --quiet $u || waiting="$waiting $u ($(systemctl is-active $u))"
+done
+if [ -n "$waiting" ]; then echo "waiting for$waiting"; exit 0; fi
+command -v attachflow >/dev/null || {{ echo "waiting for attachflow to be installed"; exit 0; }}
+virsh -q -c qemu:///system list --all >/dev/null || {{ echo "waiting for libvirtd"; exit 0; }}
+echo ready
 """
 
 _WHEEL_LOCK = threading.Lock()
@@ -156,13 +165,28 @@ class KernelNode(Component):
         lab.supervisor.start(self.program)
 
     def ready(self, lab: Lab) -> bool:
+        # Not-yet answers are raised: the wait reports the last one when it gives up, so a
+        # boot that never finishes says where it stopped.
         if not port_open(self.address, 22):
-            return False
-        answer = run(ssh_argv(self.name, READY_PROBE), check=False, timeout=60).stdout
+            raise LabError(f"ssh port closed; console: {self._console_tail()}")
+        cp = run(ssh_argv(self.name, READY_PROBE), check=False, timeout=60)
+        answer = cp.stdout.strip()
         if answer.startswith("failed "):
-            raise LabError(f"{self.name}: {answer.strip()} (console log "
+            raise NeverReady(f"{self.name}: {answer} (console log "
                            f"{self.dir / 'console.log'})")
-        return answer.strip() == "ready"
+        if answer != "ready":
+            raise LabError(answer or f"ssh: {tail(cp.stderr)}")
+        return True
+
+    def _console_tail(self) -> str:
+        """The console's last non-empty line: where a boot that never opens ssh stopped."""
+        try:
+            text = (self.dir / "console.log").read_bytes()[-4096:]
+        except OSError:
+            return "no console log"
+        lines = [ln.strip() for ln in text.decode("utf-8", "replace").splitlines()
+                 if ln.strip()]
+        return lines[-1][:200] if lines else "empty"
 
     def down(self, lab: Lab) -> list[str]:
         problems = super().down(lab)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from attachflow.lab.errors import LabError
+from attachflow.lab.errors import LabError, NeverReady
 
 T = TypeVar("T")
 
@@ -59,7 +59,8 @@ def run(argv: list[str], *, timeout: float = 120, env: dict | None = None,
 def wait_for(what: str, probe: Callable[[], T], timeout: float, interval: float = 0.2,
              dead: Callable[[], str | None] | None = None) -> T:
     """Poll ``probe`` until it returns something true; ``dead`` names a reason to stop
-    early (a daemon that exited). Errors of the probe count as "not yet"."""
+    early (a daemon that exited). Errors of the probe count as "not yet", except
+    NeverReady, which ends the wait."""
     deadline = time.monotonic() + timeout
     last_err = ""
     while True:
@@ -67,6 +68,8 @@ def wait_for(what: str, probe: Callable[[], T], timeout: float, interval: float 
             result = probe()
             if result:
                 return result
+        except NeverReady:
+            raise
         except (LabError, OSError, ValueError) as e:
             last_err = str(e)
         if dead is not None:

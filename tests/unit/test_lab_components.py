@@ -315,3 +315,25 @@ def test_a_daemon_goes_down_before_the_peer_it_started_after():
             return []
     bring_down(lab(), [Goes("broker", rec), Goes("svc", rec, after=("broker",))])
     assert rec.events == ["down svc", "down broker"]
+
+
+def test_a_wait_reports_what_it_last_waited_for_and_stops_at_once_when_hopeless():
+    from attachflow.lab.errors import NeverReady
+    from attachflow.lab.shell import wait_for
+
+    def booting():
+        raise LabError("waiting for iscsid.socket (activating)")
+
+    with pytest.raises(LabError, match=r"nodeb: not ready after 0\.1s "
+                       r"\(waiting for iscsid.socket \(activating\)\)"):
+        wait_for("nodeb", booting, timeout=0.1, interval=0.02)
+
+    calls = []
+
+    def failed():
+        calls.append(1)
+        raise NeverReady("nodeb: failed attachflow-node.service: exit 1")
+
+    with pytest.raises(NeverReady, match="failed attachflow-node.service"):
+        wait_for("nodeb", failed, timeout=30, interval=0.02)
+    assert len(calls) == 1
