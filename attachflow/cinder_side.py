@@ -227,19 +227,26 @@ class CinderStorage(StorageAPI):
             kwargs["region_name"] = env["OS_REGION_NAME"]
         if env_value(env, "OS_INTERFACE"):
             kwargs["interface"] = env["OS_INTERFACE"]
+        deadline = seconds_setting(env, "ATTACHFLOW_STORAGE_DEADLINE", DEFAULT_DEADLINE)
+
+        def negotiate():
+            try:
+                probe = cclient.Client("3.0", **kwargs)
+                return api_versions.discover_version(probe,
+                                                     api_versions.APIVersion(max_version))
+            except Exception as exc:
+                raise _translate(exc, "microversion negotiation") from None
+
+        # A read like any other: a storage API restarting when the command starts is
+        # waited for as it would be mid-command.
+        negotiated = _retrying("read", deadline=deadline)(negotiate)
         try:
-            probe = cclient.Client("3.0", **kwargs)
-            negotiated = api_versions.discover_version(probe,
-                                                       api_versions.APIVersion(max_version))
             client = cclient.Client(negotiated.get_string(), **kwargs)
         except Exception as exc:
             raise _translate(exc, "microversion negotiation") from None
         version = (negotiated.ver_major, negotiated.ver_minor)
         LOG.debug("cinder: negotiated microversion %d.%d", *version)
-        return cls(client, version,
-                   deadline=seconds_setting(env, "ATTACHFLOW_STORAGE_DEADLINE",
-                                            DEFAULT_DEADLINE),
-                   service_token=opened.service_token)
+        return cls(client, version, deadline=deadline, service_token=opened.service_token)
 
     def _call(self, what: str, fn: Callable[[], Any], kind: str = "write",
               guarded: bool = False) -> Any:

@@ -125,8 +125,8 @@ class FakeCinderAPI:
         return self.volumes[volume_id]
 
     def script(self, method: str, path: str, *answers: Answer) -> None:
-        """The next answers to ``method path`` (path under /v3/{project}), in order; once
-        they are used up, the API answers as usual."""
+        """The next answers to ``method path`` (path under /v3/{project}, or "/" for the
+        version document), in order; once they are used up, the API answers as usual."""
         self._script.setdefault((method, path), []).extend(answers)
 
     # -- what was asked ------------------------------------------------------------------
@@ -195,7 +195,8 @@ class FakeCinderAPI:
         with self._lock:
             self.requests.append(req)
             if req.method == "GET" and req.path == "/":
-                return self._versions()
+                queued = self._script.get(("GET", "/"))  # the root: version discovery
+                return queued.pop(0) if queued else self._versions()
             if req.method == "GET" and req.path.rstrip("/") == "/identity/v3":
                 return Answer(200, {"version": {
                     "id": "v3.14", "status": "stable", "updated": "2020-04-07T00:00:00Z",

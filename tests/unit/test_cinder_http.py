@@ -105,11 +105,18 @@ def test_a_cinder_without_microversions_is_refused():
             CinderStorage.connect(env=api.env())
 
 
-def test_an_unreachable_api_fails_discovery_as_unavailable():
+def test_an_unreachable_api_fails_discovery_as_unavailable_at_the_deadline():
     with FakeCinderAPI() as api:
         api.stop()
         with pytest.raises(errors.StorageUnavailable, match="microversion negotiation"):
-            CinderStorage.connect(env=api.env())
+            CinderStorage.connect(env=api.env(ATTACHFLOW_STORAGE_DEADLINE="1"))
+
+
+def test_discovery_waits_out_a_storage_api_that_is_restarting():
+    with FakeCinderAPI() as api:
+        api.script("GET", "/", fault(503, "Service Unavailable"), fault(502, "Bad Gateway"))
+        assert CinderStorage.connect(env=api.env()).version == (3, 71)
+        assert [(r.method, r.path) for r in api.requests] == [("GET", "/")] * 3
 
 
 # ---------------------------------------------------------------------------------------
