@@ -209,14 +209,21 @@ class LibvirtHypervisor(Hypervisor):
             return run()
 
     def _dom(self, name: str):
+        """The domain's handle. Every call on a domain starts here, so this lookup is
+        what finds a connection that died since the last call (libvirtd restarted before
+        the event loop noticed): it is asked once more on a new connection, and the
+        change that follows goes over that one."""
         libvirt = _libvirt()
-        try:
-            return self.conn.lookupByName(name)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                raise errors.DomainNotFound(
-                    f"domain '{name}' not found on host {self.host_name}") from None
-            raise errors.HypervisorError(f"{self.host_name}: {_lverr(exc)}") from None
+
+        def lookup():
+            try:
+                return self.conn.lookupByName(name)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    raise errors.DomainNotFound(
+                        f"domain '{name}' not found on host {self.host_name}") from None
+                raise errors.HypervisorError(f"{self.host_name}: {_lverr(exc)}") from None
+        return self._read(lookup)
 
     def _wrap(self, what: str, fn: Callable[[], Any]) -> Any:
         libvirt = _libvirt()

@@ -229,6 +229,7 @@ def sweep(kind: str, api: str, attempt) -> int:
     raise AssertionError(f"{kind} never ended")
 
 
+@pytest.mark.crash_long
 @pytest.mark.parametrize("api", APIS)
 def test_attach_and_detach_killed_at_every_boundary(lab, cleanup, guest, api):
     dom, root = guest(api)
@@ -262,6 +263,7 @@ def test_attach_and_detach_killed_at_every_boundary(lab, cleanup, guest, api):
     assert_data(lab, vol, None, dom)
 
 
+@pytest.mark.crash_long
 @pytest.mark.parametrize("api", APIS)
 def test_boot_killed_at_every_boundary(lab, cleanup, api):
     root = lab.create_volume(name="crash-root")
@@ -285,7 +287,8 @@ def test_boot_killed_at_every_boundary(lab, cleanup, api):
     assert sweep("boot", api, attempt) >= 8
 
 
-@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("api", ["attachments",
+                                 pytest.param("legacy", marks=pytest.mark.crash_long)])
 def test_migration_killed_at_every_boundary(lab, cleanup, guest, api):
     dom, root = guest(api)
     vol = data_volume(lab, cleanup)
@@ -316,7 +319,7 @@ def test_kills_at_random_moments(lab, cleanup, guest):
     vol = data_volume(lab, cleanup)
     on = "hosta"
     landed = 0
-    for _round in range(4):
+    for _round in range(6):
         for command in ("attach", "detach", "migrate"):
             if command == "migrate":
                 dst = "hostb" if on == "hosta" else "hosta"
@@ -335,7 +338,9 @@ def test_kills_at_random_moments(lab, cleanup, guest):
                 lab.af("attach", vol, dom, "--host", on)
             elif command == "detach":
                 lab.af("detach", vol, dom, "--host", on)
-    assert landed >= 4, landed
+    # A kill before the command's operation began (its start-up) or after it ended
+    # does not count; about a third land mid-operation.
+    assert landed >= 5, landed
 
 
 def test_two_recovers_at_once_settle_each_operation_once(lab, cleanup, guest):

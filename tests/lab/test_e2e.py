@@ -10,6 +10,7 @@ Then the failure paths on real parts, each leaving the lab exactly as it was.
 from __future__ import annotations
 
 import uuid
+import xml.etree.ElementTree as ET
 
 import pytest
 
@@ -109,7 +110,10 @@ def lab_state(lab):
         "volumes": vols,
         "targets": {iqn: (t["accounts"], t["initiators"]) for iqn, t in lab.targets().items()},
         "domains": {h: sorted(lab.domains(h)) for h in ("hosta", "hostb")},
-        "xml": {(h, d): (lab.domain_xml(h, d), lab.domain_xml(h, d, inactive=True))
+        # canonical XML: libvirt may repeat a namespace declaration when metadata is
+        # rewritten, which changes nothing
+        "xml": {(h, d): (ET.canonicalize(lab.domain_xml(h, d)),
+                         ET.canonicalize(lab.domain_xml(h, d, inactive=True)))
                 for h in ("hosta", "hostb") for d in lab.domains(h)},
         "secrets": {h: sorted(lab.secrets(h)) for h in ("hosta", "hostb")},
     }

@@ -94,6 +94,10 @@ class _Conn:
 
             def isPersistent(self):
                 return 1
+
+            def attachDeviceFlags(self, xml, flags):
+                conn._check()
+                conn.daemon.changes.append(("attach", xml, conn.generation))
         return Dom()
 
 
@@ -102,10 +106,13 @@ class _Daemon:
 
     libvirtError = _LibvirtError
     VIR_ERR_NO_DOMAIN = 42
+    VIR_DOMAIN_AFFECT_LIVE = 1
+    VIR_DOMAIN_AFFECT_CONFIG = 2
 
     def __init__(self):
         self.generation = 0
         self.opened = 0
+        self.changes = []
 
     def open(self, uri):
         self.opened += 1
@@ -135,3 +142,29 @@ def test_a_restarted_libvirtd_is_reconnected_and_a_read_asked_again(monkeypatch)
     with pytest.raises(errors.DomainNotFound):
         hv.lookup("vm2")  # an answer, not a broken link: not asked again
     assert daemon.opened == 3
+
+
+def test_a_change_after_libvirtd_restarted_goes_over_a_new_connection(monkeypatch):
+    """The restart is not yet noticed (the connection still looks alive): the lookup
+    that starts the change finds the link dead, and the change is made once, on the new
+    connection."""
+    from attachflow import compute_side
+    daemon = _Daemon()
+    monkeypatch.setattr(compute_side, "_libvirt", lambda: daemon)
+    hv = compute_side.LibvirtHypervisor("qemu:///system", "hosta")
+    assert hv.lookup("vm1").active and daemon.opened == 1
+    stale = hv._conn
+    daemon.restart()
+    stale.generation = daemon.generation  # looks alive until its next call
+
+    def dies_on_call(name):
+        stale.generation = -1
+        raise _LibvirtError("internal error: client socket is closed")
+    stale.lookupByName = dies_on_call
+
+    class Disk:
+        def to_xml(self):
+            return "<disk/>"
+    hv.attach_device("vm1", Disk(), live=True, config=True)
+    assert daemon.changes == [("attach", "<disk/>", daemon.generation)]
+    assert daemon.opened == 2 and hv._conn is not stale
