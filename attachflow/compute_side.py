@@ -208,6 +208,20 @@ class LibvirtHypervisor(Hypervisor):
             self._drop()
             return run()
 
+    def _change(self, name: str, what: str, call: Callable[[Any], Any]) -> Any:
+        """``call(dom)``: a change to domain ``name``. When libvirt's client refused to
+        send it because the connection had closed since the lookup (libvirtd restarted),
+        it never reached libvirtd: it is made once, on a new connection."""
+        dom = self._dom(name)
+        try:
+            return self._wrap(what, lambda: call(dom))
+        except _Unsent:
+            LOG.debug("libvirt %s on %s: not sent, the connection closed; again on a new "
+                      "one", what, self.host_name)
+            self._drop()
+            dom = self._dom(name)
+            return self._wrap(what, lambda: call(dom))
+
     def _dom(self, name: str):
         """The domain's handle. Every call on a domain starts here, so this lookup is
         what finds a connection that died since the last call (libvirtd restarted before
@@ -232,8 +246,8 @@ class LibvirtHypervisor(Hypervisor):
             result = fn()
         except libvirt.libvirtError as exc:
             LOG.debug("libvirt %s on %s: %s", what, self.host_name, _lverr(exc))
-            raise errors.HypervisorError(f"{what} on {self.host_name}: {_lverr(exc)}") \
-                from None
+            kind = _Unsent if _never_sent(exc) else errors.HypervisorError
+            raise kind(f"{what} on {self.host_name}: {_lverr(exc)}") from None
         LOG.debug("libvirt %s on %s (%.0f ms)", what, self.host_name,
                   (time.monotonic() - started) * 1000)
         return result
@@ -314,20 +328,19 @@ class LibvirtHypervisor(Hypervisor):
                 | (libvirt.VIR_DOMAIN_AFFECT_CONFIG if config else 0))
 
     def attach_device(self, name, disk, live, config):
-        dom = self._dom(name)
         xml = disk.to_xml()
-        self._wrap("attach disk", lambda: dom.attachDeviceFlags(xml, self._flags(live,
-                                                                                  config)))
+        self._change(name, "attach disk",
+                     lambda dom: dom.attachDeviceFlags(xml, self._flags(live, config)))
 
     def detach_device(self, name, disk, live, config, timeout):
         libvirt = _libvirt()
-        dom = self._dom(name)
         xml = disk.to_xml()
         if config:
-            self._wrap("detach disk (persistent)",
-                       lambda: dom.detachDeviceFlags(xml, self._flags(False, True)))
+            self._change(name, "detach disk (persistent)",
+                         lambda dom: dom.detachDeviceFlags(xml, self._flags(False, True)))
         if not live:
             return
+        dom = self._dom(name)
         target = disk.target_dev
         alias = disk.alias
         if alias is None:  # a disk as built, not as libvirt shows it: ask for its alias
@@ -339,8 +352,21 @@ class LibvirtHypervisor(Hypervisor):
             if dev_alias in (alias, target):
                 removed.set()
 
-        cb = self.conn.domainEventRegisterAny(
-            dom, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, on_removed, None)
+        def watch():
+            conn = self.conn
+            return conn, conn.domainEventRegisterAny(
+                dom, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, on_removed, None)
+
+        try:
+            watched = watch()
+        except libvirt.libvirtError as exc:
+            if not _never_sent(exc):
+                raise errors.HypervisorError(
+                    f"detach disk on {self.host_name}: {_lverr(exc)}") from None
+            self._drop()  # libvirtd restarted since the lookup: a new connection
+            dom = self._dom(name)
+            watched = watch()
+        resent = False
         try:
             deadline = time.monotonic() + timeout
             attempt_wait = max(1.0, timeout / 6)
@@ -348,6 +374,13 @@ class LibvirtHypervisor(Hypervisor):
                 try:
                     dom.detachDeviceFlags(xml, self._flags(True, False))
                 except libvirt.libvirtError as exc:
+                    if _never_sent(exc) and not resent:
+                        # not sent: the connection closed; once more on a new one
+                        resent = True
+                        self._drop()
+                        dom = self._dom(name)
+                        watched = watch()
+                        continue
                     if not self._disk_present(dom, target):
                         return
                     # "already in the process of unplug" means keep waiting
@@ -365,8 +398,9 @@ class LibvirtHypervisor(Hypervisor):
                     raise errors.DeviceRemovalTimeout(
                         f"guest '{name}' did not release {target} within {timeout:.0f} s")
         finally:
+            conn, cb = watched
             try:
-                self.conn.domainEventDeregisterAny(cb)
+                conn.domainEventDeregisterAny(cb)
             except libvirt.libvirtError:
                 pass
 
@@ -379,8 +413,7 @@ class LibvirtHypervisor(Hypervisor):
 
     def set_metadata(self, name, metadata, live, config):
         libvirt = _libvirt()
-        dom = self._dom(name)
-        self._wrap("set metadata", lambda: dom.setMetadata(
+        self._change(name, "set metadata", lambda dom: dom.setMetadata(
             libvirt.VIR_DOMAIN_METADATA_ELEMENT, metadata, domxml.METADATA_KEY,
             domxml.METADATA_NS, self._flags(live, config)))
 
@@ -415,8 +448,7 @@ class LibvirtHypervisor(Hypervisor):
         self._wrap("define domain", lambda: self.conn.defineXML(xml))
 
     def start(self, name):
-        dom = self._dom(name)
-        self._wrap("start domain", dom.create)
+        self._change(name, "start domain", lambda dom: dom.create())
 
     def shutdown(self, name):
         dom = self._dom(name)
@@ -430,9 +462,8 @@ class LibvirtHypervisor(Hypervisor):
 
     def undefine(self, name):
         libvirt = _libvirt()
-        dom = self._dom(name)
-        self._wrap("undefine domain",
-                   lambda: dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM))
+        self._change(name, "undefine domain",
+                     lambda dom: dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM))
 
     def close(self):
         if self._conn is not None:
@@ -445,6 +476,16 @@ class LibvirtHypervisor(Hypervisor):
 
 def _lverr(exc) -> str:
     return (exc.get_error_message() or str(exc)).strip()
+
+
+class _Unsent(errors.HypervisorError):
+    """A call libvirt's client did not send: its connection had closed."""
+
+
+def _never_sent(exc) -> bool:
+    # libvirt's remote client says so, and only so, when it refuses to send a call on a
+    # connection that closed; a call that failed mid-way says something else.
+    return "client socket is closed" in _lverr(exc)
 
 
 # ---------------------------------------------------------------------------------------

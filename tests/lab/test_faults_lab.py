@@ -121,7 +121,7 @@ def test_libvirtd_restarted_mid_operation_is_reconnected(lab, cleanup, guest, co
     finally:
         os.kill(proc.pid, signal.SIGCONT)
     out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, (out, err)
+    assert proc.returncode == 0, err
     assert unfinished() == []
     assert assert_one_story(lab, [root, vol], dom) == "hosta"
     assert_data(lab, vol, "hosta", dom)

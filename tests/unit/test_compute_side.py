@@ -96,6 +96,8 @@ class _Conn:
                 return 1
 
             def attachDeviceFlags(self, xml, flags):
+                if conn.generation != conn.daemon.generation:  # refused, never sent
+                    raise _LibvirtError("internal error: client socket is closed")
                 conn._check()
                 conn.daemon.changes.append(("attach", xml, conn.generation))
         return Dom()
@@ -168,3 +170,30 @@ def test_a_change_after_libvirtd_restarted_goes_over_a_new_connection(monkeypatc
     hv.attach_device("vm1", Disk(), live=True, config=True)
     assert daemon.changes == [("attach", "<disk/>", daemon.generation)]
     assert daemon.opened == 2 and hv._conn is not stale
+
+
+def test_a_change_the_client_could_not_send_is_made_once_on_a_new_connection(monkeypatch):
+    """libvirtd restarted between the lookup and the change: libvirt's client refuses to
+    send the change ("client socket is closed"), so it did not happen, and it is made on
+    a new connection."""
+    from attachflow import compute_side
+    daemon = _Daemon()
+    monkeypatch.setattr(compute_side, "_libvirt", lambda: daemon)
+    hv = compute_side.LibvirtHypervisor("qemu:///system", "hosta")
+    hv.lookup("vm1")
+    stale = hv._conn
+    real_lookup = stale.lookupByName
+
+    def lookup_then_restart(name):
+        dom = real_lookup(name)
+        daemon.restart()
+        stale.generation = -1
+        return dom
+    stale.lookupByName = lookup_then_restart
+
+    class Disk:
+        def to_xml(self):
+            return "<disk/>"
+    hv.attach_device("vm1", Disk(), live=True, config=False)
+    assert daemon.changes == [("attach", "<disk/>", daemon.generation)]
+    assert daemon.opened == 2
