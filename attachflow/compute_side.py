@@ -483,9 +483,13 @@ class _Unsent(errors.HypervisorError):
 
 
 def _never_sent(exc) -> bool:
-    # libvirt's remote client says so, and only so, when it refuses to send a call on a
-    # connection that closed; a call that failed mid-way says something else.
-    return "client socket is closed" in _lverr(exc)
+    # libvirt's remote client refuses to send a call on a connection it knows closed
+    # ("client socket is closed"), and fails writing one on a connection that closed
+    # unnoticed ("Cannot write data: Broken pipe"); libvirtd acts only on a whole
+    # message, so neither reached it. A call that failed after it was sent (the answer
+    # lost) says something else and is not made again.
+    text = _lverr(exc)
+    return "client socket is closed" in text or text.startswith("Cannot write data")
 
 
 # ---------------------------------------------------------------------------------------
