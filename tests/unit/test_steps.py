@@ -6,7 +6,7 @@ import logging
 import pytest
 
 from attachflow import errors
-from attachflow.events import Emitter, StepDone, StepStarted, StepUndone, UndoFailed
+from attachflow.events import Emitter, StepDone, StepStarted, UndoFailed
 from attachflow.steps import Problems, Transaction
 
 
