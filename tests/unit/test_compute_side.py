@@ -146,14 +146,24 @@ def test_a_restarted_libvirtd_is_reconnected_and_a_read_asked_again(monkeypatch)
     assert daemon.opened == 3
 
 
+class _Disk:
+    def to_xml(self):
+        return "<disk/>"
+
+
+def _restartable(monkeypatch):
+    """A LibvirtHypervisor over the fake libvirt whose daemon can restart."""
+    from attachflow import compute_side
+    daemon = _Daemon()
+    monkeypatch.setattr(compute_side, "_libvirt", lambda: daemon)
+    return daemon, compute_side.LibvirtHypervisor("qemu:///system", "hosta")
+
+
 def test_a_change_after_libvirtd_restarted_goes_over_a_new_connection(monkeypatch):
     """The restart is not yet noticed (the connection still looks alive): the lookup
     that starts the change finds the link dead, and the change is made once, on the new
     connection."""
-    from attachflow import compute_side
-    daemon = _Daemon()
-    monkeypatch.setattr(compute_side, "_libvirt", lambda: daemon)
-    hv = compute_side.LibvirtHypervisor("qemu:///system", "hosta")
+    daemon, hv = _restartable(monkeypatch)
     assert hv.lookup("vm1").active and daemon.opened == 1
     stale = hv._conn
     daemon.restart()
@@ -163,11 +173,7 @@ def test_a_change_after_libvirtd_restarted_goes_over_a_new_connection(monkeypatc
         stale.generation = -1
         raise _LibvirtError("internal error: client socket is closed")
     stale.lookupByName = dies_on_call
-
-    class Disk:
-        def to_xml(self):
-            return "<disk/>"
-    hv.attach_device("vm1", Disk(), live=True, config=True)
+    hv.attach_device("vm1", _Disk(), live=True, config=True)
     assert daemon.changes == [("attach", "<disk/>", daemon.generation)]
     assert daemon.opened == 2 and hv._conn is not stale
 
@@ -176,10 +182,7 @@ def test_a_change_the_client_could_not_send_is_made_once_on_a_new_connection(mon
     """libvirtd restarted between the lookup and the change: libvirt's client refuses to
     send the change ("client socket is closed"), so it did not happen, and it is made on
     a new connection."""
-    from attachflow import compute_side
-    daemon = _Daemon()
-    monkeypatch.setattr(compute_side, "_libvirt", lambda: daemon)
-    hv = compute_side.LibvirtHypervisor("qemu:///system", "hosta")
+    daemon, hv = _restartable(monkeypatch)
     hv.lookup("vm1")
     stale = hv._conn
     real_lookup = stale.lookupByName
@@ -190,10 +193,6 @@ def test_a_change_the_client_could_not_send_is_made_once_on_a_new_connection(mon
         stale.generation = -1
         return dom
     stale.lookupByName = lookup_then_restart
-
-    class Disk:
-        def to_xml(self):
-            return "<disk/>"
-    hv.attach_device("vm1", Disk(), live=True, config=False)
+    hv.attach_device("vm1", _Disk(), live=True, config=False)
     assert daemon.changes == [("attach", "<disk/>", daemon.generation)]
     assert daemon.opened == 2
