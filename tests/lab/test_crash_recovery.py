@@ -195,6 +195,16 @@ def assert_one_story(lab, volumes: list[str], dom: str) -> str | None:
     return home
 
 
+@pytest.fixture(autouse=True)
+def own_journal(lab, monkeypatch):
+    """Each test with its own journal and locks (a state dir of its own in the lab's), so
+    that what it counts and recovers is its own: an operation another test left
+    unsettled is that test's failure, not this one's."""
+    path = lab.state / "attachflow-tests" / name("journal")
+    monkeypatch.setenv("ATTACHFLOW_STATE_DIR", str(path))
+    return path
+
+
 @pytest.fixture
 def guest(lab, cleanup):
     def boot(api: str, host: str = "hosta") -> tuple[str, str]:

@@ -21,9 +21,9 @@ import pytest
 
 from attachflow.lab.layout import VENV
 from test_crash_recovery import (assert_data, assert_one_story, boundaries_of, data_volume,
-                                 guest, recover, unfinished)
+                                 guest, own_journal, recover, unfinished)
 
-__all__ = ["guest"]  # the fixture, used by name
+__all__ = ["guest", "own_journal"]  # fixtures, used by name
 
 
 def supervisorctl(lab, action: str, program: str) -> None:
