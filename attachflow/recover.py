@@ -300,11 +300,13 @@ class Recoverer:
 
     # -- detach ----------------------------------------------------------------------------
     def _detach(self, op: OperationEntry):
+        # Killed before its first step, the operation may not have recorded all of its
+        # context yet (the guest's uuid is learnt on the way): nothing to read it for.
+        if not op.steps:
+            return NOTHING, "it stopped before its first step", []
         ctx = op.context
         volume_id, instance_id = ctx["volume_id"], ctx["instance_id"]
         api = ctx["api"]
-        if not op.steps:
-            return NOTHING, "it stopped before its first step", []
         host = self.host(op.host)
         hv = host.hypervisor
         ref = self._ours(host, op.domain, instance_id)
@@ -400,10 +402,10 @@ class Recoverer:
         return ref.active and ref.uuid == instance_id
 
     def _migrate(self, op: OperationEntry):
+        if not op.steps:  # as for a detach: its context may be partial
+            return NOTHING, "it stopped before its first step", []
         ctx = op.context
         instance_id = ctx["instance_id"]
-        if not op.steps:
-            return NOTHING, "it stopped before its first step", []
         src, dst = self.host(op.host), self.host(op.destination or "")
         self._wait_for_job(src, op.domain)
         on_src = self._runs_on(src, op.domain, instance_id)

@@ -354,3 +354,35 @@ def test_an_answer_lost_after_cinder_acted_is_recovered_at_once(world, monkeypat
         assert op.state == state
     assert_consistent(cinder, hosts, [root, vol], "vm1")
     assert cinder.volumes[vol].status == "available" and not cinder.volumes[vol].attachments
+
+
+@pytest.mark.parametrize("kind", ["attach", "detach", "boot", "migrate"])
+def test_killed_between_begin_and_the_first_step_recovers_to_nothing(world, monkeypatch,
+                                                                     kind):
+    """Killed after its journal entry is written but before its first step (with its
+    context still partial: a detach learns the guest's uuid on the way), an operation
+    is settled as having done nothing."""
+    cinder, hosts = world
+    root, vol = cinder.create_volume(), cinder.create_volume()
+    with client(world) as c:
+        c.boot("vm1", root, host="hosta", virt_type="qemu")
+        if kind in ("detach", "migrate"):
+            c.attach(vol, "vm1", host="hosta")
+    real_begin = journal_mod.Journal.begin
+
+    def begin(self, *args, **kwargs):
+        real_begin(self, *args, **kwargs)
+        raise Killed("after begin")
+    monkeypatch.setattr(journal_mod.Journal, "begin", begin)
+    start = {"attach": lambda c: c.attach(vol, "vm1", host="hosta"),
+             "detach": lambda c: c.detach(vol, "vm1", host="hosta"),
+             "boot": lambda c: c.boot("vm2", vol, host="hosta", virt_type="qemu"),
+             "migrate": lambda c: c.migrate("vm1", source="hosta", destination="hostb")}
+    with client(world) as c:
+        with pytest.raises(Killed):
+            start[kind](c)
+    monkeypatch.setattr(journal_mod.Journal, "begin", real_begin)
+    results = recover_all(world, kind)
+    assert [r.decision for r in results] == ["nothing"], [r.describe() for r in results]
+    assert_consistent(cinder, hosts, [root, vol], "vm1")
+    assert ("vm2" in hosts["hosta"].hypervisor.domains) is False
