@@ -297,8 +297,8 @@ def test_boot_killed_at_every_boundary(lab, cleanup, api):
     assert sweep("boot", api, attempt) >= 8
 
 
-@pytest.mark.parametrize("api", ["attachments",
-                                 pytest.param("legacy", marks=pytest.mark.crash_long)])
+@pytest.mark.crash_long
+@pytest.mark.parametrize("api", APIS)
 def test_migration_killed_at_every_boundary(lab, cleanup, guest, api):
     dom, root = guest(api)
     vol = data_volume(lab, cleanup)
