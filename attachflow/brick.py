@@ -73,7 +73,7 @@ class BrickLocal(HostConnector):
         try:
             return _brick().get_connector_properties(None, my_ip, multipath, False)
         except Exception as exc:
-            raise errors.HostError(f"connector properties: {_text(exc)}") from None
+            raise errors.HostError(f"connector properties: {_text(exc)}") from exc
 
     def _connector(self, protocol, multipath):
         return _brick().InitiatorConnector.factory(protocol, None, use_multipath=multipath,
@@ -85,7 +85,7 @@ class BrickLocal(HostConnector):
             return dict(self._connector(protocol, multipath).connect_volume(props))
         except Exception as exc:
             raise errors.HostError(f"os-brick connect_volume ({protocol}): "
-                                   f"{_scrub(_text(exc), props)}") from None
+                                   f"{_scrub(_text(exc), props)}") from _scrubbed(exc, props)
 
     def disconnect(self, protocol, props, device_info, multipath):
         LOG.debug("os-brick: disconnect_volume %s %s %s", protocol, masked(props), device_info)
@@ -94,7 +94,7 @@ class BrickLocal(HostConnector):
                                                                    force=False)
         except Exception as exc:
             raise errors.HostError(f"os-brick disconnect_volume ({protocol}): "
-                                   f"{_scrub(_text(exc), props)}") from None
+                                   f"{_scrub(_text(exc), props)}") from _scrubbed(exc, props)
 
 
 def _text(exc: BaseException) -> str:
@@ -103,6 +103,17 @@ def _text(exc: BaseException) -> str:
         return str(exc) or type(exc).__name__
     except Exception:
         return type(exc).__name__
+
+
+class BrickFailure(Exception):
+    """os-brick's exception as a cause: its type, its message with the CHAP passwords
+    removed, and its traceback (os-brick quotes the iscsiadm command lines it ran, and
+    those carry the password as a bare argument no log mask recognises)."""
+
+
+def _scrubbed(exc: BaseException, props: dict[str, Any]) -> BrickFailure:
+    cause = BrickFailure(f"{type(exc).__name__}: {_scrub(_text(exc), props)}")
+    return cause.with_traceback(exc.__traceback__)
 
 
 def _scrub(text: str, props: dict[str, Any]) -> str:
@@ -129,9 +140,9 @@ class BrickRemote(HostConnector):
             raise errors.HostError(f"{self.cfg.name}: host-call {request['op']}: {line}")
         try:
             return json.loads(out or b"null")
-        except ValueError:
+        except ValueError as exc:
             raise errors.HostError(f"{self.cfg.name}: host-call {request['op']}: "
-                                   "unreadable answer") from None
+                                   "unreadable answer") from exc
 
     def properties(self, my_ip, multipath):
         return self._call({"op": "properties", "my_ip": my_ip, "multipath": multipath})

@@ -234,16 +234,20 @@ class CinderStorage(StorageAPI):
                 probe = cclient.Client("3.0", **kwargs)
                 return api_versions.discover_version(probe,
                                                      api_versions.APIVersion(max_version))
+            except errors.AttachflowError:
+                raise
             except Exception as exc:
-                raise _translate(exc, "microversion negotiation") from None
+                raise _translate(exc, "microversion negotiation") from exc
 
         # A read like any other: a storage API restarting when the command starts is
         # waited for as it would be mid-command.
         negotiated = _retrying("read", deadline=deadline)(negotiate)
         try:
             client = cclient.Client(negotiated.get_string(), **kwargs)
+        except errors.AttachflowError:
+            raise
         except Exception as exc:
-            raise _translate(exc, "microversion negotiation") from None
+            raise _translate(exc, "microversion negotiation") from exc
         version = (negotiated.ver_major, negotiated.ver_minor)
         LOG.debug("cinder: negotiated microversion %d.%d", *version)
         return cls(client, version, deadline=deadline, service_token=opened.service_token)
@@ -259,8 +263,10 @@ class CinderStorage(StorageAPI):
         def once():
             try:
                 return fn()
+            except errors.AttachflowError:
+                raise  # already attachflow's (raising it "from" itself would lose its cause)
             except Exception as exc:
-                raise _translate(exc, what, self.service_token) from None
+                raise _translate(exc, what, self.service_token) from exc
 
         try:
             if kind == "write" or guarded and not self.service_token:
@@ -278,7 +284,7 @@ class CinderStorage(StorageAPI):
                 raise errors.StorageError(
                     f"{exc}. Cinder (2023.2 on) releases a guest's attachment only for a "
                     "service, and asks Nova otherwise; without Nova, give attachflow a "
-                    f"service user: {SERVICE_SETTINGS}", status=exc.status) from None
+                    f"service user: {SERVICE_SETTINGS}", status=exc.status) from exc
             raise
         LOG.debug("cinder: %s -> %s (%.0f ms)", what, masked(_plain(result)),
                   (time.monotonic() - start) * 1000)
@@ -288,8 +294,8 @@ class CinderStorage(StorageAPI):
         try:
             vol = self._call(f"GET volume {volume_id}",
                              lambda: self._client.volumes.get(volume_id), "read")
-        except errors.StorageNotFound:
-            raise errors.VolumeNotFound(f"volume {volume_id} not found in Cinder") from None
+        except errors.StorageNotFound as exc:
+            raise errors.VolumeNotFound(f"volume {volume_id} not found in Cinder") from exc
         return Volume(
             id=vol.id, name=getattr(vol, "name", None), status=vol.status,
             size=int(getattr(vol, "size", 0) or 0),
@@ -508,7 +514,7 @@ class AttachmentsFlow(Flow):
         try:
             new = self.storage.attachment_create(volume_id, instance_id, conn_dict)
         except (errors.StorageNotFound, errors.VolumeStateError) as exc:
-            raise explain_refusal(self.storage, volume_id, exc) from None
+            raise explain_refusal(self.storage, volume_id, exc) from exc
         conn = new.connection
         if conn is None:  # a server that ignores the connector on create
             try:
@@ -585,7 +591,7 @@ class LegacyFlow(Flow):
         try:
             self.storage.reserve(volume_id)
         except (errors.StorageNotFound, errors.VolumeStateError) as exc:
-            raise explain_refusal(self.storage, volume_id, exc) from None
+            raise explain_refusal(self.storage, volume_id, exc) from exc
         conn_dict = connector.to_dict()
         try:
             conn = self.storage.initialize_connection(volume_id, conn_dict)

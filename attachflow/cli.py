@@ -55,6 +55,13 @@ def _emit(data: dict[str, Any] | list, fmt: str, columns: tuple[str, ...] = ()) 
     output.emit(data, fmt, columns)
 
 
+def _print_trace() -> None:
+    """The exception being handled and its causes, with secret-named values masked: a
+    cause may be a dependency's exception that quotes a request or a configuration."""
+    from attachflow import redact
+    click.echo(redact.mask_text(traceback.format_exc()).rstrip("\n"), err=True)
+
+
 def _boundary(fn: Callable) -> Callable:
     """Map the library's errors to one clear line and an exit code."""
 
@@ -66,7 +73,7 @@ def _boundary(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except errors.AttachflowError as exc:
             if debug:
-                traceback.print_exc()
+                _print_trace()
             click.echo(f"attachflow: error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
@@ -76,7 +83,7 @@ def _boundary(fn: Callable) -> Callable:
             raise
         except Exception as exc:
             if debug:
-                traceback.print_exc()
+                _print_trace()
             click.echo(f"attachflow: internal error: {type(exc).__name__}: {exc} "
                        "(run with --debug for the trace)", err=True)
             sys.exit(EXIT_FAILED)
@@ -94,7 +101,7 @@ class _Checked(click.ParamType):
         try:
             return self._check(value)
         except errors.InputError as exc:
-            raise click.UsageError(str(exc), ctx) from None
+            raise click.UsageError(str(exc), ctx) from exc
 
 
 class _Number(click.ParamType):
@@ -108,14 +115,14 @@ class _Number(click.ParamType):
         what = f"{param.opts[-1] if param else 'value'}"
         try:
             number = self.cast(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError) as exc:
             raise click.UsageError(f"{what} must be "
                                    f"{'a whole number' if self.cast is int else 'a number'}"
-                                   f", not '{value}'", ctx) from None
+                                   f", not '{value}'", ctx) from exc
         try:
             return validate.check_number(what, number, self.kind)
         except errors.InputError as exc:
-            raise click.UsageError(str(exc), ctx) from None
+            raise click.UsageError(str(exc), ctx) from exc
 
 
 def _bounds(kind: str, unit: str) -> str:
@@ -609,8 +616,8 @@ def host_call(debug: bool = False):
     from attachflow.brick import host_call as run
     try:
         request = json.loads(sys.stdin.read() or "{}")
-    except ValueError:
-        raise errors.InputError("host-call: stdin is not JSON") from None
+    except ValueError as exc:
+        raise errors.InputError("host-call: stdin is not JSON") from exc
     click.echo(json.dumps(run(request)))
 
 
@@ -640,7 +647,7 @@ def _lab_call(fn):
     try:
         return fn()
     except LabError as exc:
-        raise errors.AttachflowError(f"lab: {exc}") from None
+        raise errors.AttachflowError(f"lab: {exc}") from exc
 
 
 @lab.command("up")

@@ -138,9 +138,9 @@ def _libvirt():
     global _event_loop_started
     try:
         import libvirt
-    except ImportError:
+    except ImportError as exc:
         raise errors.HostError("libvirt-python is not installed: pip install "
-                               "'attachflow[libvirt]' (needs libvirt-dev)") from None
+                               "'attachflow[libvirt]' (needs libvirt-dev)") from exc
     with _EVENT_LOOP:
         if not _event_loop_started:
             # Events must be registered before the first connection is opened; they
@@ -176,7 +176,7 @@ class LibvirtHypervisor(Hypervisor):
                 self._conn = libvirt.open(self.uri)
             except libvirt.libvirtError as exc:
                 raise errors.HostError(f"{self.host_name}: cannot connect to libvirt at "
-                                       f"{self.uri}: {_lverr(exc)}") from None
+                                       f"{self.uri}: {_lverr(exc)}") from exc
             if not self.uri.startswith("qemu:///"):  # remote: keep the link alive
                 try:
                     self._conn.setKeepAlive(5, 3)
@@ -235,8 +235,8 @@ class LibvirtHypervisor(Hypervisor):
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                     raise errors.DomainNotFound(
-                        f"domain '{name}' not found on host {self.host_name}") from None
-                raise errors.HypervisorError(f"{self.host_name}: {_lverr(exc)}") from None
+                        f"domain '{name}' not found on host {self.host_name}") from exc
+                raise errors.HypervisorError(f"{self.host_name}: {_lverr(exc)}") from exc
         return self._read(lookup)
 
     def _wrap(self, what: str, fn: Callable[[], Any]) -> Any:
@@ -247,7 +247,7 @@ class LibvirtHypervisor(Hypervisor):
         except libvirt.libvirtError as exc:
             LOG.debug("libvirt %s on %s: %s", what, self.host_name, _lverr(exc))
             kind = _Unsent if _never_sent(exc) else errors.HypervisorError
-            raise kind(f"{what} on {self.host_name}: {_lverr(exc)}") from None
+            raise kind(f"{what} on {self.host_name}: {_lverr(exc)}") from exc
         LOG.debug("libvirt %s on %s (%.0f ms)", what, self.host_name,
                   (time.monotonic() - started) * 1000)
         return result
@@ -362,7 +362,7 @@ class LibvirtHypervisor(Hypervisor):
         except libvirt.libvirtError as exc:
             if not _never_sent(exc):
                 raise errors.HypervisorError(
-                    f"detach disk on {self.host_name}: {_lverr(exc)}") from None
+                    f"detach disk on {self.host_name}: {_lverr(exc)}") from exc
             self._drop()  # libvirtd restarted since the lookup: a new connection
             dom = self._dom(name)
             watched = watch()
@@ -386,7 +386,7 @@ class LibvirtHypervisor(Hypervisor):
                     # "already in the process of unplug" means keep waiting
                     if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_FAILED:
                         raise errors.HypervisorError(
-                            f"detach disk on {self.host_name}: {_lverr(exc)}") from None
+                            f"detach disk on {self.host_name}: {_lverr(exc)}") from exc
                 wait_until = min(deadline, time.monotonic() + attempt_wait)
                 while time.monotonic() < wait_until:
                     # The event says it at once; the XML, read at most once a second,
@@ -425,7 +425,7 @@ class LibvirtHypervisor(Hypervisor):
             if exc.get_error_code() == libvirt.VIR_ERR_NO_SECRET:
                 return None
             raise errors.HypervisorError(f"secret lookup on {self.host_name}: "
-                                         f"{_lverr(exc)}") from None
+                                         f"{_lverr(exc)}") from exc
 
     def define_secret(self, usage, value, description):
         secret = self._wrap("define secret", lambda: self.conn.secretDefineXML(

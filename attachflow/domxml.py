@@ -63,7 +63,7 @@ def _parse(xml: str) -> ET.Element:
     try:
         return ET.fromstring(xml)
     except ET.ParseError as exc:
-        raise InputError(f"malformed XML: {exc}") from None
+        raise InputError(f"malformed XML: {exc}") from exc
 
 
 def _to_string(elem: ET.Element, pretty: bool = True) -> str:
@@ -267,7 +267,7 @@ class Domain:
                     except ValueError:
                         pass
         except ET.ParseError as exc:
-            raise InputError(f"malformed XML: {exc}") from None
+            raise InputError(f"malformed XML: {exc}") from exc
         return cls(_parse(xml), xml)
 
     def disk(self, serial: str) -> Disk | None:

@@ -100,13 +100,13 @@ def load_hosts(env: Mapping[str, str] | None = None) -> dict[str, HostConfig]:
     except FileNotFoundError:
         return {}
     except OSError as exc:
-        raise errors.InputError(f"hosts file {path}: {exc.strerror}") from None
+        raise errors.InputError(f"hosts file {path}: {exc.strerror}") from exc
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         # tomllib's message may quote the offending text: one printable line of it
         raise errors.InputError(f"hosts file {path}: not valid TOML: "
-                                f"{shown(str(exc), 200)[1:-1]}") from None
+                                f"{shown(str(exc), 200)[1:-1]}") from exc
     where = _Locator(path, text)
     extra = sorted(set(data) - {"hosts"})
     if extra:

@@ -46,7 +46,7 @@ def _service_identity(service_cloud: str | None,
         except errors.AttachflowError:
             raise
         except Exception as exc:
-            raise errors.InputError(f"service cloud '{service_cloud}': {exc}") from None
+            raise errors.InputError(f"service cloud '{service_cloud}': {exc}") from exc
     if not (env_value(env, "OS_SERVICE_USERNAME") or env_value(env, "OS_SERVICE_USER_ID")):
         return None
     from keystoneauth1 import loading
@@ -115,7 +115,7 @@ class StorageSession:
             try:
                 identity.plugin.get_token(self.session)
             except Exception as exc:
-                raise login_error(exc, identity) from None
+                raise login_error(exc, identity) from exc
 
 
 def login_error(exc: BaseException, identity: "Identity | None" = None) -> errors.StorageError:
@@ -175,7 +175,7 @@ def open_session(cloud: str | None = None, env: Mapping[str, str] | None = None,
             region = _cloud(cloud, env)
             sess = region.get_session()
         except Exception as exc:
-            raise errors.InputError(f"cloud '{cloud}': {exc}") from None
+            raise errors.InputError(f"cloud '{cloud}': {exc}") from exc
         sess.timeout = timeout
         user = Identity.of("user", sess.auth, region.auth, f"cloud '{cloud}'")
         service = _service_identity(service_cloud, env)
@@ -189,8 +189,8 @@ def open_session(cloud: str | None = None, env: Mapping[str, str] | None = None,
                                               else "password")
     try:
         loader = loading.get_plugin_loader(auth_type)
-    except Exception:
-        raise errors.InputError(f"unknown OS_AUTH_TYPE '{auth_type}'") from None
+    except Exception as exc:
+        raise errors.InputError(f"unknown OS_AUTH_TYPE '{auth_type}'") from exc
     options = {}
     for opt in loader.get_options():
         value = env_value(env, "OS_" + opt.dest.upper()) or env_value(env, "OS_" + opt.name.upper()

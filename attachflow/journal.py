@@ -230,7 +230,7 @@ class Journal:
         except (OSError, sqlite3.Error) as exc:
             raise errors.JournalError(
                 f"cannot open the operations journal {self.path}: {exc} (set "
-                "ATTACHFLOW_STATE_DIR or --state-dir to a directory you can write)") from None
+                "ATTACHFLOW_STATE_DIR or --state-dir to a directory you can write)") from exc
         self._db = db
         return db
 
@@ -252,7 +252,7 @@ class Journal:
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise errors.JournalError(f"cannot write the operations journal {self.path}: "
-                                      f"{exc}") from None
+                                      f"{exc}") from exc
 
     def close(self) -> None:
         if self._db is not None:
@@ -330,7 +330,7 @@ class Journal:
                                                   json.loads(data) if data else None))
         except sqlite3.Error as exc:
             raise errors.JournalError(f"cannot read the operations journal {self.path}: "
-                                      f"{exc}") from None
+                                      f"{exc}") from exc
         return [OperationEntry(r[0], r[1], r[2], r[3], r[4], r[5], tuple(json.loads(r[6])),
                                r[7], r[8], r[9], r[10], r[11], json.loads(r[12]), r[13],
                                tuple(steps[r[0]])) for r in rows]

@@ -51,9 +51,9 @@ class LockDir:
                 try:
                     lock.acquire(timeout=max(0.0, deadline - time.monotonic()),
                                  poll_interval=0.1)
-                except filelock.Timeout:
+                except filelock.Timeout as exc:
                     raise errors.Busy(f"{key.replace(':', ' ', 1)} is busy: {holder(key)}"
-                                      + (f"; waited {wait:g} s" if wait else "")) from None
+                                      + (f"; waited {wait:g} s" if wait else "")) from exc
                 held.callback(lock.release)
             yield
 

@@ -142,7 +142,7 @@ def preflight(storage: StorageAPI, source: ComputeHost, destination: ComputeHost
     try:
         records = record.read(live)
     except errors.InputError as exc:
-        raise errors.PreflightError(str(exc)) from None
+        raise errors.PreflightError(str(exc)) from exc
 
     volumes: list[VolumePlan] = []
     local: list[str] = []
@@ -156,7 +156,7 @@ def preflight(storage: StorageAPI, source: ComputeHost, destination: ComputeHost
                 transport = get_transport(rec.transport, multipath=rec.multipath)
                 flow = flow_for_record(storage, rec, api)
             except errors.InputError as exc:
-                raise errors.PreflightError(f"volume {disk.serial}: {exc}") from None
+                raise errors.PreflightError(f"volume {disk.serial}: {exc}") from exc
             volumes.append(VolumePlan(
                 disk.serial, disk.target_dev, rec, flow, transport,
                 StorageAttachment.from_record(rec, disk.serial, ref.uuid), disk))
@@ -174,7 +174,7 @@ def preflight(storage: StorageAPI, source: ComputeHost, destination: ComputeHost
     except errors.DomainNotFound:
         pass
     except errors.AttachflowError as exc:
-        raise errors.PreflightError(f"destination {destination.name}: {exc}") from None
+        raise errors.PreflightError(f"destination {destination.name}: {exc}") from exc
     else:
         raise errors.PreflightError(f"a domain named '{domain}' already exists on "
                              f"{destination.name}")
@@ -189,7 +189,7 @@ def preflight(storage: StorageAPI, source: ComputeHost, destination: ComputeHost
                     destination)
             except errors.AttachflowError as exc:
                 raise errors.PreflightError(f"destination {destination.name} connector: {exc}") \
-                    from None
+                    from exc
     return Plan(domain, ref.uuid, source, destination, volumes, local, connectors, live,
                 persistent, records, options)
 
@@ -209,7 +209,7 @@ def _check_ssh(host: ComputeHost) -> None:
         host.runner.ping()
     except errors.AttachflowError as exc:
         raise errors.PreflightError(f"destination {host.name} does not answer over SSH: {exc}") \
-            from None
+            from exc
 
 
 def destination_definitions(plan: Plan, sources: dict[str, domxml.DiskSource],
@@ -458,5 +458,5 @@ def _runs_on(host: ComputeHost, name: str) -> bool:
         return False
     except errors.AttachflowError as exc:
         raise errors.HypervisorError(f"cannot tell whether {name} runs on {host.name}: "
-                                     f"{exc}") from None
+                                     f"{exc}") from exc
 

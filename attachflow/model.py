@@ -108,7 +108,7 @@ class ConnectorProperties:
                        os_type=str(data.get("os_type", "linux")),
                        extra=tuple(sorted((k, v) for k, v in data.items() if k not in known)))
         except KeyError as exc:
-            raise InputError(f"connector properties lack '{exc.args[0]}'") from None
+            raise InputError(f"connector properties lack '{exc.args[0]}'") from exc
 
 
 @dataclasses.dataclass(frozen=True)

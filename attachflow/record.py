@@ -90,9 +90,9 @@ def read(domain: domxml.Domain) -> dict[str, VolumeRecord]:
     for volume_id, text in domain.volume_entries().items():
         try:
             data = json.loads(text)
-        except ValueError:
+        except ValueError as exc:
             raise errors.InputError(f"domain '{domain.name}': the record of volume "
-                                    f"{volume_id} is not JSON") from None
+                                    f"{volume_id} is not JSON") from exc
         out[volume_id] = VolumeRecord.from_json(volume_id, data, domain.disk(volume_id))
     return out
 

@@ -71,7 +71,7 @@ class SSHRunner(Runner):
             else:
                 client.load_system_host_keys()
         except OSError as exc:
-            raise errors.HostError(f"{self.cfg.name}: known hosts: {exc}") from None
+            raise errors.HostError(f"{self.cfg.name}: known hosts: {exc}") from exc
 
         def connect():
             client.connect(self.cfg.address, port=self.cfg.ssh_port,
@@ -91,7 +91,7 @@ class SSHRunner(Runner):
                 reraise=True)(connect)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise errors.HostError(f"ssh {self.cfg.ssh_user}@{self.cfg.address}: "
-                                   f"{_describe(exc)}") from None
+                                   f"{_describe(exc)}") from exc
         transport = client.get_transport()
         if transport is not None:
             # A link that dies silently is noticed within a minute, not at the command's
@@ -109,7 +109,7 @@ class SSHRunner(Runner):
                 banner = sock.recv(256)
         except OSError as exc:
             raise errors.HostError(f"ssh {self.cfg.address}:{self.cfg.ssh_port}: "
-                                   f"{exc.strerror or exc}") from None
+                                   f"{exc.strerror or exc}") from exc
         if not banner.startswith(b"SSH-"):
             raise errors.HostError(f"{self.cfg.address}:{self.cfg.ssh_port} does not speak "
                                    "SSH")
@@ -142,8 +142,8 @@ class SSHRunner(Runner):
         except (paramiko.SSHException, OSError, EOFError) as exc:
             # paramiko says "Timeout opening channel." when the same deadline expires
             if isinstance(exc, TimeoutError) or time.monotonic() >= deadline:
-                raise errors.HostError(f"{where}: timed out after {timeout:g} s") from None
-            raise errors.HostError(f"{where}: {_describe(exc)}") from None
+                raise errors.HostError(f"{where}: timed out after {timeout:g} s") from exc
+            raise errors.HostError(f"{where}: {_describe(exc)}") from exc
         finally:
             if chan is not None:
                 _close_quietly(chan)

@@ -29,9 +29,9 @@ def seconds_setting(env: Mapping[str, str], name: str, default: float,
     from attachflow import validate
     try:
         return validate.check_number(name, float(value), kind)
-    except (ValueError, errors.InputError):
+    except (ValueError, errors.InputError) as exc:
         raise errors.InputError(f"{name} '{value}' is not a number of seconds from "
-                                f"{validate.bounds_text(kind)}") from None
+                                f"{validate.bounds_text(kind)}") from exc
 
 
 def request_timeout(env: Mapping[str, str]) -> float:

@@ -848,7 +848,7 @@ class FakeBrick(_Faults, HostConnector):
                      str(props["target_iqn"]), int(props.get("target_lun", 0)))]
         except KeyError as exc:
             raise errors.HostError(f"os-brick (ISCSI): connection properties lack "
-                                   f"{exc.args[0]}") from None
+                                   f"{exc.args[0]}") from exc
 
     def _discover(self, props: dict[str, Any]) -> list[tuple[str, str, int]]:
         """sendtargets discovery on the primary portal, with discovery CHAP if the portal

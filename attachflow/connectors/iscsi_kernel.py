@@ -42,8 +42,9 @@ class KernelISCSI(Transport):
             try:
                 host.brick.disconnect(self.protocol, conn.to_brick(), {}, self.multipath)
             except errors.AttachflowError as cleanup:
+                # the cleanup's failure is the cause; the connect's is its context
                 raise errors.HostError(f"{exc}; cleaning up after it failed too: "
-                                       f"{cleanup}") from None
+                                       f"{cleanup}") from cleanup
             raise
         path = info.get("path")
         if not path:

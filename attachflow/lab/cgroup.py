@@ -39,7 +39,7 @@ class Cgroup:
         try:
             g.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise LabError(f"cannot create cgroup {g}: {e.strerror}") from None
+            raise LabError(f"cannot create cgroup {g}: {e.strerror}") from e
         return g
 
     def pids(self, name: str | None = None) -> set[int]:

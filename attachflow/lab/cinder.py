@@ -51,7 +51,7 @@ def _credentials() -> tuple[str, str]:
     try:
         return sess.get_token(), sess.get_project_id()
     except kexc.ClientException as e:
-        raise LabError(f"keystone: {e}") from None
+        raise LabError(f"keystone: {e}") from e
 
 
 def api(path: str, timeout: float = 5) -> dict[str, Any]:
@@ -65,7 +65,7 @@ def api(path: str, timeout: float = 5) -> dict[str, Any]:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.load(resp)
     except (urllib.error.URLError, OSError, ValueError) as e:
-        raise LabError(f"cinder-api {path}: {e}") from None
+        raise LabError(f"cinder-api {path}: {e}") from e
 
 
 def services() -> dict[tuple[str, str], dict[str, Any]]:

@@ -74,7 +74,7 @@ class GuestImage(Component):
         try:
             build(dest)
         except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
-            raise LabError(f"guest image: {e}") from None
+            raise LabError(f"guest image: {e}") from e
 
     def status(self, lab: Lab) -> Status:
         kernel, initrd = image_dir() / "vmlinuz", image_dir() / "initrd.img"

@@ -216,7 +216,7 @@ class KeystoneService(Component):
             with urllib.request.urlopen(auth_url(), timeout=5) as resp:
                 return resp.status == 200
         except (urllib.error.URLError, OSError) as e:
-            raise LabError(f"keystone: {e}") from None
+            raise LabError(f"keystone: {e}") from e
 
     def status(self, lab: Lab) -> Status:
         st = super().status(lab)

@@ -168,7 +168,7 @@ def render_text(template: str, **extra: str) -> str:
     try:
         return _Template(text).substitute({**values(), **extra})
     except KeyError as exc:
-        raise LabError(f"template {template}: no value for {exc.args[0]}") from None
+        raise LabError(f"template {template}: no value for {exc.args[0]}") from exc
 
 
 def write(dest: Path, text: str, mode: int = 0o644) -> None:

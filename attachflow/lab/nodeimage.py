@@ -172,7 +172,7 @@ def build(echo: Callable[[str], None]) -> Image:
         if isinstance(exc, LabError):
             raise
         if isinstance(exc, Exception):
-            raise LabError(f"node image build failed: {exc}") from None
+            raise LabError(f"node image build failed: {exc}") from exc
         raise
     shutil.rmtree(image.dir, ignore_errors=True)
     os.replace(work, image.dir)

@@ -46,10 +46,10 @@ def run(argv: list[str], *, timeout: float = 120, env: dict | None = None,
         cp = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
                             env=env, input=input,
                             stdin=None if input is not None else subprocess.DEVNULL)
-    except FileNotFoundError:
-        raise LabError(f"{argv[0]}: command not found") from None
-    except subprocess.TimeoutExpired:
-        raise LabError(f"{shlex.join(argv[:4])}: no answer within {timeout:.0f}s") from None
+    except FileNotFoundError as exc:
+        raise LabError(f"{argv[0]}: command not found") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise LabError(f"{shlex.join(argv[:4])}: no answer within {timeout:.0f}s") from exc
     if check and cp.returncode != 0:
         detail = tail(cp.stderr) or tail(cp.stdout)
         raise LabError(f"{shlex.join(argv[:4])} failed (exit {cp.returncode}): {detail}")

@@ -201,7 +201,7 @@ class Supervisor:
         except (FileNotFoundError, ConnectionRefusedError):
             return {}  # a socket left behind by a supervisord that is gone
         except (OSError, xmlrpc.client.Error) as e:
-            raise LabError(f"supervisord at {self.socket} does not answer: {e}") from None
+            raise LabError(f"supervisord at {self.socket} does not answer: {e}") from e
         return {r["name"]: ProcessInfo(r["name"], r["statename"], r["pid"] or None,
                                        float(r["start"] or 0), r["stdout_logfile"])
                 for r in raw}
@@ -221,7 +221,7 @@ class Supervisor:
         except xmlrpc.client.Fault as e:
             if "ALREADY_STARTED" not in e.faultString:
                 raise LabError(f"{name}: supervisord could not start it: "
-                               f"{e.faultString}") from None
+                               f"{e.faultString}") from e
 
     def stop(self, name: str) -> None:
         """Stop a program and wait until it is gone (SIGKILL after its stop_wait)."""
@@ -233,7 +233,7 @@ class Supervisor:
         except xmlrpc.client.Fault as e:
             if "NOT_RUNNING" not in e.faultString:
                 raise LabError(f"{name}: supervisord could not stop it: "
-                               f"{e.faultString}") from None
+                               f"{e.faultString}") from e
 
     def failure(self, names: list[str]) -> str | None:
         """Why one of ``names`` is not running after it was started, with its log's tail."""

@@ -50,3 +50,35 @@ def test_remote_failure_is_a_host_error_with_the_remote_line():
     with pytest.raises(errors.HostError, match="hostb: host-call connect: .*login failed"):
         BrickRemote(runner, HostConfig("hostb", "h")).connect(
             "ISCSI", {"target_portal": "p:1", "target_iqn": "i", "target_lun": 1}, False)
+
+
+def test_os_brick_failure_keeps_its_cause_without_the_chap_password(monkeypatch):
+    from attachflow import brick
+
+    class Connector:
+        def connect_volume(self, props):
+            raise RuntimeError("Unexpected error while running command: iscsiadm -m node "
+                               "--op update -n node.session.auth.password -v s3cr3t-chap")
+
+    class Brick:
+        class InitiatorConnector:
+            @staticmethod
+            def factory(*args, **kwargs):
+                return Connector()
+
+    monkeypatch.setattr(brick, "_brick", lambda: Brick)
+    props = {"target_portal": "p:1", "target_iqn": "i", "target_lun": 1,
+             "auth_password": "s3cr3t-chap"}
+    with pytest.raises(errors.HostError) as caught:
+        brick.BrickLocal().connect("ISCSI", props, False)
+    cause = caught.value.__cause__
+    assert isinstance(cause, brick.BrickFailure)
+    assert str(cause).startswith("RuntimeError: Unexpected error") and "iscsiadm" in str(cause)
+    assert "s3cr3t-chap" not in str(cause) + str(caught.value)
+    # where it came from survives: the traceback reaches the connector's frame
+    frames = []
+    tb = cause.__traceback__
+    while tb:
+        frames.append(tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    assert "connect_volume" in frames

@@ -99,6 +99,24 @@ def test_debug_trace_masks_secrets(world, monkeypatch):
     assert password not in result.output + result.stderr
 
 
+def test_debug_trace_shows_the_cause_with_secrets_masked(world, monkeypatch):
+    def unreachable(self, name):
+        try:
+            raise ValueError("auth failed for token=gAAAA-not-for-eyes")
+        except ValueError as exc:
+            raise errors.HostError("hosta does not answer") from exc
+    monkeypatch.setattr(Client, "host", unreachable)
+    vol = "7d7c1c6a-0b9e-4c56-9d3c-5f1c2b1e9a10"
+    plain = run("attach", vol, "vm1", "--transport", "native")
+    assert plain.stderr == "attachflow: error: hosta does not answer\n"
+    result = run("attach", vol, "vm1", "--transport", "native", "--debug")
+    assert result.exit_code == plain.exit_code != 0
+    assert "ValueError: auth failed for token=" in result.stderr
+    assert "The above exception was the direct cause" in result.stderr
+    assert "gAAAA-not-for-eyes" not in result.stderr
+    assert result.stderr.endswith("attachflow: error: hosta does not answer\n")
+
+
 def test_boot(world):
     cinder, host = world
     vol = cinder.create_volume()
