@@ -2,7 +2,7 @@ import logging
 
 import pytest
 
-from attachflow.testing import FakeCinder, fake_host
+from twins import FakeCinder, fake_host
 
 
 @pytest.fixture(autouse=True)

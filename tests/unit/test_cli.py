@@ -9,7 +9,8 @@ from click.testing import CliRunner
 
 from attachflow import cli, errors
 from attachflow.client import Client
-from attachflow.testing import FakeCinder, fake_host
+
+from twins import FakeCinder, fake_host
 
 
 @pytest.fixture
