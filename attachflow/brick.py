@@ -3,8 +3,8 @@
 The side effect owned here is os-brick itself, behind the ``HostConnector`` seam:
 ``BrickLocal`` calls it in this process, ``BrickRemote`` runs ``attachflow host-call`` on
 the host through a ``Runner`` with the secret-bearing JSON request on stdin, never in argv,
-and ``host_call`` is that command's end on the host. The in-memory twin is
-``attachflow.testing.FakeBrick``.
+and ``host_call`` is what that command (``attachflow.host_call``) runs on the host. The
+tests' in-memory twin is ``FakeBrick`` in ``tests/unit/twins.py``.
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 
 ``StorageAPI`` is the seam: one method per Cinder call, named after it. ``CinderStorage``
 implements it with python-cinderclient over a keystoneauth1 session and translates
-cinderclient's exceptions into attachflow's at this boundary; ``attachflow.testing``
-has the in-memory twin. On top of the seam, ``AttachmentsFlow`` and ``LegacyFlow`` are the
-two ways of attaching a volume Cinder offers (attachments API from microversion 3.27/3.44,
-and the reserve/initialize_connection/attach actions); ``select_flow`` picks one.
+cinderclient's exceptions into attachflow's at this boundary; the tests' in-memory twin
+is ``FakeCinder`` in ``tests/unit/twins.py``. On top of the seam, ``AttachmentsFlow`` and
+``LegacyFlow`` are the two ways of attaching a volume Cinder offers (attachments API from
+microversion 3.27/3.44, and the reserve/initialize_connection/attach actions);
+``select_flow`` picks one.
 
 Retries (tenacity) only where repeating cannot change the outcome: reads on connection
 errors and 5xx, deletes on 5xx (a 404 on delete means it is already gone). Calls that change

@@ -1,206 +1,34 @@
-"""The attachflow command line: a thin click layer over the public API (``attachflow.Client``).
+"""The attachflow command line: the user's commands, a thin click layer over the public
+API (``attachflow.Client``).
+
+This module owns the root group (``cli``, the ``attachflow`` program) and each user's
+command: which options it takes and which ``Client`` call it makes. What the commands
+share at their edge (the error-to-exit-code boundary, logging, the checked parameter
+types, the common options) is ``attachflow.cli_common``; how results are printed is
+``attachflow.output``. Two groups of commands live elsewhere and are loaded only when
+used: ``attachflow lab`` (``attachflow.lab.cli``) and the hidden ``attachflow host-call``
+(``attachflow.host_call``).
 
 Every value is checked as it is parsed (``validate``), before anything is contacted.
 Exit codes: 0 success; 1 the operation failed (and what it had done was undone, or the
 message says what could not be); 2 bad usage or bad input (nothing was changed). Every
 error is one line on stderr. Heavy libraries (cinderclient, os-brick, libvirt, paramiko)
-are imported only by the commands that use them, so ``attachflow --help`` starts fast.
+and the lab package are imported only by the commands that use them, so
+``attachflow --help`` starts fast.
 """
 
 from __future__ import annotations
 
-import functools
-import json
-import logging
+import importlib
 import os
 import sys
-import traceback
-from typing import Any, Callable
 
 import click
 
 import attachflow
-from attachflow import errors, output, validate  # the exception tree the API raises
-
-EXIT_FAILED = 1  # an unexpected error; AttachflowError carries its own exit code
-
-HOST_HELP = ("Compute host: 'local' (this machine, qemu:///system), a name from the hosts "
-             "file ($ATTACHFLOW_HOSTS, default ~/.config/attachflow/hosts.toml), or an "
-             "explicit USER@ADDRESS [$ATTACHFLOW_HOST].")
-
-
-# What --debug traces besides attachflow's own lines (storage requests, libvirt calls, SSH
-# commands, os-brick calls): the HTTP client's request and response lines, Cinder's
-# client, and os-brick's own steps. Secrets are masked in all of them (``redact``).
-_DEBUG_LOGGERS = ("attachflow", "keystoneauth", "cinderclient", "os_brick")
-
-
-def _setup_logging(debug: bool) -> None:
-    from attachflow import redact
-    redact.install()
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s", "%H:%M:%S"))
-    for name in _DEBUG_LOGGERS:
-        log = logging.getLogger(name)
-        # A logger with no handler falls back to Python's last-resort one on stderr: the
-        # others get a NullHandler so their warnings (keystoneauth's discovery notes)
-        # stay out of the one-line error unless --debug asks for them.
-        log.handlers[:] = ([handler] if debug or name == "attachflow"
-                           else [logging.NullHandler()])
-        log.setLevel(logging.DEBUG if debug else logging.WARNING)
-        log.propagate = False
-
-
-def _emit(data: dict[str, Any] | list, fmt: str, columns: tuple[str, ...] = ()) -> None:
-    output.emit(data, fmt, columns)
-
-
-def _print_trace() -> None:
-    """The exception being handled and its causes, with secret-named values masked: a
-    cause may be a dependency's exception that quotes a request or a configuration."""
-    from attachflow import redact
-    click.echo(redact.mask_text(traceback.format_exc()).rstrip("\n"), err=True)
-
-
-def _boundary(fn: Callable) -> Callable:
-    """Map the library's errors to one clear line and an exit code."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        debug = kwargs.get("debug", False)
-        _setup_logging(debug)
-        try:
-            return fn(*args, **kwargs)
-        except errors.AttachflowError as exc:
-            if debug:
-                _print_trace()
-            click.echo(f"attachflow: error: {exc}", err=True)
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("attachflow: interrupted", err=True)
-            sys.exit(130)
-        except (click.ClickException, BrokenPipeError):
-            raise
-        except Exception as exc:
-            if debug:
-                _print_trace()
-            click.echo(f"attachflow: internal error: {type(exc).__name__}: {exc} "
-                       "(run with --debug for the trace)", err=True)
-            sys.exit(EXIT_FAILED)
-
-    return wrapper
-
-
-# -- parameter types: each runs a validator, so a bad value stops at parsing ---------------
-class _Checked(click.ParamType):
-    def __init__(self, name: str, check: Callable[[str], str]):
-        self.name = name
-        self._check = check
-
-    def convert(self, value, param, ctx):
-        try:
-            return self._check(value)
-        except errors.InputError as exc:
-            raise click.UsageError(str(exc), ctx) from exc
-
-
-class _Number(click.ParamType):
-    """A finite number within ``validate.BOUNDS[kind]``; ints stay ints."""
-
-    def __init__(self, kind: str, cast: type = float):
-        self.kind, self.cast = kind, cast
-        self.name = "integer" if cast is int else "number"
-
-    def convert(self, value, param, ctx):
-        what = f"{param.opts[-1] if param else 'value'}"
-        try:
-            number = self.cast(value)
-        except (TypeError, ValueError) as exc:
-            raise click.UsageError(f"{what} must be "
-                                   f"{'a whole number' if self.cast is int else 'a number'}"
-                                   f", not '{value}'", ctx) from exc
-        try:
-            return validate.check_number(what, number, self.kind)
-        except errors.InputError as exc:
-            raise click.UsageError(str(exc), ctx) from exc
-
-
-def _bounds(kind: str, unit: str) -> str:
-    return f"{validate.bounds_text(kind)} {unit}".rstrip()
-
-
-VOLUME = _Checked("volume", validate.check_volume_id)
-DOMAIN = _Checked("domain", validate.check_domain)
-NEW_DOMAIN = _Checked("name", validate.check_new_domain)
-DEVICE = _Checked("device", validate.check_device)
-
-
-STATE_DIR_OPTION = click.option(
-    "--state-dir", default=None, metavar="DIR",
-    help="Where the operations journal and the locks live [$ATTACHFLOW_STATE_DIR, "
-         "default /var/lib/attachflow]. Every command that changes something records each "
-         "step there first, so that 'attachflow recover' can finish or undo it after an "
-         "interruption.")
-
-
-def common(storage: bool = True, transport: bool = True, result: bool = True,
-           journal: bool = False, host: bool = True) -> Callable:
-    def decorate(fn):
-        opts = [
-            click.option("--debug", is_flag=True,
-                         help="Trace every storage request, libvirt call, SSH command and "
-                              "os-brick call on stderr (secrets masked)."),
-        ]
-        if host:
-            opts.insert(0, click.option(
-                "--host", default=lambda: os.environ.get("ATTACHFLOW_HOST", "local"),
-                show_default="local", help=HOST_HELP))
-        if result:
-            opts += [
-                click.option("-f", "--format", "fmt", type=click.Choice(output.FORMATS),
-                             default="table", show_default=True, help="Output format."),
-                click.option("-c", "--column", "columns", multiple=True, metavar="COLUMN",
-                             help="Show only this column (repeatable; in this order)."),
-            ]
-        if transport:
-            opts.append(click.option(
-                "--transport", type=click.Choice(["native", "kernel"]),
-                default=lambda: os.environ.get("ATTACHFLOW_TRANSPORT", "kernel"),
-                show_default="kernel, or $ATTACHFLOW_TRANSPORT",
-                help="kernel: the host's iSCSI initiator through os-brick (block device); "
-                     "native: QEMU's own initiator (network disk, CHAP in a libvirt "
-                     "secret, no host session)."))
-        if storage:
-            opts += [
-                click.option("--api", type=click.Choice(["auto", "attachments", "legacy"]),
-                             default="auto", show_default=True,
-                             help="Cinder attach API: attachments (3.44+), legacy "
-                                  "(reserve/initialize_connection/attach), or auto: "
-                                  "attachments when the server speaks 3.44."),
-                click.option("--os-cloud", default=None,
-                             help="Cloud from clouds.yaml (default $OS_CLOUD); otherwise "
-                                  "the OS_* variables, or OS_AUTH_TYPE=noauth with "
-                                  "OS_ENDPOINT, OS_USER_ID, OS_PROJECT_ID."),
-                click.option("--os-service-cloud", default=None,
-                             help="Cloud of a user with the 'service' role, whose token "
-                                  "goes with every request (Cinder releases a guest's "
-                                  "attachment only for a service) [$ATTACHFLOW_SERVICE_"
-                                  "CLOUD; or OS_SERVICE_USERNAME, OS_SERVICE_PASSWORD, "
-                                  "OS_SERVICE_PROJECT_NAME]."),
-            ]
-        if journal:
-            opts += [
-                STATE_DIR_OPTION,
-                click.option("--lock-wait", type=_Number("wait"), default=None,
-                             metavar="SECONDS",
-                             help="How long to wait for another operation on the same "
-                                  "volume or domain before giving up with exit 4 "
-                                  f"({_bounds('wait', 's')}) [$ATTACHFLOW_LOCK_WAIT, "
-                                  "default 60].")]
-        for opt in reversed(opts):
-            fn = opt(fn)
-        return _boundary(fn)
-    return decorate
+from attachflow import errors, output  # the exception tree the API raises
+from attachflow.cli_common import (DEVICE, DOMAIN, EXIT_FAILED, NEW_DOMAIN, VOLUME, Number,
+                                   bounds, common)
 
 
 def _client(transport: str | None = None, api: str | None = None,
@@ -214,7 +42,38 @@ def _client(transport: str | None = None, api: str | None = None,
 
 class _Cli(click.Group):
     """Usage errors, like every other error, are one line: what is wrong, and where help
-    is."""
+    is. The commands defined in other modules are imported when they are run or asked
+    for their help, not to list them in ``attachflow --help``."""
+
+    # name: (module, attribute, hidden, the first paragraph of the command's help, which
+    # `attachflow --help` lists; a unit test keeps the two the same)
+    lazy = {
+        "lab": ("attachflow.lab.cli", "lab", False,
+                "The local two-host lab: real Keystone, Cinder, tgtd, libvirtd, sshd "
+                "(needs root)."),
+        "host-call": ("attachflow.host_call", "host_call", True, ""),
+    }
+    _listing = False
+
+    def list_commands(self, ctx):
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx, cmd_name):
+        if cmd_name in self.commands or cmd_name not in self.lazy:
+            return super().get_command(ctx, cmd_name)
+        module, attribute, hidden, summary = self.lazy[cmd_name]
+        if self._listing:  # a stand-in with what the list shows: no import
+            return click.Command(cmd_name, help=summary, hidden=hidden)
+        command = getattr(importlib.import_module(module), attribute)
+        self.add_command(command, cmd_name)
+        return command
+
+    def format_commands(self, ctx, formatter):
+        self._listing = True
+        try:
+            super().format_commands(ctx, formatter)
+        finally:
+            self._listing = False
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
              **extra):
@@ -285,7 +144,7 @@ def connector(host, fmt, columns, debug, transport, multipath):
     """Show the connector properties HOST sends to Cinder (initiator, ip, host, ...)."""
     with _client(transport) as client:
         props = client.connector(host, multipath=multipath)
-    _emit(props.to_dict(), fmt, columns)
+    output.emit(props.to_dict(), fmt, columns)
 
 
 @cli.command()
@@ -294,10 +153,10 @@ def connector(host, fmt, columns, debug, transport, multipath):
 @click.option("--device", type=DEVICE, default=None, metavar="vdX",
               help="Target device name; default: the next free vdX in the domain.")
 @click.option("--multipath", is_flag=True, help="kernel transport: connect with multipath.")
-@click.option("--detach-timeout", type=_Number("timeout"), default=60.0, show_default=True,
+@click.option("--detach-timeout", type=Number("timeout"), default=60.0, show_default=True,
               metavar="SECONDS",
               help=f"Seconds to wait for the guest if undo must detach "
-                   f"({_bounds('timeout', 's')}).")
+                   f"({bounds('timeout', 's')}).")
 @common(journal=True)
 def attach(volume, domain, device, multipath, detach_timeout, host, fmt, columns, debug,
            transport, api, os_cloud, os_service_cloud, state_dir, lock_wait):
@@ -315,16 +174,16 @@ def attach(volume, domain, device, multipath, detach_timeout, host, fmt, columns
                  state_dir=state_dir, lock_wait=lock_wait) as client:
         result = client.attach(volume, domain, host=host, device=device,
                                multipath=multipath, detach_timeout=detach_timeout)
-    _emit(result.to_dict(), fmt, columns)
+    output.emit(result.to_dict(), fmt, columns)
 
 
 @cli.command()
 @click.argument("volume", type=VOLUME)
 @click.argument("domain", type=DOMAIN)
-@click.option("--timeout", type=_Number("timeout"), default=60.0, show_default=True,
+@click.option("--timeout", type=Number("timeout"), default=60.0, show_default=True,
               metavar="SECONDS",
               help=f"Seconds to wait for the guest to release the disk (detach is retried "
-                   f"within this time; {_bounds('timeout', 's')}).")
+                   f"within this time; {bounds('timeout', 's')}).")
 @click.option("--strict", is_flag=True,
               help="Fail (exit 2) when the volume is not attached to DOMAIN, instead of "
                    "reporting that there was nothing to do.")
@@ -346,17 +205,17 @@ def detach(volume, domain, timeout, strict, host, fmt, columns, debug, transport
                  state_dir=state_dir, lock_wait=lock_wait) as client:
         result = client.detach(volume, domain, host=host, transport=chosen, timeout=timeout,
                                strict=strict)
-    _emit(result.to_dict(), fmt, columns)
+    output.emit(result.to_dict(), fmt, columns)
 
 
 @cli.command()
 @click.argument("name", type=NEW_DOMAIN)
 @click.option("--volume", type=VOLUME, required=True,
               help="Cinder volume for the root disk (vda).")
-@click.option("--memory", type=_Number("memory", int), default=128, show_default=True,
-              metavar="MiB", help=f"Memory ({_bounds('memory', 'MiB')}).")
-@click.option("--vcpus", type=_Number("vcpus", int), default=1, show_default=True,
-              help=f"Virtual CPUs ({_bounds('vcpus', '')}).")
+@click.option("--memory", type=Number("memory", int), default=128, show_default=True,
+              metavar="MiB", help=f"Memory ({bounds('memory', 'MiB')}).")
+@click.option("--vcpus", type=Number("vcpus", int), default=1, show_default=True,
+              help=f"Virtual CPUs ({bounds('vcpus', '')}).")
 @click.option("--virt-type", type=click.Choice(["kvm", "qemu"]),
               default=lambda: os.environ.get("ATTACHFLOW_VIRT_TYPE", "kvm"),
               show_default="kvm, or $ATTACHFLOW_VIRT_TYPE",
@@ -384,29 +243,7 @@ def boot(name, volume, memory, vcpus, virt_type, kernel, initrd, cmdline, host, 
                  state_dir=state_dir, lock_wait=lock_wait) as client:
         result = client.boot(name, volume, host=host, memory_mib=memory, vcpus=vcpus,
                              virt_type=virt_type, direct_boot=direct)
-    _emit(result.to_dict(), fmt, columns)
-
-
-def _progress_printer(kind: str):
-    """Migration progress on stderr: a bar, JSON lines, or nothing."""
-    MigrationProgress = attachflow.MigrationProgress
-    if kind == "json":
-        def json_lines(event):
-            if isinstance(event, MigrationProgress):
-                click.echo(json.dumps(event.to_dict(), sort_keys=True), err=True)
-        return json_lines
-    if kind == "none" or (kind == "auto" and not sys.stderr.isatty()):
-        return None
-
-    def bar(event):
-        if not isinstance(event, MigrationProgress):
-            return
-        filled = int(event.fraction * 30)
-        click.echo(f"\r[{'#' * filled}{'.' * (30 - filled)}] {event.fraction * 100:5.1f}%  "
-                   f"{event.processed / 2**20:8.1f} MiB sent  "
-                   f"{event.remaining / 2**20:8.1f} MiB left  {event.elapsed:6.1f} s",
-                   nl=False, err=True)
-    return bar
+    output.emit(result.to_dict(), fmt, columns)
 
 
 @cli.command()
@@ -416,13 +253,13 @@ def _progress_printer(kind: str):
 @click.option("--auto-converge", is_flag=True, help="Throttle the guest's vCPUs if memory "
                                                     "is dirtied faster than it is copied.")
 @click.option("--postcopy", is_flag=True, help="Allow switching to post-copy.")
-@click.option("--max-downtime", type=_Number("max_downtime", int), default=None,
+@click.option("--max-downtime", type=Number("max_downtime", int), default=None,
               metavar="MS", help=f"Largest pause of the guest allowed at the switch-over "
-                                 f"({_bounds('max_downtime', 'ms')}).")
-@click.option("--bandwidth", type=_Number("bandwidth", int), default=None, metavar="MiB/s",
-              help=f"Cap the migration's bandwidth ({_bounds('bandwidth', 'MiB/s')}).")
-@click.option("--timeout", "completion_timeout", type=_Number("timeout"), default=None,
-              metavar="SECONDS", help=f"Completion timeout ({_bounds('timeout', 's')}) "
+                                 f"({bounds('max_downtime', 'ms')}).")
+@click.option("--bandwidth", type=Number("bandwidth", int), default=None, metavar="MiB/s",
+              help=f"Cap the migration's bandwidth ({bounds('bandwidth', 'MiB/s')}).")
+@click.option("--timeout", "completion_timeout", type=Number("timeout"), default=None,
+              metavar="SECONDS", help=f"Completion timeout ({bounds('timeout', 's')}) "
                                       "[default: 800 s per GiB of guest memory, at least "
                                       "60 s].")
 @click.option("--on-timeout", type=click.Choice(["abort", "postcopy"]), default="abort",
@@ -453,25 +290,18 @@ def migrate(domain, destination, auto_converge, postcopy, max_downtime, bandwidt
         auto_converge=auto_converge, postcopy=postcopy, max_downtime_ms=max_downtime,
         bandwidth_mib=bandwidth, completion_timeout=completion_timeout,
         on_timeout=on_timeout, copy_local_disks=copy_local_disks)
-    printer = _progress_printer(progress)
+    printer = output.progress_printer(progress)
     with _client(api=api, os_cloud=os_cloud, progress=printer,
                  os_service_cloud=os_service_cloud, state_dir=state_dir,
                  lock_wait=lock_wait) as client:
         if dry_run:
-            out = attachflow.migration_preview(client.plan_migration(
-                domain, source=host, destination=destination, options=options))
-            if fmt == "table":
-                for step in out["steps"]:
-                    click.echo(f"- {step}")
-                click.echo(out["xml_diff"], nl=False)
-            else:
-                _emit(out, fmt, columns)
+            output.migration_preview(attachflow.migration_preview(client.plan_migration(
+                domain, source=host, destination=destination, options=options)), fmt, columns)
             return
         result = client.migrate(domain, source=host, destination=destination,
                                 options=options)
-        if printer is not None and progress != "json":
-            click.echo("", err=True)
-    _emit(result.to_dict(), fmt, columns)
+        output.end_progress(progress, printer)
+    output.emit(result.to_dict(), fmt, columns)
     if result.left_behind:
         for line in result.left_behind:
             click.echo(f"attachflow: warning: {line}", err=True)
@@ -493,14 +323,9 @@ def list_volumes(domain, host, fmt, columns, debug, api, os_cloud, os_service_cl
     """
     with _client(api=api, os_cloud=os_cloud, os_service_cloud=os_service_cloud) as client:
         entries = client.list_volumes(host=host, domain=domain)
-    wide = fmt in ("json", "yaml")  # documents carry every field; tables the main ones
-    _emit([e.to_dict() for e in entries], fmt, columns or (() if wide else _LIST_COLUMNS))
+    output.volumes([e.to_dict() for e in entries], fmt, columns)
     if any(e.problem != "ok" for e in entries):
         sys.exit(EXIT_FAILED)
-
-
-_LIST_COLUMNS = ("domain", "volume_id", "device", "transport", "attachment_id",
-                 "volume_status", "problem")
 
 
 @cli.command()
@@ -508,10 +333,10 @@ _LIST_COLUMNS = ("domain", "volume_id", "device", "transport", "attachment_id",
 @click.option("--force", is_flag=True,
               help="Delete a guest attachflow did not boot too (its recorded volumes are "
                    "still detached first).")
-@click.option("--shutdown-timeout", type=_Number("timeout"), default=60.0,
+@click.option("--shutdown-timeout", type=Number("timeout"), default=60.0,
               show_default=True, metavar="SECONDS",
               help=f"Seconds to let the guest OS power off before it is forced off "
-                   f"({_bounds('timeout', 's')}).")
+                   f"({bounds('timeout', 's')}).")
 @click.option("--strict", is_flag=True,
               help="Fail (exit 2) when DOMAIN does not exist, instead of reporting that "
                    "there was nothing to do.")
@@ -529,11 +354,7 @@ def delete(domain, force, shutdown_timeout, strict, host, fmt, columns, debug, a
                  state_dir=state_dir, lock_wait=lock_wait) as client:
         result = client.delete_guest(domain, host=host, force=force,
                                      shutdown_timeout=shutdown_timeout, strict=strict)
-    _emit(result.to_dict(), fmt, columns)
-
-
-_OPERATION_COLUMNS = ("id", "kind", "state", "host", "destination", "domain", "volumes",
-                      "started", "step")
+    output.emit(result.to_dict(), fmt, columns)
 
 
 @cli.command("operations")
@@ -554,12 +375,7 @@ def operations_command(show_all, fmt, columns, debug, state_dir, lock_wait):
     with _client(state_dir=state_dir, lock_wait=lock_wait) as client:
         ops = client.operations(include_finished=show_all)
         rows = [op.to_dict(client.shown_state(op)) for op in ops]
-    wide = fmt in ("json", "yaml")
-    if not wide:
-        for row in rows:
-            row["id"], row["volumes"] = row["id"][:8], " ".join(row["volumes"])
-            row["destination"] = row["destination"] or ""
-    _emit(rows, fmt, columns or (() if wide else _OPERATION_COLUMNS))
+    output.operations(rows, fmt, columns)
     if any(row["state"] not in ("running", "done", "failed", "recovered") for row in rows):
         sys.exit(errors.RecoveryNeeded.exit_code)
 
@@ -569,7 +385,7 @@ def operations_command(show_all, fmt, columns, debug, state_dir, lock_wait):
 @click.option("--all", "recover_all", is_flag=True,
               help="Every interrupted or incomplete operation.")
 @click.option("--dry-run", is_flag=True, help="Say what would be done; change nothing.")
-@click.option("--job-wait", type=_Number("timeout"), default=600.0, show_default=True,
+@click.option("--job-wait", type=Number("timeout"), default=600.0, show_default=True,
               metavar="SECONDS",
               help="How long to let a live migration job that is still running finish "
                    "before aborting it.")
@@ -592,14 +408,7 @@ def recover_command(op_id, recover_all, dry_run, job_wait, fmt, columns, debug, 
     with _client(api=api, os_cloud=os_cloud, os_service_cloud=os_service_cloud,
                  state_dir=state_dir, lock_wait=lock_wait) as client:
         results = client.recover(op_id, dry_run=dry_run, job_wait=job_wait, echo=echo)
-    if fmt == "table":
-        if not results:
-            click.echo("nothing to recover")
-        for res in results:
-            click.echo(("would: " if dry_run and not res.needs_human else "")
-                       + res.describe())
-    else:
-        _emit([r.to_dict() for r in results], fmt, columns)
+    output.recover_results(results, fmt, columns, dry_run)
     human = [r for r in results if r.needs_human]
     for res in human:
         click.echo(f"attachflow: error: {res.describe()}", err=True)
@@ -607,120 +416,6 @@ def recover_command(op_id, recover_all, dry_run, job_wait, fmt, columns, debug, 
         sys.exit(errors.RecoveryNeeded.exit_code)
     if any(r.decision == "skipped" and "running" in r.reason for r in results):
         sys.exit(errors.Busy.exit_code)
-
-
-@cli.command("host-call", hidden=True)
-@_boundary
-def host_call(debug: bool = False):
-    """Host end of remote os-brick calls: one JSON request on stdin, JSON answer out."""
-    from attachflow.brick import host_call as run
-    try:
-        request = json.loads(sys.stdin.read() or "{}")
-    except ValueError as exc:
-        raise errors.InputError("host-call: stdin is not JSON") from exc
-    click.echo(json.dumps(run(request)))
-
-
-@cli.group()
-def lab():
-    """The local two-host lab: real Keystone, Cinder, tgtd, libvirtd, sshd (needs root).
-
-    \b
-      attachflow lab up          install what is missing, start everything, wait
-      eval "$(attachflow lab env)"
-      openstack volume create --size 1 v1
-      attachflow boot vm --volume V --host hosta
-      attachflow lab down        remove every process, namespace and file of the lab
-    """
-
-
-def _lab_module():
-    if os.geteuid() != 0:
-        raise errors.InputError("the lab needs root")
-    import attachflow.lab
-    return attachflow.lab
-
-
-def _lab_call(fn):
-    """Lab errors are operation failures with a one-line message."""
-    from attachflow.lab import LabError
-    try:
-        return fn()
-    except LabError as exc:
-        raise errors.AttachflowError(f"lab: {exc}") from exc
-
-
-@lab.command("up")
-@click.option("--auth", type=click.Choice(["keystone", "noauth"]), default=None,
-              help="How Cinder checks its callers: keystone (default; tokens, a service "
-                   "user, clouds.yaml) or noauth (no Keystone; Cinder trusts the request). "
-                   "A running lab keeps what it was brought up with.")
-@click.option("--kernel-nodes", is_flag=True,
-              help="Also boot two compute-node VMs, nodea and nodeb (Debian 12 under "
-                   "QEMU TCG, with the kernel iSCSI initiator, multipath, libvirt and "
-                   "attachflow), for --transport kernel. The first time builds their "
-                   "image (about 4 minutes, then cached); booting takes a few minutes. "
-                   "Added to a running lab that lacks them; kept until `lab down`.")
-@click.option("-f", "--format", "fmt", type=click.Choice(["table", "json"]), default="table")
-@click.option("--debug", is_flag=True)
-@_boundary
-def lab_up(auth, kernel_nodes, fmt, debug):
-    """Bring the lab up (idempotent); waits until every service is usable."""
-    lab_api = _lab_module()
-    status = _lab_call(lambda: lab_api.up(echo=lambda m: click.echo(m, err=True),
-                                          auth=auth, kernel_nodes=kernel_nodes))
-    _emit_lab_status(status, fmt)
-
-
-@lab.command("down")
-@click.option("--debug", is_flag=True)
-@_boundary
-def lab_down(debug):
-    """Stop the lab and remove everything it created."""
-    lab_api = _lab_module()
-    _lab_call(lambda: lab_api.down(echo=lambda m: click.echo(m, err=True)))
-
-
-@lab.command("status")
-@click.option("-f", "--format", "fmt", type=click.Choice(["table", "json"]), default="table")
-@click.option("--debug", is_flag=True)
-@_boundary
-def lab_status(fmt, debug):
-    """Each component's state, endpoints and hosts."""
-    lab_api = _lab_module()
-    _emit_lab_status(_lab_call(lab_api.status), fmt)
-
-
-def _emit_lab_status(status: dict[str, Any], fmt: str) -> None:
-    if fmt == "json":
-        _emit(status, "json")
-        return
-    sup = status.get("supervisor") or {}
-    click.echo(f"lab {status.get('state', '?')}  ({status.get('auth', '?')}; "
-               f"{status.get('state_dir', '')}; "
-               f"{sup.get('processes', 0)} processes, supervisord pid {sup.get('pid')})")
-    click.echo(f"  {'COMPONENT':<18} {'STATE':<9} {'READY':>6} {'PID':>7} {'PROCS':>5}  ADDRESS")
-    for name, comp in (status.get("components") or {}).items():
-        ready = comp.get("ready_seconds")
-        click.echo(f"  {name:<18} {comp.get('state', '?'):<9} "
-                   f"{'' if ready is None else f'{ready:.1f}s':>6} "
-                   f"{comp.get('pid') or '-':>7} {comp.get('processes', 0):>5}  "
-                   f"{comp.get('address') or ''}")
-        for sub, info in comp.items():
-            if isinstance(info, dict) and "state" in info:
-                click.echo(f"    {sub:<15} {info['state']:<9} pid {info.get('pid')}")
-        if comp.get("error"):
-            click.echo(f"    error: {comp['error']}")
-
-
-@lab.command("env")
-@click.option("--debug", is_flag=True)
-@_boundary
-def lab_env(debug):
-    """Print export lines: eval "$(attachflow lab env)"."""
-    lab_api = _lab_module()
-    for line in _lab_call(lab_api.env_lines):
-        click.echo(line)
 
 
 def main() -> None:

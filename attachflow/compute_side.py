@@ -1,7 +1,7 @@
 """The compute side: a host that runs guests, its hypervisor and its block devices.
 
 This module owns the hypervisor and puts a compute host together. Three seams, each with a
-real implementation and an in-memory twin in ``attachflow.testing``:
+real implementation and an in-memory twin for the tests (``tests/unit/twins.py``):
 
 - ``Hypervisor`` (here): libvirt (``LibvirtHypervisor``, local ``qemu:///system`` or
   ``qemu+ssh://``): domains, disks, secrets, and the volume records attachflow keeps in

@@ -1,8 +1,8 @@
 """Commands on a compute host: the remote shell.
 
 The side effect owned here is running a command on a host over SSH (``SSHRunner`` with
-paramiko, host keys always checked) behind the ``Runner`` seam; its in-memory twin is
-``attachflow.testing.FakeRunner``.
+paramiko, host keys always checked) behind the ``Runner`` seam; its in-memory twin, for
+the tests, is ``FakeRunner`` in ``tests/unit/twins.py``.
 """
 
 from __future__ import annotations

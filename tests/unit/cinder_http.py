@@ -9,7 +9,7 @@ method, path, headers and JSON body. ``script`` replaces the next answers to one
 and path, to play errors and slow answers.
 
 It keeps only the state the answers need (volumes, attachments); it does not check
-Cinder's state machine: ``attachflow.testing.FakeCinder`` does that.
+Cinder's state machine: ``twins.FakeCinder`` does that.
 """
 
 from __future__ import annotations

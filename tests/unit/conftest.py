@@ -2,15 +2,15 @@ import logging
 
 import pytest
 
-from attachflow.testing import FakeCinder, fake_host
+from twins import FakeCinder, fake_host
 
 
 @pytest.fixture(autouse=True)
 def _loggers_restored():
     """The CLI points its loggers at stderr and stops them propagating; put them back so
     that log-capturing tests see the same loggers whatever ran first."""
-    from attachflow.cli import _DEBUG_LOGGERS
-    logs = [logging.getLogger(name) for name in _DEBUG_LOGGERS]
+    from attachflow.cli_common import DEBUG_LOGGERS
+    logs = [logging.getLogger(name) for name in DEBUG_LOGGERS]
     saved = [(log.handlers[:], log.level, log.propagate) for log in logs]
     yield
     for log, (handlers, level, propagate) in zip(logs, saved):

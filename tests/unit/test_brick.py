@@ -6,7 +6,8 @@ from attachflow import errors
 from attachflow.brick import BrickRemote, host_call
 from attachflow.hosts import HostConfig
 from attachflow.remote import Runner
-from attachflow.testing import FakeBrick
+
+from twins import FakeBrick
 
 
 class LoopbackRunner(Runner):

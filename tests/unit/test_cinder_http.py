@@ -1284,7 +1284,7 @@ def cli_on(api, monkeypatch, env):
     from click.testing import CliRunner
     from attachflow import cli
     from attachflow.client import Client
-    from attachflow.testing import FakeCinder, fake_host
+    from twins import FakeCinder, fake_host
     host = fake_host("hosta", target=FakeCinder())
     host.hypervisor.add_domain("vm1")
 

@@ -1,13 +1,16 @@
+import importlib
 import json
 import subprocess
 import sys
 
+import click
 import pytest
 from click.testing import CliRunner
 
 from attachflow import cli, errors
 from attachflow.client import Client
-from attachflow.testing import FakeCinder, fake_host
+
+from twins import FakeCinder, fake_host
 
 
 @pytest.fixture
@@ -143,6 +146,43 @@ def test_help_does_not_import_heavy_libraries():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_help_lists_the_lab_without_importing_it():
+    code = ("import sys; from attachflow import cli; cli.main()")
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", code, "--help"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0
+    assert "  lab " in proc.stdout and "host-call" not in proc.stdout
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines()}
+    assert not {"attachflow.lab", "attachflow.lab.cli", "attachflow.host_call"} & imported
+
+
+@pytest.mark.parametrize("name", sorted(cli._Cli.lazy))
+def test_a_lazy_command_is_listed_as_it_is_defined(name):
+    """What `attachflow --help` lists without importing a command is what the command
+    itself says, at any width; run, it is the command of its module."""
+    group = cli.cli
+    ctx = click.Context(group)
+    group._listing = True
+    try:
+        stand_in = group.get_command(ctx, name)
+    finally:
+        group._listing = False
+    command = group.get_command(ctx, name)
+    assert command is not stand_in and command.name == name
+    module, attribute = cli._Cli.lazy[name][:2]
+    assert command is getattr(importlib.import_module(module), attribute)
+    assert stand_in.hidden == command.hidden
+    for limit in (20, 45, 64, 200):  # a hidden command is not listed: it needs no summary
+        assert (stand_in.get_short_help_str(limit) == command.get_short_help_str(limit)
+                or command.hidden)
+
+
+def test_host_call_answers_on_stdout_and_fails_in_one_line():
+    result = CliRunner().invoke(cli.cli, ["host-call"], input='{"op": "nope"}')
+    assert result.exit_code == 2
+    assert result.stderr == "attachflow: error: unknown host-call op 'nope'\n"
 
 
 @pytest.mark.parametrize("args,flag", [((), False), (("--on-timeout", "postcopy"), True)])

@@ -13,7 +13,8 @@ import pytest
 import attachflow
 from attachflow import errors, operations
 from attachflow.connectors import get_transport
-from attachflow.testing import FakeCinder, fake_host
+
+from twins import FakeCinder, fake_host
 
 ROOT = Path(__file__).resolve().parents[2]
 

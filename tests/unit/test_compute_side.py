@@ -3,7 +3,8 @@ import pytest
 from attachflow import errors
 from attachflow.compute_side import ComputeHost
 from attachflow.hosts import HostConfig
-from attachflow.testing import FakeHypervisor, FakeRunner
+
+from twins import FakeHypervisor, FakeRunner
 
 
 class ClosingHypervisor(FakeHypervisor):

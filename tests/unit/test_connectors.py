@@ -11,7 +11,8 @@ from attachflow.connectors.iscsi_kernel import KernelISCSI
 from attachflow.connectors.iscsi_native import NativeISCSI
 from attachflow.domxml import BlockSource, NetworkISCSISource
 from attachflow.model import ConnectorProperties, Portal, Secret
-from attachflow.testing import fake_host
+
+from twins import fake_host
 
 
 def connection(cinder, host, transport, volume_id, owner="uuid-1"):

@@ -8,7 +8,8 @@ import pytest
 from attachflow import domxml, errors, operations, record
 from attachflow.connectors import get_transport, iscsi_native
 from attachflow.model import ConnectionInfo, Secret
-from attachflow.testing import FakeCinder
+
+from twins import FakeCinder
 
 APIS = ["attachments", "legacy"]
 TRANSPORTS = ["native", "kernel"]

@@ -13,7 +13,8 @@ from attachflow import migrate as mig
 from attachflow import migration_monitor
 from attachflow.connectors import get_transport, iscsi_native
 from attachflow.events import MigrationProgress, StepUndone
-from attachflow.testing import FakeCinder, fake_host
+
+from twins import FakeCinder, fake_host
 
 APIS = ["attachments", "legacy"]
 TRANSPORTS = ["native", "kernel"]

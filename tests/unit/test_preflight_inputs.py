@@ -7,7 +7,8 @@ from attachflow import errors, operations
 from attachflow import migrate as mig
 from attachflow.connectors import get_transport
 from attachflow.domxml import Disk
-from attachflow.testing import FakeCinder, fake_host
+
+from twins import FakeCinder, fake_host
 
 
 @pytest.fixture

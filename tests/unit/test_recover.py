@@ -15,7 +15,8 @@ import pytest
 from attachflow import errors, journal as journal_mod, operations
 from attachflow.connectors import get_transport
 from attachflow.journal import OperationLog
-from attachflow.testing import FakeCinder
+
+from twins import FakeCinder
 
 
 class Killed(BaseException):

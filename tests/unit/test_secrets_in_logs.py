@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 import attachflow
 from attachflow import cli, redact
-from attachflow.testing import FakeCinder, fake_host
+
+from twins import FakeCinder, fake_host
 
 
 @pytest.mark.parametrize("text,secret", [

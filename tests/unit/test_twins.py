@@ -7,7 +7,8 @@ from attachflow import domxml, errors
 from attachflow.compute_side import MigrationRequest
 from attachflow.connectors import iscsi_native
 from attachflow.model import Portal, Secret
-from attachflow.testing import FakeBrick, FakeHypervisor, fake_host
+
+from twins import FakeBrick, FakeHypervisor, fake_host
 
 CONNECTOR = {"host": "hosta", "ip": "198.18.0.11", "multipath": False,
              "initiator": "iqn.1993-08.org.debian:01:hosta"}

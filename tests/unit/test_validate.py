@@ -11,7 +11,8 @@ from hypothesis import given, settings, strategies as st
 
 from attachflow import cli, errors, validate
 from attachflow.client import Client
-from attachflow.testing import FakeCinder, fake_host
+
+from twins import FakeCinder, fake_host
 
 SETTINGS = settings(max_examples=100, deadline=None)
 

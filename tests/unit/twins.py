@@ -1,4 +1,4 @@
-"""In-memory twins of the three side effects, shipped with the product for fast tests.
+"""In-memory twins of the three side effects, for fast tests: test fixtures, not product.
 
 Each enforces the real service's rules as observed on real Cinder, libvirt and os-brick,
 so a flow that would fail on the real thing fails here too:
