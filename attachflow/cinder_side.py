@@ -503,6 +503,38 @@ class Flow(abc.ABC):
     @abc.abstractmethod
     def release_source(self, source: StorageAttachment) -> None: ...
 
+    # Recovery (``recover``): each looks at the storage side first and does only what is
+    # left, so running it again, or after the operation itself got further, changes
+    # nothing.
+    @abc.abstractmethod
+    def release_unused(self, volume_id: str, instance_id: str,
+                       connector: Mapping[str, Any] | None) -> None:
+        """Take back a connection made for ``instance_id`` that never reached a guest."""
+
+    @abc.abstractmethod
+    def ensure_attached(self, volume_id: str, instance_id: str, mountpoint: str,
+                        host_name: str, attachment_id: str | None) -> None:
+        """Finish an attach whose guest has the disk (``attachment_id``: the one the
+        operation made, when known)."""
+
+    @abc.abstractmethod
+    def end_detach(self, volume_id: str) -> None:
+        """Take back the start of a detach whose guest kept the disk."""
+
+    @abc.abstractmethod
+    def ensure_released(self, volume_id: str, instance_id: str, attachment_id: str | None,
+                        connector: Mapping[str, Any]) -> None:
+        """Finish a detach whose guest let the disk go."""
+
+    @abc.abstractmethod
+    def release_destination(self, volume_id: str, instance_id: str, source_attachment: str |
+                            None, connector: Mapping[str, Any] | None) -> None:
+        """Take back a migration's destination connection (the guest stayed)."""
+
+    def release_source_if_present(self, source: StorageAttachment) -> None:
+        """Finish a migration's source side (the guest moved)."""
+        self.release_source(source)
+
 
 class AttachmentsFlow(Flow):
     """attachments.create(volume, instance, connector) -> [host work] -> complete;
@@ -580,6 +612,38 @@ class AttachmentsFlow(Flow):
 
     def release_source(self, source):
         self.storage.attachment_delete(source.attachment_id)
+
+    def _attachments(self, volume_id: str, instance_id: str) -> list[AttachmentSummary]:
+        return [a for a in self.storage.attachments_of(volume_id)
+                if a.instance_id == instance_id]
+
+    def release_unused(self, volume_id, instance_id, connector):
+        for att in self._attachments(volume_id, instance_id):
+            self.storage.attachment_delete(att.attachment_id)
+
+    def ensure_attached(self, volume_id, instance_id, mountpoint, host_name,
+                        attachment_id):
+        for att in self._attachments(volume_id, instance_id):
+            if att.status != "attached" and attachment_id in (None, att.attachment_id):
+                self.storage.attachment_complete(att.attachment_id)
+
+    def end_detach(self, volume_id):
+        return None  # a detach changes nothing in Cinder before its release
+
+    def ensure_released(self, volume_id, instance_id, attachment_id, connector):
+        for att in self._attachments(volume_id, instance_id):
+            if attachment_id in (None, att.attachment_id):
+                self.storage.attachment_delete(att.attachment_id)
+
+    def release_destination(self, volume_id, instance_id, source_attachment, connector):
+        for att in self._attachments(volume_id, instance_id):
+            if att.attachment_id != source_attachment:
+                self.storage.attachment_delete(att.attachment_id)
+
+    def release_source_if_present(self, source):
+        if any(a.attachment_id == source.attachment_id
+               for a in self._attachments(source.volume_id, source.instance_id)):
+            self.storage.attachment_delete(source.attachment_id)
 
 
 class LegacyFlow(Flow):
@@ -667,6 +731,37 @@ class LegacyFlow(Flow):
 
     def release_source(self, source):
         self.storage.terminate_connection(source.volume_id, source.connector)
+
+    def release_unused(self, volume_id, instance_id, connector):
+        if self.storage.get_volume(volume_id).status not in ("attaching", "reserved"):
+            return
+        if connector:
+            # As the flow's own undo: attach and detach again, which is what removes the
+            # export; unreserve alone would leave it.
+            self.undo_connect(StorageAttachment(volume_id, instance_id, self.api, None,
+                                                ConnectionInfo("iscsi", volume_id),
+                                                dict(connector)))
+        else:
+            self.storage.unreserve(volume_id)
+
+    def ensure_attached(self, volume_id, instance_id, mountpoint, host_name,
+                        attachment_id):
+        if self.storage.get_volume(volume_id).attachment_for(instance_id) is None:
+            self.storage.attach(volume_id, instance_id, mountpoint, host_name)
+
+    def end_detach(self, volume_id):
+        if self.storage.get_volume(volume_id).status == "detaching":
+            self.storage.roll_detaching(volume_id)
+
+    def ensure_released(self, volume_id, instance_id, attachment_id, connector):
+        found = self.storage.get_volume(volume_id).attachment_for(instance_id)
+        if found is not None:
+            self.storage.terminate_connection(volume_id, dict(connector))
+            self.storage.detach(volume_id, found.attachment_id)
+
+    def release_destination(self, volume_id, instance_id, source_attachment, connector):
+        if connector:
+            self.storage.terminate_connection(volume_id, dict(connector))
 
 
 def select_flow(storage: StorageAPI, api: str = "auto") -> Flow:

@@ -389,16 +389,22 @@ def operations_command(show_all, fmt, columns, debug, state_dir, lock_wait):
               metavar="SECONDS",
               help="How long to let a live migration job that is still running finish "
                    "before aborting it.")
+@click.option("--unplug-wait", type=Number("timeout"), default=60.0, show_default=True,
+              metavar="SECONDS",
+              help="How long to wait for a guest that was asked to release a disk to "
+                   "finish doing so; a guest that still holds it then needs a human "
+                   "(stop the guest, then recover again).")
 @common(transport=False, journal=True, host=False)
-def recover_command(op_id, recover_all, dry_run, job_wait, fmt, columns, debug, api,
+def recover_command(op_id, recover_all, dry_run, job_wait, unplug_wait, fmt, columns,
+                    debug, api,
                     os_cloud, os_service_cloud, state_dir, lock_wait):
     """Finish or undo operations that were interrupted (OP_ID, or --all).
 
     For each, recover reads the real state -- the volume and its attachments in Cinder,
     the domain's XML on each host involved and where the guest runs, the host's
     connection, a migration job still running -- and rolls the operation forward when
-    it had passed its point of no return (the guest has the disk, has let it go, runs,
-    or runs on the destination), back otherwise. Safe to run twice, or at once with
+    it had passed its point of no return (the guest has the disk, was asked to let it
+    go, runs, or runs on the destination), back otherwise. Safe to run twice, or at once with
     another recover. Exits 0 when everything is settled, 5 when something needs a human
     (named on stderr), 4 when an operation is still running.
     """
@@ -407,7 +413,8 @@ def recover_command(op_id, recover_all, dry_run, job_wait, fmt, columns, debug, 
     echo = (lambda line: click.echo(line, err=True)) if not dry_run else None
     with _client(api=api, os_cloud=os_cloud, os_service_cloud=os_service_cloud,
                  state_dir=state_dir, lock_wait=lock_wait) as client:
-        results = client.recover(op_id, dry_run=dry_run, job_wait=job_wait, echo=echo)
+        results = client.recover(op_id, dry_run=dry_run, job_wait=job_wait,
+                                 unplug_wait=unplug_wait, echo=echo)
     output.recover_results(results, fmt, columns, dry_run)
     human = [r for r in results if r.needs_human]
     for res in human:

@@ -239,6 +239,8 @@ class Client:
             op = self.tracker.journal.get(exc.operation_id) if exc.operation_id else None
             if op is None or op.state != INCOMPLETE:
                 raise
+            if isinstance(exc, errors.OperationFailed) and exc.next_step:
+                raise  # it waits on something outside attachflow: the error says what
             try:
                 [settled] = self.recover(op.id)
             except errors.AttachflowError as again:
@@ -265,12 +267,15 @@ class Client:
 
     def recover(self, op_id: str | None = None, *, dry_run: bool = False,
                 job_wait: float = _recover.DEFAULT_JOB_WAIT,
+                unplug_wait: float = _recover.DEFAULT_UNPLUG_WAIT,
                 echo=None) -> list[_recover.Recovery]:
         """Settle operation ``op_id`` (an id or its first characters), or every
         interrupted or incomplete one: forward past its point of no return, back before
-        it, from the real state. ``dry_run``: decide and say, change nothing."""
+        it, from the real state. ``dry_run``: decide and say, change nothing.
+        ``unplug_wait``: how long a guest asked to release a disk gets to finish."""
         recoverer = _recover.Recoverer(self.tracker, lambda: self.storage, self.host,
-                                       job_wait=job_wait, echo=echo)
+                                       job_wait=job_wait, echo=echo,
+                                       unplug_wait=unplug_wait)
         if op_id is not None:
             ops = [self.tracker.journal.find(op_id)]
         else:

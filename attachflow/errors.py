@@ -24,7 +24,8 @@ the tree to one-line messages and exit codes (``exit_code``)::
     │   └── DeviceRemovalTimeout         the guest did not release a disk in time
     ├── OperationFailed                  a step of a multi-step operation failed; the steps
     │                                    already done were undone (``undo_failures`` lists
-    │                                    what could not be)
+    │                                    what could not be), or kept when the failed step
+    │                                    cannot be gone back on (``next_step`` says why)
     ├── JournalError                     the operations journal cannot be opened or written
     ├── Busy                             exit 4: another operation holds the volume or
     │                                    domain (after waiting for it)
@@ -133,11 +134,15 @@ class OperationFailed(AttachflowError):
     ``step`` names the failed step, ``cause`` is the original error and
     ``undo_failures`` lists ``(step, error)`` pairs whose undo itself failed: those are
     the things an operator has to clean up by hand, and the message says so.
+
+    ``next_step``: set when the failed step cannot be gone back on once started (see
+    ``plans.Rule.FORWARD_ONCE_ASKED``): nothing was undone, and this says what the
+    operator does next; ``{op_id}`` in it names the operation once the journal has it.
     """
 
     def __init__(self, operation: str, step: str, cause: BaseException,
                  undo_failures: list[tuple[str, BaseException]] | None = None,
-                 uncertain: bool = False):
+                 uncertain: bool = False, next_step: str = ""):
         self.operation = operation
         self.step = step
         # The failed step changes something and did not fail by a refusal: it may
@@ -145,13 +150,23 @@ class OperationFailed(AttachflowError):
         self.uncertain = uncertain
         self.cause = cause
         self.undo_failures = list(undo_failures or [])
+        self.next_step = next_step
         message = f"{operation} failed at step '{step}': {cause}"
-        if self.undo_failures:
+        if next_step:
+            message += " (earlier steps kept)"
+        elif self.undo_failures:
             left = "; ".join(f"{name}: {err}" for name, err in self.undo_failures)
             message += f" -- could NOT undo: {left}"
         else:
             message += " (all earlier steps undone)"
         super().__init__(message)
+
+    def __str__(self) -> str:
+        message = super().__str__()
+        if not self.next_step:
+            return message
+        op_id = self.operation_id[:8] if self.operation_id else "<operation id>"
+        return f"{message}; {self.next_step.format(op_id=op_id)}"
 
     @property
     def exit_code(self) -> int:  # type: ignore[override]

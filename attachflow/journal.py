@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from attachflow import errors
+from attachflow.plans import Step, StepDef
 from attachflow.model import is_secret_key
 from attachflow.settings import env_value
 
@@ -73,6 +74,8 @@ CREATE TABLE IF NOT EXISTS steps (
     state TEXT NOT NULL,
     at REAL NOT NULL,
     data TEXT,
+    key TEXT,
+    subject TEXT,
     PRIMARY KEY (op_id, seq)
 );
 CREATE INDEX IF NOT EXISTS operations_by_state ON operations(state);
@@ -108,10 +111,17 @@ def domain_key(domain: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class StepEntry:
-    name: str
+    name: str                       # as users saw it
     state: str
     at: float
     data: Mapping[str, Any] | None = None
+    key: str | None = None          # the step's identity in its plan (``plans``)
+    subject: str | None = None      # the volume of a per-volume step
+
+    def is_step(self, spec: StepDef, subject: str | None = None) -> bool:
+        if self.key is not None:
+            return self.key == spec.key and self.subject == subject
+        return spec.matches_label(self.name, subject)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "state": self.state, "at": _iso(self.at),
@@ -146,25 +156,19 @@ class OperationEntry:
     def unfinished(self) -> bool:
         return self.state in UNFINISHED
 
-    def step_state(self, name: str) -> str | None:
-        """The last state recorded for step ``name``; None when it never started."""
-        found = [s.state for s in self.steps if s.name == name]
+    def step_state(self, spec: StepDef, subject: str | None = None) -> str | None:
+        """The last state recorded for the step ``spec`` (of volume ``subject``, for a
+        per-volume step); None when it never started."""
+        found = [s.state for s in self.steps if s.is_step(spec, subject)]
         return found[-1] if found else None
 
-    def step_data(self, name: str) -> Mapping[str, Any] | None:
-        """What step ``name`` recorded when it succeeded."""
+    def step_data(self, spec: StepDef, subject: str | None = None
+                  ) -> Mapping[str, Any] | None:
+        """What the step ``spec`` recorded when it succeeded."""
         for entry in reversed(self.steps):
-            if entry.name == name and entry.data is not None:
+            if entry.is_step(spec, subject) and entry.data is not None:
                 return entry.data
         return None
-
-    def started_steps(self, prefix: str) -> list[str]:
-        """Names of the steps starting with ``prefix`` that ran at least partly."""
-        seen: list[str] = []
-        for entry in self.steps:
-            if entry.name.startswith(prefix) and entry.name not in seen:
-                seen.append(entry.name)
-        return seen
 
     def to_dict(self, shown_state: str | None = None) -> dict[str, Any]:
         return {"id": self.id, "kind": self.kind, "state": shown_state or self.state,
@@ -190,6 +194,15 @@ def _scrubbed(value: Any) -> Any:
 
 def _dumps(value: Any) -> str:
     return json.dumps(_scrubbed(value), sort_keys=True, default=str)
+
+
+def _add_step_identity(db: sqlite3.Connection) -> None:
+    """Journals written before steps carried their identity get the two columns; their
+    rows keep NULL there and are found by name (``StepDef.matches_label``)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(steps)")}
+    for column in ("key", "subject"):
+        if column not in columns:
+            db.execute(f"ALTER TABLE steps ADD COLUMN {column} TEXT")
 
 
 class Journal:
@@ -227,6 +240,7 @@ class Journal:
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=ON")
             db.executescript(_SCHEMA)
+            _add_step_identity(db)
         except (OSError, sqlite3.Error) as exc:
             raise errors.JournalError(
                 f"cannot open the operations journal {self.path}: {exc} (set "
@@ -323,11 +337,13 @@ class Journal:
             steps: dict[str, list[StepEntry]] = {r[0]: [] for r in rows}
             if rows:
                 marks = ",".join("?" * len(rows))
-                for op_id, name, state, at, data in db.execute(
-                        f"SELECT op_id, name, state, at, data FROM steps WHERE op_id IN "
-                        f"({marks}) ORDER BY op_id, seq", [r[0] for r in rows]):
+                for op_id, name, state, at, data, key, subject in db.execute(
+                        f"SELECT op_id, name, state, at, data, key, subject FROM steps "
+                        f"WHERE op_id IN ({marks}) ORDER BY op_id, seq",
+                        [r[0] for r in rows]):
                     steps[op_id].append(StepEntry(name, state, at,
-                                                  json.loads(data) if data else None))
+                                                  json.loads(data) if data else None,
+                                                  key, subject))
         except sqlite3.Error as exc:
             raise errors.JournalError(f"cannot read the operations journal {self.path}: "
                                       f"{exc}") from exc
@@ -355,29 +371,30 @@ class OperationLog:
         self.state = RUNNING
         self.outcome: str | None = None
 
-    def _step(self, name: str, state: str, data: Mapping[str, Any] | None = None) -> None:
+    def _step(self, step: Step, state: str, data: Mapping[str, Any] | None = None) -> None:
         self._seq += 1
         now = time.time()
         self.journal._write(
-            ("INSERT INTO steps (op_id, seq, name, state, at, data) VALUES (?, ?, ?, ?, ?, ?)",
-             (self.id, self._seq, name, state, now,
-              _dumps(data) if data is not None else None)),
+            ("INSERT INTO steps (op_id, seq, name, state, at, data, key, subject) "
+             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+             (self.id, self._seq, step.name, state, now,
+              _dumps(data) if data is not None else None, step.key, step.subject)),
             ("UPDATE operations SET step = ?, updated = ? WHERE id = ?",
-             (f"{name} ({state})", now, self.id)))
+             (f"{step.name} ({state})", now, self.id)))
 
-    def step_started(self, name: str) -> None:
-        self._step(name, STARTED)
+    def step_started(self, step: Step) -> None:
+        self._step(step, STARTED)
 
-    def step_done(self, name: str, data: Mapping[str, Any] | None = None,
+    def step_done(self, step: Step, data: Mapping[str, Any] | None = None,
                   undoable: bool = True) -> None:
         self.changed = self.changed or undoable
-        self._step(name, STEP_DONE, data)
+        self._step(step, STEP_DONE, data)
 
-    def step_undone(self, name: str) -> None:
-        self._step(name, STEP_UNDONE)
+    def step_undone(self, step: Step) -> None:
+        self._step(step, STEP_UNDONE)
 
-    def undo_failed(self, name: str, error: str) -> None:
-        self._step(name, UNDO_FAILED, {"error": error})
+    def undo_failed(self, step: Step, error: str) -> None:
+        self._step(step, UNDO_FAILED, {"error": error})
 
     def add_context(self, **values: Any) -> None:
         """Add to what recovery will need (e.g. an id learnt during the operation)."""

@@ -38,7 +38,7 @@ from attachflow.migration_monitor import Monitor, completion_timeout
 from attachflow.model import ConnectorProperties
 from attachflow.record import VolumeRecord
 from attachflow.journal import FAILED, INCOMPLETE, OperationLog
-from attachflow.operations import attachment_note
+from attachflow.plans import MIGRATE
 from attachflow.steps import Problems, Transaction
 from attachflow.tracking import Scope, Tracker, tracked
 
@@ -301,19 +301,21 @@ def migrate(storage: StorageAPI, plan: Plan, progress: Listener | None = None,
                      f"{plan.destination.name}", emit, log)
     tx.remember(**journal_context(plan))
     atts, request = _connect_destination(tx, plan)
+    # Not a transaction step: its failure is settled by where the guest runs (_settle).
+    live_migration = MIGRATE["live-migration"].at()
     if log is not None:
-        log.step_started("live migration")
+        log.step_started(live_migration)
     job = _run_watched_job(plan, request, lambda counters: emit(MigrationProgress(
         tx.operation, counters["elapsed"], counters["processed"], counters["remaining"],
         counters["total"])))
     left = Problems()
     if job.failure is not None:
         _settle(tx, plan, job)
-        left.add("live migration", errors.HypervisorError(
+        left.add(live_migration.name, errors.HypervisorError(
             f"reported '{job.failure}', but the guest runs on {plan.destination.name}: "
             "finished the move instead of rolling back"))
     if log is not None:
-        log.step_done("live migration", {"runs_on": plan.destination.name})
+        log.step_done(live_migration, live_migration.spec.note(plan.destination.name))
     left.extend(_finish_volumes(plan, atts, log))
     if log is not None and left:
         log.finish(INCOMPLETE, "; ".join(left.lines()))
@@ -337,22 +339,23 @@ def _connect_destination(tx: Transaction, plan: Plan
     sources: dict[str, domxml.DiskSource] = {}
     for vol in plan.volumes:
         connector = plan.connectors[vol.transport.name]
-        att = tx.run(f"destination connection ({vol.flow.api}) {vol.volume_id}",
+        names = {"api": vol.flow.api, "transport": vol.transport.name,
+                 "volume_id": vol.volume_id}
+        att = tx.run(MIGRATE["destination-connection"].at(**names),
                      lambda vol=vol, connector=connector: vol.flow.connect_destination(
                          vol.source, connector),
-                     lambda att, vol=vol: vol.flow.undo_connect_destination(att),
-                     note=attachment_note)
+                     lambda att, vol=vol: vol.flow.undo_connect_destination(att))
         atts[vol.volume_id] = att
-        tx.run(f"check transport {vol.volume_id}",
+        tx.run(MIGRATE["check-transport"].at(**names),
                lambda vol=vol, att=att: check_fits(vol.transport,
                                                    att.connection.driver_volume_type,
                                                    vol.volume_id))
         sources[vol.volume_id] = tx.run(
-            f"destination connect ({vol.transport.name}) {vol.volume_id}",
+            MIGRATE["destination-connect"].at(**names),
             lambda vol=vol, att=att: vol.transport.connect(dst, att.connection, plan.uuid),
             lambda source, vol=vol, att=att: vol.transport.disconnect(
                 dst, att.connection, source, plan.uuid))
-    live, persistent = tx.run("destination XML",
+    live, persistent = tx.run(MIGRATE["destination-xml"].at(),
                               lambda: destination_definitions(plan, sources, atts))
     return atts, MigrationRequest(
         dest_uri=dst.cfg.inbound_migration_uri, dest=live, persist=persistent,
@@ -394,7 +397,7 @@ def _settle(tx: Transaction, plan: Plan, job: JobOutcome) -> None:
             f"live migration did not complete within the completion timeout and was "
             f"aborted ({cause})")
     if not _runs_on(plan.destination, plan.domain) or _runs_on(plan.source, plan.domain):
-        tx.rollback("live migration", cause)
+        tx.rollback(MIGRATE["live-migration"].at(), cause)
 
 
 def _finish_volumes(plan: Plan, atts: dict[str, StorageAttachment],
@@ -406,8 +409,9 @@ def _finish_volumes(plan: Plan, atts: dict[str, StorageAttachment],
     def finish(vol: VolumePlan) -> Problems:
         att = atts[vol.volume_id]
         problems = Problems()
+        finished = MIGRATE["finish"].at(volume_id=vol.volume_id)
         if log is not None:
-            log.step_started(f"finish {vol.volume_id}")
+            log.step_started(finished)
         for what, step in (
                 (f"complete destination attachment of {vol.volume_id}",
                  lambda: vol.flow.finish_destination(att)),
@@ -421,7 +425,7 @@ def _finish_volumes(plan: Plan, atts: dict[str, StorageAttachment],
             except errors.AttachflowError as exc:
                 problems.add(what, exc)
         if log is not None and not problems:
-            log.step_done(f"finish {vol.volume_id}", undoable=False)
+            log.step_done(finished, undoable=False)
         return problems
 
     out = Problems()

@@ -19,6 +19,7 @@ from attachflow.connectors.base import Transport
 from attachflow import events
 from attachflow.events import Emitter, Listener
 from attachflow.record import VolumeRecord
+from attachflow.plans import ATTACH, BOOT, DELETE, DETACH, Plan
 from attachflow.steps import Transaction
 from attachflow.tracking import Scope, Tracker, tracked
 
@@ -51,31 +52,24 @@ class Result:
         return {"schema_version": RESULT_SCHEMA_VERSION, **dataclasses.asdict(self)}
 
 
-def _connect_steps(tx: Transaction, flow: Flow, transport: Transport, host: ComputeHost,
-                   volume_id: str, instance_id: str, device: str):
+def _connect_steps(tx: Transaction, plan: Plan, flow: Flow, transport: Transport,
+                   host: ComputeHost, volume_id: str, instance_id: str, device: str):
     """The first half of every attach: storage connect, transport check, host connect."""
-    connector = tx.run("connector properties", lambda: transport.connector_properties(host),
-                       note=lambda props: props.to_dict())
-    att = tx.run(f"storage connect ({flow.api})",
+    names = {"api": flow.api, "transport": transport.name}
+    connector = tx.run(plan["connector"].at(**names),
+                       lambda: transport.connector_properties(host))
+    att = tx.run(plan["storage-connect"].at(**names),
                  lambda: flow.connect(volume_id, instance_id, connector, f"/dev/{device}"),
-                 flow.undo_connect, note=attachment_note)
-    tx.run("check transport",
+                 flow.undo_connect)
+    tx.run(plan["check-transport"].at(**names),
            lambda: check_fits(transport, att.connection.driver_volume_type, volume_id))
-    source = tx.run(f"host connect ({transport.name})",
+    source = tx.run(plan["host-connect"].at(**names),
                     lambda: transport.connect(host, att.connection, instance_id),
                     lambda src: transport.disconnect(host, att.connection, src, instance_id))
     spec = domxml.DiskSpec(source=source, target_dev=device, serial=volume_id,
                            readonly=att.connection.access_mode == "ro",
                            discard=att.connection.discard)
     return att, spec
-
-
-def attachment_note(att: StorageAttachment) -> dict[str, Any]:
-    """What the journal keeps of a storage connection: ids, connector, the connection
-    without secrets."""
-    return {"attachment_id": att.attachment_id, "api": att.api,
-            "connector": dict(att.connector),
-            "connection": att.connection.without_secrets().to_record()}
 
 
 def _definitions(host: ComputeHost, ref: DomainRef
@@ -126,19 +120,20 @@ def _attach(storage: StorageAPI, host: ComputeHost, transport: Transport, flow: 
 
     tx = Transaction(f"attach {volume_id} to {domain}", Emitter(progress), log)
     tx.remember(instance_id=ref.uuid)
-    att, spec = _connect_steps(tx, flow, transport, host, volume_id, ref.uuid, device)
+    att, spec = _connect_steps(tx, ATTACH, flow, transport, host, volume_id, ref.uuid,
+                               device)
     disk = domxml.Disk.build(spec)
-    tx.run("guest attach", lambda: hv.attach_device(domain, disk, live=ref.active,
-                                                    config=ref.persistent),
+    tx.run(ATTACH["guest-attach"].at(), lambda: hv.attach_device(
+        domain, disk, live=ref.active, config=ref.persistent),
            lambda _: hv.detach_device(domain, disk, live=ref.active,
                                       config=ref.persistent, timeout=detach_timeout))
-    found = tx.run("find disk by serial", lambda: _find_by_serial(host, ref, volume_id))
+    found = tx.run(ATTACH["find-disk"].at(), lambda: _find_by_serial(host, ref, volume_id))
     new_records = dict(records)
     new_records[volume_id] = VolumeRecord.for_attachment(
         att, transport.name, host.cfg.connector_host, found.target_dev)
-    tx.run("record in domain metadata", lambda: record.save(hv, ref, new_records),
+    tx.run(ATTACH["record"].at(), lambda: record.save(hv, ref, new_records),
            lambda _: record.save(hv, ref, records))
-    tx.run(f"storage complete ({flow.api})",
+    tx.run(ATTACH["storage-complete"].at(api=flow.api),
            lambda: flow.finish_attach(att, f"/dev/{found.target_dev}",
                                       host.cfg.connector_host))
     return Result("attach", volume_id, domain, host.name, found.target_dev, flow.api,
@@ -213,6 +208,47 @@ def _detach(storage: StorageAPI, host: ComputeHost, volume_id: str, domain: str,
     disk = live_disk or config_disk
     if disk is None and rec is None:
         return _detached_already(storage, host, ref, volume_id, strict, start)
+    transport = _detach_transport(volume_id, rec, disk, transport_name)
+    flow = flow_for_record(storage, rec, api)
+
+    tx = Transaction(f"detach {volume_id} from {domain}", Emitter(progress), log)
+    tx.remember(instance_id=ref.uuid, api=flow.api, transport=transport.name,
+                multipath=transport.name == "kernel" and bool(getattr(transport, "multipath",
+                                                                      False)),
+                record=rec.to_json() if rec is not None else None)
+    names = {"api": flow.api, "transport": transport.name}
+    att = _begin_detach(tx, flow, transport, host, volume_id, ref, rec, names)
+    # Persistent first, then live (the guest may refuse): two steps, so that a guest
+    # that refuses the disk outright gets its persistent definition back too.
+    if config_disk is not None:
+        tx.run(DETACH["guest-detach-persistent"].at(),
+               lambda: hv.detach_device(domain, config_disk, live=False, config=True,
+                                        timeout=timeout),
+               lambda _: hv.attach_device(domain, config_disk.without_alias(),
+                                          live=False, config=True))
+    if live_disk is not None:
+        tx.run(DETACH["guest-detach-live"].at(),
+               lambda: hv.detach_device(domain, live_disk, live=True, config=False,
+                                        timeout=timeout),
+               lambda _: hv.attach_device(domain, live_disk.without_alias(), live=True,
+                                          config=False))
+    source = disk.source if disk is not None else None
+    tx.run(DETACH["host-disconnect"].at(**names),
+           lambda: transport.disconnect(host, att.connection, source, ref.uuid),
+           lambda _: transport.connect(host, flow.fresh_connection(att), ref.uuid))
+    if volume_id in records:
+        remaining = {k: v for k, v in records.items() if k != volume_id}
+        tx.run(DETACH["unrecord"].at(), lambda: record.save(hv, ref, remaining),
+               lambda _: record.save(hv, ref, records))
+    tx.run(DETACH["storage-release"].at(**names), lambda: flow.release(att))
+    return Result("detach", volume_id, domain, host.name, disk.target_dev if disk else None,
+                  flow.api, transport.name, att.attachment_id, time.monotonic() - start,
+                  tx.completed)
+
+
+def _detach_transport(volume_id: str, rec: VolumeRecord | None, disk: domxml.Disk | None,
+                      transport_name: str | None) -> Transport:
+    """The transport that connected the volume: the record's, else what the disk says."""
     if transport_name and rec is not None and transport_name != rec.transport:
         raise errors.TransportMismatch(
             f"volume {volume_id} was attached with transport '{rec.transport}', "
@@ -221,55 +257,27 @@ def _detach(storage: StorageAPI, host: ComputeHost, volume_id: str, domain: str,
     name = rec.transport if rec is not None else \
         record.transport_of_disk(disk) or transport_name or "native"
     # A multipath connection is disconnected as one: every path and the map.
-    transport = get_transport(name, multipath=rec.multipath if rec is not None else False)
-    flow = flow_for_record(storage, rec, api)
+    return get_transport(name, multipath=rec.multipath if rec is not None else False)
 
-    tx = Transaction(f"detach {volume_id} from {domain}", Emitter(progress), log)
-    tx.remember(instance_id=ref.uuid, api=flow.api, transport=transport.name,
-                multipath=transport.name == "kernel" and bool(getattr(transport, "multipath",
-                                                                      False)),
-                record=rec.to_json() if rec is not None else None)
-    att = tx.run(f"storage begin detach ({flow.api})",
+
+def _begin_detach(tx: Transaction, flow: Flow, transport: Transport, host: ComputeHost,
+                  volume_id: str, ref: DomainRef, rec: VolumeRecord | None,
+                  names: dict[str, str]) -> StorageAttachment:
+    """The storage side's start of a detach; for a disk another tool attached, also the
+    connector and the connection that its disconnect needs."""
+    att = tx.run(DETACH["storage-begin"].at(**names),
                  lambda: flow.begin_detach(volume_id, ref.uuid, rec),
-                 flow.undo_begin_detach, note=attachment_note)
+                 flow.undo_begin_detach)
     if not att.connector:
         # attached by another tool: the connection is this host's, and Cinder needs its
         # connector to hand out the connection info and to end the connection
-        att.connector = tx.run("connector properties",
-                               lambda: transport.connector_properties(host),
-                               note=lambda props: props.to_dict()).to_dict()
+        att.connector = tx.run(DETACH["connector"].at(**names),
+                               lambda: transport.connector_properties(host)).to_dict()
     if att.connection.driver_volume_type == "unknown" and transport.name == "kernel":
         # attached by another tool: ask the storage side where the volume lives
-        att.connection = tx.run("storage connection info", lambda: flow.fresh_connection(att),
-                                note=lambda conn: {"connection":
-                                                   conn.without_secrets().to_record()})
-    # Persistent first, then live (the guest may refuse): two steps, so that a guest
-    # that keeps the disk gets its persistent definition back too.
-    if config_disk is not None:
-        tx.run("guest detach (persistent)",
-               lambda: hv.detach_device(domain, config_disk, live=False, config=True,
-                                        timeout=timeout),
-               lambda _: hv.attach_device(domain, config_disk.without_alias(),
-                                          live=False, config=True))
-    if live_disk is not None:
-        tx.run("guest detach (live)",
-               lambda: hv.detach_device(domain, live_disk, live=True, config=False,
-                                        timeout=timeout),
-               lambda _: hv.attach_device(domain, live_disk.without_alias(), live=True,
-                                          config=False))
-    source = disk.source if disk is not None else None
-    tx.run(f"host disconnect ({transport.name})",
-           lambda: transport.disconnect(host, att.connection, source, ref.uuid),
-           lambda _: transport.connect(host, flow.fresh_connection(att), ref.uuid))
-    if volume_id in records:
-        remaining = {k: v for k, v in records.items() if k != volume_id}
-        tx.run("remove record from domain metadata",
-               lambda: record.save(hv, ref, remaining),
-               lambda _: record.save(hv, ref, records))
-    tx.run(f"storage release ({flow.api})", lambda: flow.release(att))
-    return Result("detach", volume_id, domain, host.name, disk.target_dev if disk else None,
-                  flow.api, transport.name, att.attachment_id, time.monotonic() - start,
-                  tx.completed)
+        att.connection = tx.run(DETACH["connection-info"].at(**names),
+                                lambda: flow.fresh_connection(att))
+    return att
 
 
 def _detached_already(storage: StorageAPI, host: ComputeHost, ref: DomainRef,
@@ -341,16 +349,17 @@ def _boot(storage: StorageAPI, host: ComputeHost, transport: Transport, flow: Fl
         return _booted_already(storage, host, transport, existing, volume_id, start)
 
     tx = Transaction(f"boot {name} from {volume_id}", Emitter(progress), log)
-    att, spec = _connect_steps(tx, flow, transport, host, volume_id, instance_id, "vda")
+    att, spec = _connect_steps(tx, BOOT, flow, transport, host, volume_id, instance_id,
+                               "vda")
     rec = VolumeRecord.for_attachment(att, transport.name, host.cfg.connector_host, "vda")
     definition = domxml.build_domain(name, instance_id, memory_mib, vcpus, virt_type,
                                      domxml.Disk.build(spec),
                                      record.entries({volume_id: rec}), emulator=emulator,
                                      direct_boot=direct_boot)
-    tx.run("define domain", lambda: hv.define_domain(definition),
+    tx.run(BOOT["define"].at(), lambda: hv.define_domain(definition),
            lambda _: hv.undefine(name))
-    tx.run("start domain", lambda: hv.start(name), lambda _: hv.destroy(name))
-    tx.run(f"storage complete ({flow.api})",
+    tx.run(BOOT["start"].at(), lambda: hv.start(name), lambda _: hv.destroy(name))
+    tx.run(BOOT["storage-complete"].at(api=flow.api),
            lambda: flow.finish_attach(att, "/dev/vda", host.cfg.connector_host))
     return Result("boot", volume_id, name, host.name, "vda", flow.api, transport.name,
                   att.attachment_id, time.monotonic() - start, tx.completed)
@@ -433,7 +442,7 @@ def delete_guest(storage: StorageAPI, host: ComputeHost, name: str, force: bool 
             shutdown_guest(host, name, shutdown_timeout)
         except errors.HypervisorError:
             hv.destroy(name)  # it did not stop in time: the user asked for it to go
-        emit(events.StepDone(operation, "stop guest"))
+        emit(events.StepDone(operation, DELETE["stop"].label))
     detached = []
     # The root volume last: until it goes, the guest is still recognisably attachflow's,
     # so a delete stopped by a failure can be run again without --force.
@@ -441,5 +450,5 @@ def delete_guest(storage: StorageAPI, host: ComputeHost, name: str, force: bool 
         detach(storage, host, volume_id, name, progress=progress, tracker=tracker)
         detached.append(volume_id)
     hv.undefine(name)
-    emit(events.StepDone(operation, "undefine guest"))
+    emit(events.StepDone(operation, DELETE["undefine"].label))
     return DeleteResult(name, host.name, detached, time.monotonic() - start)

@@ -4,11 +4,16 @@ Recovery does not replay the journal: it reads what is real now -- the volume an
 attachments in Cinder, the domain's live and persistent XML on each host involved and
 where the guest runs, a migration job still running -- and uses the journal only for
 what the real state cannot say (which attachment the operation made, the connector it
-sent, the connection it made on a host). Then, per operation, it decides:
+sent, the connection it made on a host, how far it got). The steps it looks up are the
+rows of the operation's table in ``plans``, never names typed again here, and what is
+done on the storage side is asked of the operation's storage flow (``cinder_side``).
+Then, per operation, it decides:
 
 - **forward**, when the operation had passed its point of no return: the guest has the
-  disk (attach), the guest has let the disk go (detach), the guest runs (boot), the guest
-  runs on the destination (migrate). What the operation had left to do is done.
+  disk (attach), the guest was asked to let the disk go or has (detach: the table's
+  rule for the live unplug), the guest runs (boot), the guest runs on the destination
+  (migrate). What the operation had left to do is done; a guest that still holds a disk
+  it was asked to release after ``unplug_wait`` needs a human (stop it, recover again).
 - **back**, otherwise: what it had done is undone, newest first.
 - **human**, when the real state fits neither (the guest runs nowhere, or a domain of
   that name is another guest now): nothing is touched and the message says what to
@@ -31,11 +36,13 @@ import time
 from typing import Any, Callable, Mapping
 
 from attachflow import domxml, errors, record
-from attachflow.cinder_side import LegacyFlow, StorageAPI, StorageAttachment
+from attachflow.cinder_side import Flow, StorageAPI, StorageAttachment, select_flow
 from attachflow.compute_side import ComputeHost, DomainRef
 from attachflow.connectors import get_transport
+from attachflow.connectors.base import Transport
 from attachflow.journal import NEEDS_HUMAN, RECOVERED, Journal, OperationEntry, settle
 from attachflow.model import ConnectionInfo
+from attachflow.plans import ATTACH, BOOT, DETACH, MIGRATE, Plan, Rule
 from attachflow.record import VolumeRecord
 from attachflow.tracking import Tracker
 
@@ -175,76 +182,50 @@ class Recoverer:
         return (hv.domain(ref.name) if ref.active else None,
                 hv.domain(ref.name, inactive=True) if ref.persistent else None)
 
-    def _attachments(self, volume_id: str, instance_id: str) -> list[Any]:
-        return [a for a in self.storage.attachments_of(volume_id)
-                if a.instance_id == instance_id]
-
     @staticmethod
     def _connection(data: Mapping[str, Any] | None, volume_id: str) -> ConnectionInfo | None:
         return ConnectionInfo.from_record(dict(data), volume_id) if data else None
 
-    # -- storage actions, each checking first ------------------------------------------------
-    def _release_new(self, api: str, volume_id: str, instance_id: str,
-                     connector: Mapping[str, Any] | None, keep: str | None = None) -> None:
-        """Take back a connection made for ``instance_id`` that never reached the guest:
-        its attachments (all but ``keep``), or (legacy) the reservation and export."""
-        storage = self.storage
-        if api == "attachments":
-            for att in self._attachments(volume_id, instance_id):
-                if att.attachment_id != keep:
-                    storage.attachment_delete(att.attachment_id)
-            return
-        volume = storage.get_volume(volume_id)
-        if volume.status not in ("attaching", "reserved"):
-            return
-        if connector:
-            # As the legacy flow's own undo: attach and detach again, which is what
-            # removes the export; unreserve alone would leave it.
-            att = StorageAttachment(volume_id, instance_id, "legacy", None,
-                                    ConnectionInfo("iscsi", volume_id), dict(connector))
-            LegacyFlow(storage).undo_connect(att)
-        else:
-            storage.unreserve(volume_id)
-
-    def _complete(self, api: str, volume_id: str, instance_id: str, device: str,
-                  connector_host: str, attachment_id: str | None) -> None:
-        storage = self.storage
-        if api == "attachments":
-            for att in self._attachments(volume_id, instance_id):
-                if att.status != "attached" and (attachment_id in (None, att.attachment_id)):
-                    storage.attachment_complete(att.attachment_id)
-            return
-        if storage.get_volume(volume_id).attachment_for(instance_id) is None:
-            storage.attach(volume_id, instance_id, f"/dev/{device}", connector_host)
+    def _flow(self, api: str) -> Flow:
+        return select_flow(self.storage, api)
 
     # -- attach and boot ---------------------------------------------------------------------
-    def _connection_steps(self, op: OperationEntry) -> tuple[str, dict, dict | None]:
+    @staticmethod
+    def _connection_steps(op: OperationEntry, plan: Plan) -> tuple[str, dict, dict | None]:
         """(api, connector, note of the storage connect step) of an attach or boot."""
-        ctx = op.context
-        api = ctx["api"]
-        connector = dict(op.step_data("connector properties") or {})
-        note = op.step_data(f"storage connect ({api})")
-        return api, connector, dict(note) if note else None
+        connector = dict(op.step_data(plan["connector"]) or {})
+        note = op.step_data(plan["storage-connect"])
+        return op.context["api"], connector, dict(note) if note else None
 
-    def _undo_connect(self, op: OperationEntry, host: ComputeHost) -> list[Action]:
+    def _undo_connect(self, op: OperationEntry, plan: Plan, host: ComputeHost) -> list[Action]:
         """Host disconnect, then the storage side, for a connection that never reached a
         running guest."""
         ctx = op.context
         volume_id, instance_id = ctx["volume_id"], ctx["instance_id"]
-        api, connector, note = self._connection_steps(op)
+        api, connector, note = self._connection_steps(op, plan)
         transport = get_transport(ctx["transport"], multipath=bool(ctx.get("multipath")))
         actions = []
         conn = self._connection((note or {}).get("connection"), volume_id)
-        if conn is not None and op.step_state(f"host connect ({transport.name})"):
+        if conn is not None and op.step_state(plan["host-connect"]):
             actions.append(Action(
                 f"disconnect {volume_id} on {host.name} ({transport.name})",
                 lambda: transport.disconnect(host, conn, None, instance_id)))
-        if op.step_state(f"storage connect ({api})"):
+        if op.step_state(plan["storage-connect"]):
             actions.append(Action(
                 f"release the new connection of {volume_id} in Cinder ({api})",
-                lambda: self._release_new(api, volume_id, instance_id,
-                                          (note or {}).get("connector") or connector)))
+                lambda: self._flow(api).release_unused(
+                    volume_id, instance_id, (note or {}).get("connector") or connector)))
         return actions
+
+    def _complete(self, op: OperationEntry, plan: Plan, host: ComputeHost,
+                  device: str) -> Action:
+        """Tell the storage side the volume is attached, unless it knows already."""
+        volume_id, instance_id = op.context["volume_id"], op.context["instance_id"]
+        api, _connector, note = self._connection_steps(op, plan)
+        return Action(f"complete the attachment of {volume_id} in Cinder ({api})",
+                      lambda: self._flow(api).ensure_attached(
+                          volume_id, instance_id, f"/dev/{device}", host.cfg.connector_host,
+                          (note or {}).get("attachment_id")))
 
     def _attach(self, op: OperationEntry):
         ctx = op.context
@@ -257,8 +238,9 @@ class Recoverer:
         disk = next((d.disk(volume_id) for d in (live, config)
                      if d is not None and d.disk(volume_id) is not None), None)
         if disk is None:
-            return BACK, "the guest does not have the disk", self._undo_connect(op, host)
-        api, connector, note = self._connection_steps(op)
+            return BACK, "the guest does not have the disk", self._undo_connect(
+                op, ATTACH, host)
+        api, connector, note = self._connection_steps(op, ATTACH)
         actions = []
         records = record.read(live or config)
         if volume_id not in records and note:
@@ -271,32 +253,21 @@ class Recoverer:
             new = {**records, volume_id: rec}
             actions.append(Action(f"record {volume_id} in {op.domain}'s metadata",
                                   lambda: record.save(host.hypervisor, ref, new)))
-        actions.append(Action(
-            f"complete the attachment of {volume_id} in Cinder ({api})",
-            lambda: self._complete(api, volume_id, instance_id, disk.target_dev,
-                                   host.cfg.connector_host,
-                                   (note or {}).get("attachment_id"))))
+        actions.append(self._complete(op, ATTACH, host, disk.target_dev))
         return FORWARD, f"the guest has the disk as {disk.target_dev}", actions
 
     def _boot(self, op: OperationEntry):
-        ctx = op.context
-        volume_id, instance_id = ctx["volume_id"], ctx["instance_id"]
         if not op.steps:
             return NOTHING, "it stopped before its first step", []
         host = self.host(op.host)
-        ref = self._ours(host, op.domain, instance_id)
+        ref = self._ours(host, op.domain, op.context["instance_id"])
         if ref is not None and ref.active:
-            api, _connector, note = self._connection_steps(op)
-            return FORWARD, "the guest runs", [Action(
-                f"complete the attachment of {volume_id} in Cinder ({api})",
-                lambda: self._complete(api, volume_id, instance_id, "vda",
-                                       host.cfg.connector_host,
-                                       (note or {}).get("attachment_id")))]
+            return FORWARD, "the guest runs", [self._complete(op, BOOT, host, "vda")]
         actions = []
         if ref is not None:
             actions.append(Action(f"undefine the guest {op.domain} on {host.name}",
                                   lambda: host.hypervisor.undefine(op.domain)))
-        return BACK, "the guest never ran", actions + self._undo_connect(op, host)
+        return BACK, "the guest never ran", actions + self._undo_connect(op, BOOT, host)
 
     # -- detach ----------------------------------------------------------------------------
     def _detach(self, op: OperationEntry):
@@ -306,73 +277,101 @@ class Recoverer:
             return NOTHING, "it stopped before its first step", []
         ctx = op.context
         volume_id, instance_id = ctx["volume_id"], ctx["instance_id"]
-        api = ctx["api"]
         host = self.host(op.host)
-        hv = host.hypervisor
         ref = self._ours(host, op.domain, instance_id)
         live, config = self._definitions(host, ref) if ref else (None, None)
         live_disk = live.disk(volume_id) if live is not None else None
         config_disk = config.disk(volume_id) if config is not None else None
-        rec_data = ctx.get("record")
-        rec = VolumeRecord.from_json(volume_id, rec_data) if rec_data else None
-        storage = self.storage
         guest_has_it = live_disk is not None if live is not None else config_disk is not None
         # Once the guest was asked to let the disk go, it may still do so at any moment
         # (the unplug completes in the guest): the detach goes on, never back.
-        unplug_asked = live_disk is not None and op.step_state("guest detach (live)")
-        if guest_has_it and not unplug_asked:
-            actions = []
-            if live_disk is not None and config is not None and config_disk is None:
-                actions.append(Action(
-                    f"give {volume_id} back to {op.domain}'s persistent definition",
-                    lambda: hv.attach_device(op.domain, live_disk.without_alias(),
-                                             live=False, config=True)))
-            if api == "legacy":
-                def roll_back():
-                    if storage.get_volume(volume_id).status == "detaching":
-                        storage.roll_detaching(volume_id)
-                actions.append(Action(f"end the detach of {volume_id} in Cinder (legacy)",
-                                      roll_back))
-            return BACK, "the guest still has the disk", actions
+        asked = DETACH.direction(op) is Rule.FORWARD
+        if guest_has_it and not asked:
+            return BACK, "the guest still has the disk", self._keep_disk(
+                op, host, live_disk, config is not None and config_disk is None)
+        actions = self._release_disk(op, host, ref, live_disk, config_disk)
+        if live_disk is not None:
+            reason = "the guest was asked to release the disk"
+        elif config_disk is not None:
+            reason = "the guest was asked to release the disk, and is stopped"
+        else:
+            reason = "the guest no longer has the disk"
+        return FORWARD, reason, actions + self._release_storage(op, host, ref, live, config)
 
+    def _keep_disk(self, op: OperationEntry, host: ComputeHost,
+                   live_disk: domxml.Disk | None, persistent_lost: bool) -> list[Action]:
+        """A detach that goes back: the disk in the persistent definition again, and the
+        storage side as before the detach began."""
+        volume_id, api = op.context["volume_id"], op.context["api"]
+        actions = []
+        if live_disk is not None and persistent_lost:
+            actions.append(Action(
+                f"give {volume_id} back to {op.domain}'s persistent definition",
+                lambda: host.hypervisor.attach_device(op.domain, live_disk.without_alias(),
+                                                      live=False, config=True)))
+        actions.append(Action(f"end the detach of {volume_id} in Cinder ({api})",
+                              lambda: self._flow(api).end_detach(volume_id)))
+        return actions
+
+    def _release_disk(self, op: OperationEntry, host: ComputeHost, ref: DomainRef | None,
+                      live_disk: domxml.Disk | None, config_disk: domxml.Disk | None
+                      ) -> list[Action]:
+        """A detach that goes on: the guest finishes the unplug it was asked for (or
+        recover says it will not), and the persistent definition loses the disk (an
+        earlier rollback may have given it back)."""
+        volume_id, hv = op.context["volume_id"], host.hypervisor
+        actions = []
+        if live_disk is not None:
+            actions.append(Action(f"finish unplugging {volume_id} from {op.domain}",
+                                  lambda: self._finish_unplug(op, host, live_disk)))
+        if config_disk is not None and ref is not None and ref.persistent:
+            actions.append(Action(
+                f"remove {volume_id} from {op.domain}'s persistent definition",
+                lambda: hv.detach_device(op.domain, config_disk, live=False, config=True,
+                                         timeout=self.unplug_wait)))
+        return actions
+
+    def _finish_unplug(self, op: OperationEntry, host: ComputeHost,
+                       live_disk: domxml.Disk) -> None:
+        try:
+            host.hypervisor.detach_device(op.domain, live_disk, live=True, config=False,
+                                          timeout=self.unplug_wait)
+        except errors.DeviceRemovalTimeout as exc:
+            raise errors.DeviceRemovalTimeout(
+                f"the guest still has not released it after {self.unplug_wait:g} s: stop "
+                f"the guest (or wait until it lets the disk go), then run 'attachflow "
+                f"recover {op.id[:8]}' again") from exc
+
+    def _release_storage(self, op: OperationEntry, host: ComputeHost,
+                         ref: DomainRef | None, live: domxml.Domain | None,
+                         config: domxml.Domain | None) -> list[Action]:
+        """The rest of a detach once the guest lets the disk go: host disconnect, the
+        domain's record, the storage side's release."""
+        ctx = op.context
+        volume_id, instance_id, api = ctx["volume_id"], ctx["instance_id"], ctx["api"]
+        rec = VolumeRecord.from_json(volume_id, ctx["record"]) if ctx.get("record") else None
         transport = get_transport(ctx["transport"], multipath=bool(ctx.get("multipath")))
         conn = rec.connection if rec is not None else None
-        fresh = op.step_data("storage connection info")
+        fresh = op.step_data(DETACH["connection-info"])
         if fresh:
             conn = self._connection(fresh.get("connection"), volume_id)
-        begin = op.step_data(f"storage begin detach ({api})") or {}
+        begin = op.step_data(DETACH["storage-begin"]) or {}
         attachment_id = begin.get("attachment_id") or (rec.attachment_id if rec else None)
         connector = dict(begin.get("connector") or (rec.connector if rec else {}))
         actions = []
-        if unplug_asked:
-            actions.append(Action(
-                f"finish unplugging {volume_id} from {op.domain}",
-                lambda: hv.detach_device(op.domain, live_disk, live=True, config=False,
-                                         timeout=self.unplug_wait)))
         if conn is not None and conn.driver_volume_type != "unknown":
             actions.append(Action(
                 f"disconnect {volume_id} on {host.name} ({transport.name})",
                 lambda: transport.disconnect(host, conn, None, instance_id)))
-        if ref is not None:
-            current = record.read(live or config)
-            if volume_id in current:
-                remaining = {k: v for k, v in current.items() if k != volume_id}
-                actions.append(Action(f"remove {volume_id} from {op.domain}'s metadata",
-                                      lambda: record.save(hv, ref, remaining)))
-
-        def release():
-            if api == "attachments":
-                for att in self._attachments(volume_id, instance_id):
-                    if attachment_id in (None, att.attachment_id):
-                        storage.attachment_delete(att.attachment_id)
-                return
-            found = storage.get_volume(volume_id).attachment_for(instance_id)
-            if found is not None:
-                storage.terminate_connection(volume_id, connector)
-                storage.detach(volume_id, found.attachment_id)
-        actions.append(Action(f"release {volume_id} in Cinder ({api})", release))
-        return FORWARD, ("the guest was asked to release the disk" if unplug_asked else
-                         "the guest no longer has the disk"), actions
+        current = record.read(live or config) if ref is not None else {}
+        if volume_id in current:
+            remaining = {k: v for k, v in current.items() if k != volume_id}
+            actions.append(Action(f"remove {volume_id} from {op.domain}'s metadata",
+                                  lambda: record.save(host.hypervisor, ref, remaining)))
+        actions.append(Action(f"release {volume_id} in Cinder ({api})",
+                              lambda: self._flow(api).ensure_released(
+                                  volume_id, instance_id, attachment_id, connector)))
+        return actions
 
     # -- migrate ---------------------------------------------------------------------------
     def _wait_for_job(self, host: ComputeHost, name: str) -> None:
@@ -404,8 +403,7 @@ class Recoverer:
     def _migrate(self, op: OperationEntry):
         if not op.steps:  # as for a detach: its context may be partial
             return NOTHING, "it stopped before its first step", []
-        ctx = op.context
-        instance_id = ctx["instance_id"]
+        instance_id = op.context["instance_id"]
         src, dst = self.host(op.host), self.host(op.destination or "")
         self._wait_for_job(src, op.domain)
         on_src = self._runs_on(src, op.domain, instance_id)
@@ -414,58 +412,58 @@ class Recoverer:
             where = "on both" if on_src else "on neither"
             return HUMAN, (f"the guest runs {where} of {src.name} and {dst.name}: start it "
                            f"(or stop one copy) by hand, then run recover again"), []
-        storage = self.storage
-        actions: list[Action] = []
-        for vol in ctx["volumes"]:
-            volume_id = vol["volume_id"]
-            rec = VolumeRecord.from_json(volume_id, vol["record"])
-            transport = get_transport(vol["transport"], multipath=rec.multipath)
-            api = vol["api"]
-            note = op.step_data(f"destination connection ({api}) {volume_id}") or {}
-            dst_conn = self._connection(note.get("connection"), volume_id) or rec.connection
-            dst_connector = note.get("connector") or ctx["connectors"].get(rec.transport)
-            if on_dst:
-                if api == "attachments":
-                    actions.append(Action(
-                        f"complete the destination attachment of {volume_id}",
-                        lambda volume_id=volume_id, rec=rec: self._complete(
-                            "attachments", volume_id, instance_id, rec.device, "",
-                            None)))
-                actions.append(Action(
-                    f"disconnect {volume_id} on {src.name} ({transport.name})",
-                    lambda transport=transport, rec=rec: transport.disconnect(
-                        src, rec.connection, None, instance_id)))
-                if api == "attachments":
-                    actions.append(Action(
-                        f"release the source attachment of {volume_id}",
-                        lambda rec=rec: storage.attachment_delete(rec.attachment_id)))
-                else:
-                    actions.append(Action(
-                        f"release the source connection of {volume_id} (legacy)",
-                        lambda volume_id=volume_id, rec=rec: storage.terminate_connection(
-                            volume_id, dict(rec.connector))))
-                continue
-            if op.step_state(f"destination connect ({transport.name}) {volume_id}"):
-                actions.append(Action(
-                    f"disconnect {volume_id} on {dst.name} ({transport.name})",
-                    lambda transport=transport, conn=dst_conn: transport.disconnect(
-                        dst, conn, None, instance_id)))
-            if op.step_state(f"destination connection ({api}) {volume_id}"):
-                if api == "attachments":
-                    actions.append(Action(
-                        f"delete the destination attachment of {volume_id}",
-                        lambda volume_id=volume_id, rec=rec: self._release_new(
-                            "attachments", volume_id, instance_id, None,
-                            keep=rec.attachment_id)))
-                elif dst_connector:
-                    actions.append(Action(
-                        f"end the destination connection of {volume_id} (legacy)",
-                        lambda volume_id=volume_id, c=dst_connector:
-                        storage.terminate_connection(volume_id, dict(c))))
         if on_dst:
+            actions = [a for vol in op.context["volumes"]
+                       for a in self._finish_source(op, src, vol)]
             return FORWARD, f"the guest runs on {dst.name}", actions
+        actions = [a for vol in op.context["volumes"]
+                   for a in self._undo_destination(op, dst, vol)]
         leftover = self._ours(dst, op.domain, instance_id)
         if leftover is not None:
             actions.insert(0, Action(f"undefine the inactive copy of {op.domain} on "
                                      f"{dst.name}", lambda: dst.hypervisor.undefine(op.domain)))
         return BACK, f"the guest runs on {src.name}", actions
+
+    @staticmethod
+    def _volume(vol: Mapping[str, Any]) -> tuple[str, VolumeRecord, Transport]:
+        """(volume id, source record, transport) of one volume of a migration's context."""
+        rec = VolumeRecord.from_json(vol["volume_id"], vol["record"])
+        return vol["volume_id"], rec, get_transport(vol["transport"],
+                                                     multipath=rec.multipath)
+
+    def _finish_source(self, op: OperationEntry, src: ComputeHost,
+                       vol: Mapping[str, Any]) -> list[Action]:
+        """The guest moved: the destination's attachment complete, the source's
+        connection gone on the host and on the storage side."""
+        instance_id, api = op.context["instance_id"], vol["api"]
+        volume_id, rec, transport = self._volume(vol)
+        source = StorageAttachment.from_record(rec, volume_id, instance_id)
+        return [
+            Action(f"complete the destination attachment of {volume_id} ({api})",
+                   lambda: self._flow(api).ensure_attached(
+                       volume_id, instance_id, f"/dev/{rec.device}", "", None)),
+            Action(f"disconnect {volume_id} on {src.name} ({transport.name})",
+                   lambda: transport.disconnect(src, rec.connection, None, instance_id)),
+            Action(f"release the source connection of {volume_id} ({api})",
+                   lambda: self._flow(api).release_source_if_present(source))]
+
+    def _undo_destination(self, op: OperationEntry, dst: ComputeHost,
+                          vol: Mapping[str, Any]) -> list[Action]:
+        """The guest stayed: the destination's connection gone on the host and on the
+        storage side, as far as the migration had made it."""
+        instance_id, api = op.context["instance_id"], vol["api"]
+        volume_id, rec, transport = self._volume(vol)
+        note = op.step_data(MIGRATE["destination-connection"], volume_id) or {}
+        dst_conn = self._connection(note.get("connection"), volume_id) or rec.connection
+        dst_connector = note.get("connector") or op.context["connectors"].get(rec.transport)
+        actions = []
+        if op.step_state(MIGRATE["destination-connect"], volume_id):
+            actions.append(Action(
+                f"disconnect {volume_id} on {dst.name} ({transport.name})",
+                lambda: transport.disconnect(dst, dst_conn, None, instance_id)))
+        if op.step_state(MIGRATE["destination-connection"], volume_id):
+            actions.append(Action(
+                f"release the destination connection of {volume_id} ({api})",
+                lambda: self._flow(api).release_destination(
+                    volume_id, instance_id, rec.attachment_id, dst_connector)))
+        return actions

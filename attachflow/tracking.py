@@ -111,9 +111,9 @@ class Tracker:
                 try:
                     yield log
                 except errors.OperationFailed as exc:
+                    exc.operation_id = log.id  # first: the message may name it
                     log.finish(INCOMPLETE if exc.undo_failures or exc.uncertain
                                else FAILED, str(exc))
-                    exc.operation_id = log.id
                     raise
                 except errors.AttachflowError as exc:
                     # Raised outside a step: before the first one (a refusal, nothing

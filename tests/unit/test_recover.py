@@ -387,3 +387,43 @@ def test_killed_between_begin_and_the_first_step_recovers_to_nothing(world, monk
     assert [r.decision for r in results] == ["nothing"], [r.describe() for r in results]
     assert_consistent(cinder, hosts, [root, vol], "vm1")
     assert ("vm2" in hosts["hosta"].hypervisor.domains) is False
+
+
+@pytest.mark.parametrize("api,transport", CASES)
+def test_a_guest_that_never_answers_the_unplug_is_finished_once_stopped(world, api,
+                                                                         transport):
+    cinder, hosts = world
+    hv = hosts["hosta"].hypervisor
+    root = cinder.create_volume()
+    operations.boot(cinder, hosts["hosta"], get_transport(transport), "vm1", root,
+                    virt_type="qemu")
+    vol = cinder.create_volume()
+    with client(world, transport=transport, api=api) as c:
+        c.attach(vol, "vm1", host="hosta")
+    hv.refuse_detach.add("vdb")
+    with client(world) as c:
+        with pytest.raises(errors.OperationFailed) as failed:
+            c.detach(vol, "vm1", host="hosta", timeout=1)
+        [op] = c.operations()
+        # The first error says what to do next, naming the operation; the journal keeps
+        # it for recover (not settled behind the user's back, not a human's yet).
+        assert f"'attachflow recover {op.id[:8]}' finishes the detach" in str(failed.value)
+        assert c.shown_state(op) == journal_mod.INCOMPLETE
+        assert op.outcome == str(failed.value)
+        assert hv.domain("vm1").disk(vol) is not None
+        assert hv.domain("vm1", inactive=True).disk(vol) is None
+        assert cinder.volumes[vol].status in ("in-use", "detaching")
+        # While the guest holds on, recover says what a human must do, and changes
+        # nothing.
+        [still] = c.recover(op.id)
+        assert still.needs_human and "stop the guest" in still.problem
+        assert c.shown_state(c.operations()[0]) == journal_mod.NEEDS_HUMAN
+        assert hv.domain("vm1").disk(vol) is not None
+        with pytest.raises(errors.RecoveryNeeded, match="attachflow recover"):
+            c.detach(vol, "vm1", host="hosta")
+    hv.destroy("vm1")  # the operator stops the guest
+    [settled] = recover_all(world, "detach")
+    assert settled.decision == "forward", settled.describe()
+    assert hv.domain("vm1", inactive=True).disk(vol) is None
+    assert cinder.volumes[vol].status == "available" and not cinder.volumes[vol].attachments
+    assert_consistent(cinder, hosts, [vol, root], "vm1")

@@ -7,7 +7,19 @@ import pytest
 
 from attachflow import errors
 from attachflow.events import Emitter, StepDone, StepStarted, UndoFailed
-from attachflow.steps import Problems, Transaction
+from attachflow import steps
+from attachflow.plans import Rule, StepDef
+from attachflow.steps import Problems
+
+
+class Transaction(steps.Transaction):
+    """Steps declared on the spot, as each test needs them (the product's own are the
+    tables in ``plans``)."""
+
+    def run(self, name, do, undo=None, rule=Rule.BACK, hint=""):
+        spec = StepDef(name, name, name, "undo it" if undo is not None else None, rule,
+                       hint=hint)
+        return super().run(spec.at(), do, undo)
 
 
 def test_problems_keep_order_and_render_one_line_each():
@@ -247,3 +259,43 @@ def test_steps_undone_once_are_not_undone_again():
     with pytest.raises(errors.OperationFailed):
         tx.run("four", _fail(RuntimeError("second failure")))
     assert undone == [1, 3]
+
+
+def test_a_step_run_against_its_declaration_is_refused_before_it_runs():
+    tx = steps.Transaction("op")
+    ran = []
+    with_undo = StepDef("connect", "connect", "connect", "disconnect", Rule.BACK)
+    without = StepDef("check", "check", "check", None, Rule.BACK)
+    with pytest.raises(TypeError, match="'connect' is declared with an undo"):
+        tx.run(with_undo.at(), lambda: ran.append(1))
+    with pytest.raises(TypeError, match="'check' is declared without an undo"):
+        tx.run(without.at(), lambda: ran.append(1), lambda _: None)
+    assert ran == [] and tx.completed == []
+
+
+def test_a_step_that_cannot_be_gone_back_on_keeps_what_came_before_and_says_what_next():
+    tx = Transaction("detach v from vm")
+    undone = []
+    tx.run("persistent", lambda: 1, undone.append)
+    with pytest.raises(errors.OperationFailed) as info:
+        tx.run("live", lambda: (_ for _ in ()).throw(errors.DeviceRemovalTimeout("slow")),
+               lambda _: None, rule=Rule.FORWARD_ONCE_ASKED,
+               hint="'attachflow recover {op_id}' finishes it")
+    assert undone == []
+    assert info.value.uncertain and not info.value.undo_failures
+    assert str(info.value) == ("detach v from vm failed at step 'live': slow (earlier "
+                               "steps kept); 'attachflow recover <operation id>' "
+                               "finishes it")
+    info.value.operation_id = "0123456789abcdef"
+    assert str(info.value).endswith("'attachflow recover 01234567' finishes it")
+
+
+def test_a_refused_step_that_cannot_be_gone_back_on_is_undone_as_any_other():
+    tx = Transaction("detach v from vm")
+    undone = []
+    tx.run("persistent", lambda: 1, undone.append)
+    with pytest.raises(errors.OperationFailed) as info:
+        tx.run("live", lambda: (_ for _ in ()).throw(errors.InputError("no such disk")),
+               lambda _: None, rule=Rule.FORWARD_ONCE_ASKED, hint="recover")
+    assert undone == [1] and not info.value.uncertain
+    assert "(all earlier steps undone)" in str(info.value)
