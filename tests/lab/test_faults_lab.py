@@ -128,3 +128,58 @@ def test_libvirtd_restarted_mid_operation_is_reconnected(lab, cleanup, guest, co
     assert (lab.disk("hosta", dom, vol) is None) == (command == "detach")
     if command == "attach":
         lab.af("detach", vol, dom, "--host", "hosta")
+
+
+def _guest_without_an_os(lab, cleanup, host: str = "hosta") -> str:
+    """A running persistent guest whose firmware finds nothing to boot: no OS answers a
+    hot-unplug, as a hung or unaware guest would not."""
+    dom = f"deaf-{os.urandom(3).hex()}"
+    cleanup["domains"].append((host, dom))
+    xml = (f"<domain type='qemu'><name>{dom}</name><memory unit='MiB'>64</memory>"
+           "<vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os>"
+           # ACPI: the PCI bus takes hot-plugged disks; no OS is there to answer.
+           "<features><acpi/></features>"
+           "<devices><serial type='pty'/></devices></domain>")
+    lab.conn(host).defineXML(xml).create()
+    return dom
+
+
+@pytest.mark.parametrize("api", ["attachments", "legacy"])
+def test_a_guest_that_never_answers_the_unplug_is_told_and_finished_once_stopped(
+        lab, cleanup, own_journal, api):
+    dom = _guest_without_an_os(lab, cleanup)
+    vol = data_volume(lab, cleanup)
+    lab.af("attach", vol, dom, "--host", "hosta", "--api", api)
+    started = time.monotonic()
+    proc = lab.af("detach", vol, dom, "--host", "hosta", "--timeout", "5", expect=1)
+    took = time.monotonic() - started
+    error = proc.stderr.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("attachflow: error: "), proc.stderr
+    op_id = error[0].split("'attachflow recover ")[1].split("'")[0]
+    assert "did not release" in error[0] and "earlier steps kept" in error[0], error
+    assert error[0].endswith(f"once it has, or once the guest is stopped, 'attachflow "
+                             f"recover {op_id}' finishes the detach"), error
+    # Not recovered behind the user's back (that would wait for the guest again), and
+    # not a human's yet: incomplete, for recover.
+    assert took < 60, took
+    assert unfinished() == [("detach", "incomplete")]
+    assert lab.disk("hosta", dom, vol) is not None
+    assert lab.disk("hosta", dom, vol, inactive=True) is None
+    assert [a.instance for a in lab.cinder.attachments.list(
+        search_opts={"volume_id": vol})] == [lab.conn("hosta").lookupByName(dom).UUIDString()]
+    # While the guest holds on, recover says what a human must do, and changes nothing.
+    still = lab.af("recover", op_id, "--unplug-wait", "3", "-f", "json", expect=5)
+    [result] = json.loads(still.stdout)
+    assert "stop the guest" in result["problem"], result
+    assert unfinished() == [("detach", "needs-human")]
+    assert lab.disk("hosta", dom, vol) is not None
+    refused = lab.af("detach", vol, dom, "--host", "hosta", expect=5)
+    assert f"attachflow recover {op_id}" in refused.stderr, refused.stderr
+    # The operator stops the guest; recover then finishes the detach.
+    lab.conn("hosta").lookupByName(dom).destroy()
+    [done] = recover(lab, twice=True)
+    assert done["decision"] == "forward", done
+    assert lab.disk("hosta", dom, vol, inactive=True) is None
+    assert lab.attachments(vol) == [] and lab.volume(vol).status == "available"
+    assert_one_story(lab, [vol], dom)
+    assert_data(lab, vol, None, dom)
