@@ -18,11 +18,23 @@ MASK = "***"
 
 # What libvirt's schema takes as a network disk's host (a DNS name or an IP address)
 # and what an iSCSI name may hold (RFC 3720: letters, digits, '-', '.', ':'; 223 bytes).
-_PORTAL_HOST = re.compile(r"[A-Za-z0-9.-]{1,253}|[0-9A-Fa-f:.]{2,45}")
-_IQN = re.compile(r"[A-Za-z0-9.:_-]{1,223}")
+# The one definition: domxml checks the values it writes into XML against these too.
+PORTAL_HOST = re.compile(r"[A-Za-z0-9.-]{1,253}|[0-9A-Fa-f:.]{2,45}")
+ISCSI_NAME = re.compile(r"[A-Za-z0-9.:_-]{1,223}")
 # A user name or method: printable, one line, bounded.
 _TEXT = re.compile(r"[^\x00-\x1f\x7f]{1,255}")
 LUN_MAX = 16383
+PORT_MAX = 65535
+
+
+def is_lun(value: Any) -> bool:
+    """A LUN as libvirt and the storage side take it: an integer from 0 to LUN_MAX."""
+    return not isinstance(value, bool) and isinstance(value, int) and 0 <= value <= LUN_MAX
+
+
+def is_port(value: Any) -> bool:
+    """A TCP port: an integer from 1 to PORT_MAX."""
+    return not isinstance(value, bool) and isinstance(value, int) and 1 <= value <= PORT_MAX
 
 
 def shown(value: Any, limit: int = 60) -> str:
@@ -126,8 +138,7 @@ class Portal:
         if not sep or not host or (host.count(":") and not host.startswith("[")):
             host, port = text, "3260"
         host = host.strip("[]")
-        if not _PORTAL_HOST.fullmatch(host) or not port.isdigit() or \
-                not 1 <= int(port) <= 65535:
+        if not PORTAL_HOST.fullmatch(host) or not port.isdigit() or not is_port(int(port)):
             raise InputError(f"bad iSCSI portal {shown(text)} (HOST:PORT, HOST a name or "
                              "an IP address)")
         return cls(host, int(port))
@@ -138,7 +149,7 @@ class Portal:
 
 
 def _iqn(value: Any) -> str:
-    if not isinstance(value, str) or not _IQN.fullmatch(value):
+    if not isinstance(value, str) or not ISCSI_NAME.fullmatch(value):
         raise InputError(f"iSCSI connection info: target {shown(value)} is not an iSCSI "
                          "name")
     return value
@@ -147,7 +158,7 @@ def _iqn(value: Any) -> str:
 def _lun(value: Any) -> int:
     if isinstance(value, str) and value.isdigit() and len(value) <= 5:
         value = int(value)  # some drivers send the LUN as text
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= LUN_MAX:
+    if not is_lun(value):
         raise InputError(f"iSCSI connection info: LUN {shown(value)} is not a number from "
                          f"0 to {LUN_MAX}")
     return value
@@ -235,7 +246,7 @@ class ConnectionInfo:
                                  "false")
             flags[key] = bool(value)
         if attachment_id is not None and not (isinstance(attachment_id, str) and
-                                              _IQN.fullmatch(attachment_id)):
+                                              ISCSI_NAME.fullmatch(attachment_id)):
             raise InputError(f"connection info: attachment_id {shown(attachment_id)} is "
                              "not an id")
         common = dict(driver_volume_type=dvt, volume_id=volume_id, access_mode=access_mode,
