@@ -13,7 +13,6 @@ MAX_LINES = 60
 PENDING_SPLIT = {
     ("attachflow/lab/__init__.py", "up"),
     ("attachflow/lab/nodeimage.py", "build"),
-    ("attachflow/migrate.py", "preflight"),
     ("attachflow/operations.py", "_detach"),
     ("attachflow/recover.py", "Recoverer._detach"),
     ("attachflow/recover.py", "Recoverer._migrate"),
