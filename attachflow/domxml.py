@@ -18,7 +18,8 @@ from typing import Iterable, Mapping
 
 from attachflow import validate
 from attachflow.errors import InputError
-from attachflow.model import LUN_MAX, Portal, shown
+from attachflow.model import (ISCSI_NAME, LUN_MAX, PORT_MAX, PORTAL_HOST, Portal,
+                              is_lun, is_port, shown)
 
 # attachflow's element in a domain's <metadata>: what record.py keeps there.
 METADATA_NS = "https://attachflow.dev/xmlns/volumes/1"
@@ -78,8 +79,8 @@ def _to_string(elem: ET.Element, pretty: bool = True) -> str:
 # from the storage side and from os-brick; whatever does not fit is refused here, the
 # one place XML is made, rather than handed to libvirt.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ufffe\uffff]")
-_IQN = (re.compile(r"[A-Za-z0-9.:_-]{1,223}"), "an iSCSI name")
-_HOST = (re.compile(r"[A-Za-z0-9.-]{1,253}|[0-9A-Fa-f:.]{2,45}"), "a DNS name or IP address")
+_IQN = (ISCSI_NAME, "an iSCSI name")
+_HOST = (PORTAL_HOST, "a DNS name or IP address")
 _ABS_PATH = (re.compile(r"/.{0,4095}", re.S), "an absolute path")
 _OBJECT = (re.compile(r"[^/\n]{1,255}"), "a name without '/'")
 _TEXT = (re.compile(r".{1,4096}", re.S), "text")
@@ -99,16 +100,14 @@ def _check_source(source: DiskSource) -> None:
         _fits("the block device", source.path, _ABS_PATH)
         return
     _fits("the iSCSI target", source.iqn, _IQN)
-    if isinstance(source.lun, bool) or not isinstance(source.lun, int) or \
-            not 0 <= source.lun <= LUN_MAX:
+    if not is_lun(source.lun):
         raise InputError(f"LUN {shown(source.lun)} is not a number from 0 to {LUN_MAX}")
     if not source.hosts:
         raise InputError("an iSCSI disk needs a portal")
     for portal in source.hosts:
         _fits("the portal host", portal.host, _HOST)
-        if isinstance(portal.port, bool) or not isinstance(portal.port, int) or \
-                not 1 <= portal.port <= 65535:
-            raise InputError(f"portal port {shown(portal.port)} is not from 1 to 65535")
+        if not is_port(portal.port):
+            raise InputError(f"portal port {shown(portal.port)} is not from 1 to {PORT_MAX}")
     if source.initiator_iqn is not None:
         _fits("the initiator name", source.initiator_iqn, _IQN)
     if (source.auth_username is None) != (source.secret_usage is None):

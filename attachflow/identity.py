@@ -171,39 +171,10 @@ def open_session(cloud: str | None = None, env: Mapping[str, str] | None = None,
     cloud = cloud or env_value(env, "OS_CLOUD")
     timeout = request_timeout(env)
     if cloud:
-        try:
-            region = _cloud(cloud, env)
-            sess = region.get_session()
-        except Exception as exc:
-            raise errors.InputError(f"cloud '{cloud}': {exc}") from exc
-        sess.timeout = timeout
-        user = Identity.of("user", sess.auth, region.auth, f"cloud '{cloud}'")
-        service = _service_identity(service_cloud, env)
-        sess.auth = _with_service_token(sess.auth, service)
-        return StorageSession(sess, region.get_endpoint("block-storage"),
-                              (user, *([service] if service else [])), service is not None)
+        return _cloud_session(cloud, env, service_cloud, timeout)
 
-    from keystoneauth1 import loading, session as ks_session
-    auth_type = env_value(env, "OS_AUTH_TYPE") or ("noauth" if env_value(env, "OS_ENDPOINT")
-                                              and not env_value(env, "OS_AUTH_URL")
-                                              else "password")
-    try:
-        loader = loading.get_plugin_loader(auth_type)
-    except Exception as exc:
-        raise errors.InputError(f"unknown OS_AUTH_TYPE '{auth_type}'") from exc
-    options = {}
-    for opt in loader.get_options():
-        value = env_value(env, "OS_" + opt.dest.upper()) or env_value(env, "OS_" + opt.name.upper()
-                                                             .replace("-", "_"))
-        if value is not None:
-            options[opt.dest] = value
-    missing = [o.name for o in loader.get_options() if o.required and o.dest not in options]
-    if missing:
-        raise errors.InputError(
-            "storage credentials incomplete: set "
-            + ", ".join("OS_" + m.upper().replace("-", "_") for m in missing)
-            + " (or --os-cloud / OS_CLOUD)")
-    plugin = loader.load_from_options(**options)
+    from keystoneauth1 import session as ks_session
+    auth_type, options, plugin = _plugin_from_env(env)
     verify: bool | str = not bool(env_value(env, "OS_INSECURE"))
     if env_value(env, "OS_CACERT"):
         verify = env["OS_CACERT"]
@@ -225,3 +196,44 @@ def open_session(cloud: str | None = None, env: Mapping[str, str] | None = None,
     return StorageSession(
         ks_session.Session(auth=plugin, verify=verify, additional_headers=headers,
                            timeout=timeout), None, identities, service_token)
+
+
+def _cloud_session(cloud: str, env: Mapping[str, str], service_cloud: str | None,
+                   timeout: float) -> StorageSession:
+    """``open_session`` from a clouds.yaml cloud."""
+    try:
+        region = _cloud(cloud, env)
+        sess = region.get_session()
+    except Exception as exc:
+        raise errors.InputError(f"cloud '{cloud}': {exc}") from exc
+    sess.timeout = timeout
+    user = Identity.of("user", sess.auth, region.auth, f"cloud '{cloud}'")
+    service = _service_identity(service_cloud, env)
+    sess.auth = _with_service_token(sess.auth, service)
+    return StorageSession(sess, region.get_endpoint("block-storage"),
+                          (user, *([service] if service else [])), service is not None)
+
+
+def _plugin_from_env(env: Mapping[str, str]) -> tuple[str, dict[str, Any], Any]:
+    """(auth type, options, keystoneauth plugin) from the OS_* variables."""
+    from keystoneauth1 import loading
+    auth_type = env_value(env, "OS_AUTH_TYPE") or ("noauth" if env_value(env, "OS_ENDPOINT")
+                                              and not env_value(env, "OS_AUTH_URL")
+                                              else "password")
+    try:
+        loader = loading.get_plugin_loader(auth_type)
+    except Exception as exc:
+        raise errors.InputError(f"unknown OS_AUTH_TYPE '{auth_type}'") from exc
+    options = {}
+    for opt in loader.get_options():
+        value = env_value(env, "OS_" + opt.dest.upper()) or env_value(env, "OS_" + opt.name.upper()
+                                                             .replace("-", "_"))
+        if value is not None:
+            options[opt.dest] = value
+    missing = [o.name for o in loader.get_options() if o.required and o.dest not in options]
+    if missing:
+        raise errors.InputError(
+            "storage credentials incomplete: set "
+            + ", ".join("OS_" + m.upper().replace("-", "_") for m in missing)
+            + " (or --os-cloud / OS_CLOUD)")
+    return auth_type, options, loader.load_from_options(**options)

@@ -123,14 +123,7 @@ def preflight(storage: StorageAPI, source: ComputeHost, destination: ComputeHost
     """Everything checked before anything changes; a failed check is a PreflightError."""
     options = options or MigrationOptions()
     domain = validate.check_domain(domain)
-    for what, value, kind in (("--max-downtime (ms)", options.max_downtime_ms, "max_downtime"),
-                              ("--bandwidth (MiB/s)", options.bandwidth_mib, "bandwidth"),
-                              ("--timeout (s)", options.completion_timeout, "timeout")):
-        if value is not None:
-            validate.check_number(what, value, kind)
-    if options.on_timeout not in ("abort", "postcopy"):
-        raise errors.PreflightError(f"--on-timeout must be abort or postcopy, not "
-                             f"'{options.on_timeout}'")
+    _check_options(options)
     if source.cfg.libvirt_uri == destination.cfg.libvirt_uri:
         raise errors.PreflightError(f"source and destination are the same host ({source.name})")
     ref = source.hypervisor.lookup(domain)
@@ -144,6 +137,30 @@ def preflight(storage: StorageAPI, source: ComputeHost, destination: ComputeHost
     except errors.InputError as exc:
         raise errors.PreflightError(str(exc)) from exc
 
+    volumes, local = _plan_disks(storage, domain, ref.uuid, live, records, api, options)
+    _check_destination(destination, domain)
+    connectors = _destination_connectors(destination, volumes)
+    return Plan(domain, ref.uuid, source, destination, volumes, local, connectors, live,
+                persistent, records, options)
+
+
+def _check_options(options: MigrationOptions) -> None:
+    """The migration's tunables, checked before the hosts are asked anything."""
+    for what, value, kind in (("--max-downtime (ms)", options.max_downtime_ms, "max_downtime"),
+                              ("--bandwidth (MiB/s)", options.bandwidth_mib, "bandwidth"),
+                              ("--timeout (s)", options.completion_timeout, "timeout")):
+        if value is not None:
+            validate.check_number(what, value, kind)
+    if options.on_timeout not in ("abort", "postcopy"):
+        raise errors.PreflightError(f"--on-timeout must be abort or postcopy, not "
+                             f"'{options.on_timeout}'")
+
+
+def _plan_disks(storage: StorageAPI, domain: str, uuid: str, live: domxml.Domain,
+                records: dict[str, VolumeRecord], api: str,
+                options: MigrationOptions) -> tuple[list[VolumePlan], list[str]]:
+    """(volumes to move, local disks to copy): every disk of the guest is one or the
+    other, or an empty drive; any other disk fails the preflight."""
     volumes: list[VolumePlan] = []
     local: list[str] = []
     for disk in live.disks:
@@ -159,7 +176,7 @@ def preflight(storage: StorageAPI, source: ComputeHost, destination: ComputeHost
                 raise errors.PreflightError(f"volume {disk.serial}: {exc}") from exc
             volumes.append(VolumePlan(
                 disk.serial, disk.target_dev, rec, flow, transport,
-                StorageAttachment.from_record(rec, disk.serial, ref.uuid), disk))
+                StorageAttachment.from_record(rec, disk.serial, uuid), disk))
         elif disk.device in ("cdrom", "floppy") and empty:
             continue
         elif options.copy_local_disks:
@@ -168,7 +185,11 @@ def preflight(storage: StorageAPI, source: ComputeHost, destination: ComputeHost
             raise errors.PreflightError(
                 f"disk {disk.target_dev} of '{domain}' is not a Cinder volume attached by "
                 "attachflow; copy it with --copy-local-disks or detach it first")
+    return volumes, local
 
+
+def _check_destination(destination: ComputeHost, domain: str) -> None:
+    """The destination has no domain of that name, and (when remote) answers over SSH."""
     try:
         destination.hypervisor.lookup(domain)
     except errors.DomainNotFound:
@@ -181,6 +202,10 @@ def preflight(storage: StorageAPI, source: ComputeHost, destination: ComputeHost
     if not destination.cfg.local:
         _check_ssh(destination)
 
+
+def _destination_connectors(destination: ComputeHost,
+                            volumes: list[VolumePlan]) -> dict[str, ConnectorProperties]:
+    """The destination's connector for each transport the volumes use, asked once each."""
     connectors: dict[str, ConnectorProperties] = {}
     for vol in volumes:
         if vol.transport.name not in connectors:
@@ -190,8 +215,7 @@ def preflight(storage: StorageAPI, source: ComputeHost, destination: ComputeHost
             except errors.AttachflowError as exc:
                 raise errors.PreflightError(f"destination {destination.name} connector: {exc}") \
                     from exc
-    return Plan(domain, ref.uuid, source, destination, volumes, local, connectors, live,
-                persistent, records, options)
+    return connectors
 
 
 def _is_empty(disk: domxml.Disk) -> bool:

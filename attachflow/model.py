@@ -18,11 +18,23 @@ MASK = "***"
 
 # What libvirt's schema takes as a network disk's host (a DNS name or an IP address)
 # and what an iSCSI name may hold (RFC 3720: letters, digits, '-', '.', ':'; 223 bytes).
-_PORTAL_HOST = re.compile(r"[A-Za-z0-9.-]{1,253}|[0-9A-Fa-f:.]{2,45}")
-_IQN = re.compile(r"[A-Za-z0-9.:_-]{1,223}")
+# The one definition: domxml checks the values it writes into XML against these too.
+PORTAL_HOST = re.compile(r"[A-Za-z0-9.-]{1,253}|[0-9A-Fa-f:.]{2,45}")
+ISCSI_NAME = re.compile(r"[A-Za-z0-9.:_-]{1,223}")
 # A user name or method: printable, one line, bounded.
 _TEXT = re.compile(r"[^\x00-\x1f\x7f]{1,255}")
 LUN_MAX = 16383
+PORT_MAX = 65535
+
+
+def is_lun(value: Any) -> bool:
+    """A LUN as libvirt and the storage side take it: an integer from 0 to LUN_MAX."""
+    return not isinstance(value, bool) and isinstance(value, int) and 0 <= value <= LUN_MAX
+
+
+def is_port(value: Any) -> bool:
+    """A TCP port: an integer from 1 to PORT_MAX."""
+    return not isinstance(value, bool) and isinstance(value, int) and 1 <= value <= PORT_MAX
 
 
 def shown(value: Any, limit: int = 60) -> str:
@@ -126,8 +138,7 @@ class Portal:
         if not sep or not host or (host.count(":") and not host.startswith("[")):
             host, port = text, "3260"
         host = host.strip("[]")
-        if not _PORTAL_HOST.fullmatch(host) or not port.isdigit() or \
-                not 1 <= int(port) <= 65535:
+        if not PORTAL_HOST.fullmatch(host) or not port.isdigit() or not is_port(int(port)):
             raise InputError(f"bad iSCSI portal {shown(text)} (HOST:PORT, HOST a name or "
                              "an IP address)")
         return cls(host, int(port))
@@ -138,7 +149,7 @@ class Portal:
 
 
 def _iqn(value: Any) -> str:
-    if not isinstance(value, str) or not _IQN.fullmatch(value):
+    if not isinstance(value, str) or not ISCSI_NAME.fullmatch(value):
         raise InputError(f"iSCSI connection info: target {shown(value)} is not an iSCSI "
                          "name")
     return value
@@ -147,7 +158,7 @@ def _iqn(value: Any) -> str:
 def _lun(value: Any) -> int:
     if isinstance(value, str) and value.isdigit() and len(value) <= 5:
         value = int(value)  # some drivers send the LUN as text
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= LUN_MAX:
+    if not is_lun(value):
         raise InputError(f"iSCSI connection info: LUN {shown(value)} is not a number from "
                          f"0 to {LUN_MAX}")
     return value
@@ -162,6 +173,87 @@ _MODELLED = frozenset({
     "attachment_id", "target_portal", "target_iqn", "target_lun", "target_portals",
     "target_iqns", "target_luns", "auth_method", "auth_username", "auth_password",
     "discovery_auth_method", "discovery_auth_username", "discovery_auth_password"})
+
+
+def _common_fields(dvt: str, data: dict[str, Any], volume_id: str,
+                   attachment_id: Any) -> dict[str, Any]:
+    """The fields every connection info has, whatever its type, checked; and ``data``,
+    what travels unmodelled."""
+    if not _TEXT.fullmatch(dvt) or len(dvt) > 64:
+        raise InputError(f"connection info: driver_volume_type {shown(dvt)} is not a "
+                         "name")
+    said_volume = data.get("volume_id")
+    if said_volume not in (None, "", volume_id):
+        raise InputError(f"connection info is for volume {shown(said_volume)}, not "
+                         f"{volume_id}")
+    access_mode = data.get("access_mode") or "rw"
+    if access_mode not in ("rw", "ro"):
+        raise InputError(f"connection info: access_mode {shown(access_mode)} is not "
+                         "rw or ro")
+    flags = {}
+    for key in ("discard", "encrypted"):
+        value = data.get(key)
+        if value not in (None, True, False):
+            raise InputError(f"connection info: {key} {shown(value)} is not true or "
+                             "false")
+        flags[key] = bool(value)
+    if attachment_id is not None and not (isinstance(attachment_id, str) and
+                                          ISCSI_NAME.fullmatch(attachment_id)):
+        raise InputError(f"connection info: attachment_id {shown(attachment_id)} is "
+                         "not an id")
+    return dict(driver_volume_type=dvt, volume_id=volume_id, access_mode=access_mode,
+                attachment_id=attachment_id or None, **flags,
+                # iSCSI's own fields are modelled; other types keep the rest,
+                # but no secret (attachflow connects only iSCSI).
+                data=tuple(sorted((str(k), v) for k, v in data.items()
+                                  if k not in (_MODELLED if dvt == "iscsi"
+                                               else _COMMON)
+                                  and not is_secret_key(str(k)))))
+
+
+def _portals(data: dict[str, Any], iqn: str,
+             lun: int) -> tuple[tuple[Portal, str, int], ...]:
+    """A multipath target's paths (``target_portals`` and their IQNs and LUNs, the
+    primary ones when not given), or none."""
+    if not data.get("target_portals"):
+        return ()
+    many = data["target_portals"]
+    iqns = data.get("target_iqns") or [iqn] * len(many) if isinstance(
+        many, list) else None
+    luns = data.get("target_luns") or [lun] * len(many) if isinstance(
+        many, list) else None
+    if not all(isinstance(x, list) for x in (many, iqns, luns)) or \
+            not len(many) == len(iqns) == len(luns) or len(many) > 64:
+        raise InputError("iSCSI connection info: target_portals, target_iqns and "
+                         "target_luns are not lists of one length")
+    return tuple((Portal.parse(p), _iqn(q), _lun(n))
+                 for p, q, n in zip(many, iqns, luns))
+
+
+def _auth_names(data: dict[str, Any]) -> dict[str, str | None]:
+    """The CHAP methods and user names (None when not given)."""
+    texts = {}
+    for key in ("auth_method", "auth_username", "discovery_auth_method",
+                "discovery_auth_username"):
+        value = data.get(key)
+        if value in (None, ""):
+            texts[key] = None
+        elif isinstance(value, str) and _TEXT.fullmatch(value):
+            texts[key] = value
+        else:
+            raise InputError(f"iSCSI connection info: {key} {shown(value)} is not a "
+                             "name")
+    return texts
+
+
+def _secret(data: dict[str, Any], key: str) -> Secret | None:
+    """A CHAP password; an empty or masked one (a record's) is none."""
+    value = data.get(key)
+    if value in (None, "", MASK):
+        return None
+    if not isinstance(value, str) or not _TEXT.fullmatch(value):
+        raise InputError(f"iSCSI connection info: {key} is not text")
+    return Secret(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,36 +308,7 @@ class ConnectionInfo:
                attachment_id: Any) -> "ConnectionInfo":
         """The typed form of what the storage side said; anything of the wrong type or
         form in a field attachflow uses is refused (``InputError``, one line)."""
-        if not _TEXT.fullmatch(dvt) or len(dvt) > 64:
-            raise InputError(f"connection info: driver_volume_type {shown(dvt)} is not a "
-                             "name")
-        said_volume = data.get("volume_id")
-        if said_volume not in (None, "", volume_id):
-            raise InputError(f"connection info is for volume {shown(said_volume)}, not "
-                             f"{volume_id}")
-        access_mode = data.get("access_mode") or "rw"
-        if access_mode not in ("rw", "ro"):
-            raise InputError(f"connection info: access_mode {shown(access_mode)} is not "
-                             "rw or ro")
-        flags = {}
-        for key in ("discard", "encrypted"):
-            value = data.get(key)
-            if value not in (None, True, False):
-                raise InputError(f"connection info: {key} {shown(value)} is not true or "
-                                 "false")
-            flags[key] = bool(value)
-        if attachment_id is not None and not (isinstance(attachment_id, str) and
-                                              _IQN.fullmatch(attachment_id)):
-            raise InputError(f"connection info: attachment_id {shown(attachment_id)} is "
-                             "not an id")
-        common = dict(driver_volume_type=dvt, volume_id=volume_id, access_mode=access_mode,
-                      attachment_id=attachment_id or None, **flags,
-                      # iSCSI's own fields are modelled; other types keep the rest,
-                      # but no secret (attachflow connects only iSCSI).
-                      data=tuple(sorted((str(k), v) for k, v in data.items()
-                                        if k not in (_MODELLED if dvt == "iscsi"
-                                                     else _COMMON)
-                                        and not is_secret_key(str(k)))))
+        common = _common_fields(dvt, data, volume_id, attachment_id)
         if dvt != "iscsi":
             return cls(**common)
         for key in ("target_portal", "target_iqn"):
@@ -254,43 +317,12 @@ class ConnectionInfo:
         portal = Portal.parse(data["target_portal"])
         iqn = _iqn(data["target_iqn"])
         lun = _lun(data.get("target_lun", 0))
-        portals: tuple[tuple[Portal, str, int], ...] = ()
-        if data.get("target_portals"):
-            many = data["target_portals"]
-            iqns = data.get("target_iqns") or [iqn] * len(many) if isinstance(
-                many, list) else None
-            luns = data.get("target_luns") or [lun] * len(many) if isinstance(
-                many, list) else None
-            if not all(isinstance(x, list) for x in (many, iqns, luns)) or \
-                    not len(many) == len(iqns) == len(luns) or len(many) > 64:
-                raise InputError("iSCSI connection info: target_portals, target_iqns and "
-                                 "target_luns are not lists of one length")
-            portals = tuple((Portal.parse(p), _iqn(q), _lun(n))
-                            for p, q, n in zip(many, iqns, luns))
-        texts = {}
-        for key in ("auth_method", "auth_username", "discovery_auth_method",
-                    "discovery_auth_username"):
-            value = data.get(key)
-            if value in (None, ""):
-                texts[key] = None
-            elif isinstance(value, str) and _TEXT.fullmatch(value):
-                texts[key] = value
-            else:
-                raise InputError(f"iSCSI connection info: {key} {shown(value)} is not a "
-                                 "name")
-
-        def secret(key: str) -> Secret | None:
-            value = data.get(key)
-            if value in (None, "", MASK):
-                return None
-            if not isinstance(value, str) or not _TEXT.fullmatch(value):
-                raise InputError(f"iSCSI connection info: {key} is not text")
-            return Secret(value)
-
+        portals = _portals(data, iqn, lun)
+        names = _auth_names(data)
         return cls(portal=portal, iqn=iqn, lun=lun, portals=portals,
-                   auth_password=secret("auth_password"),
-                   discovery_auth_password=secret("discovery_auth_password"),
-                   **texts, **common)
+                   auth_password=_secret(data, "auth_password"),
+                   discovery_auth_password=_secret(data, "discovery_auth_password"),
+                   **names, **common)
 
     def without_secrets(self) -> "ConnectionInfo":
         return dataclasses.replace(self, auth_password=None, discovery_auth_password=None)

@@ -105,6 +105,24 @@ def _write_hosts_file(comps: list) -> None:
     layout.write(hosts_file(), layout.render_text("hosts.toml", entries="".join(entries)))
 
 
+def _prepare_state_dir(auth: str, kernel_nodes: bool, fresh: bool,
+                       echo: Callable[[str], None]) -> None:
+    """The state dir, with what the lab is brought up with (kept for the next ``up``)."""
+    from attachflow.lab import layout
+    st = state_dir()
+    st.mkdir(parents=True, exist_ok=True)
+    # Cinder's per-target tgt files hold CHAP passwords; everything here is used
+    # by root only.
+    os.chmod(st, 0o700)
+    layout.write(layout.path("auth"), auth + "\n")
+    if kernel_nodes:
+        layout.write(layout.path("kernel-nodes"), "yes\n")
+    layout.path("log").mkdir(exist_ok=True)
+    echo(f"state dir {st}")
+    if fresh:
+        layout.write(layout.path("ready-seconds.json"), "{}\n")
+
+
 def up(echo: Callable[[str], None] = print, auth: str | None = None,
        kernel_nodes: bool = False) -> dict[str, Any]:
     """Install what is missing, start the lab, wait until it is usable.
@@ -130,18 +148,7 @@ def up(echo: Callable[[str], None] = print, auth: str | None = None,
         comps = components(auth, kernel_nodes)
         try:
             install.install(comps, echo)
-            st = state_dir()
-            st.mkdir(parents=True, exist_ok=True)
-            # Cinder's per-target tgt files hold CHAP passwords; everything here is used
-            # by root only.
-            os.chmod(st, 0o700)
-            layout.write(layout.path("auth"), auth + "\n")
-            if kernel_nodes:
-                layout.write(layout.path("kernel-nodes"), "yes\n")
-            layout.path("log").mkdir(exist_ok=True)
-            echo(f"state dir {st}")
-            if fresh:
-                layout.write(layout.path("ready-seconds.json"), "{}\n")
+            _prepare_state_dir(auth, kernel_nodes, fresh, echo)
             lab.supervisor.write_config([p for c in comps for p in c.programs()])
             _write_hosts_file(comps)
             lab.supervisor.ensure_running()

@@ -117,6 +117,29 @@ def _release(work: Path) -> None:
         run(["umount", "-l", point], check=False)
 
 
+def _copy_boot_files(root: Path, work: Path) -> None:
+    """The newest kernel and initramfs of the root file system, next to it in ``work``:
+    the nodes boot them directly."""
+    kernels = sorted((root / "boot").glob("vmlinuz-*"))
+    initrds = sorted((root / "boot").glob("initrd.img-*"))
+    if not kernels or not initrds:
+        raise LabError("node image: no kernel or initramfs was installed")
+    shutil.copyfile(kernels[-1], work / "vmlinuz")
+    shutil.copyfile(initrds[-1], work / "initrd.img")
+
+
+def _make_root_disk(root: Path, work: Path) -> None:
+    """``work``/root.qcow2 holding the root file system (made from the directory, so the
+    build needs no loop device)."""
+    raw = work / "root.raw"
+    run(["truncate", "-s", ROOT_SIZE, str(raw)])
+    run(["mke2fs", "-q", "-t", "ext4", "-L", "af-root", "-d", str(root), str(raw)],
+        timeout=600)
+    run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(work / "root.qcow2")],
+        timeout=600)
+    raw.unlink()
+
+
 def build(echo: Callable[[str], None]) -> Image:
     """Build the image for the current recipe into the cache; returns it."""
     image = current()
@@ -150,20 +173,9 @@ def build(echo: Callable[[str], None]) -> Image:
         for key in (root / "etc/ssh").glob("ssh_host_*"):
             key.unlink()
         policy.unlink()
-        kernels = sorted((root / "boot").glob("vmlinuz-*"))
-        initrds = sorted((root / "boot").glob("initrd.img-*"))
-        if not kernels or not initrds:
-            raise LabError("node image: no kernel or initramfs was installed")
-        shutil.copyfile(kernels[-1], work / "vmlinuz")
-        shutil.copyfile(initrds[-1], work / "initrd.img")
+        _copy_boot_files(root, work)
         echo(f"node image {image.dir.name}: root file system")
-        raw = work / "root.raw"
-        run(["truncate", "-s", ROOT_SIZE, str(raw)])
-        run(["mke2fs", "-q", "-t", "ext4", "-L", "af-root", "-d", str(root), str(raw)],
-            timeout=600)
-        run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(work / "root.qcow2")],
-            timeout=600)
-        raw.unlink()
+        _make_root_disk(root, work)
         shutil.rmtree(root)
         layout.write(work / "recipe.json", json.dumps(recipe(), indent=1) + "\n")
     except BaseException as exc:

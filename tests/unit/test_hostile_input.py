@@ -198,3 +198,33 @@ def test_unknown_keys_in_connection_info_travel_without_being_trusted():
         "volume_backend_secret_key": "s3cret-value", "weird": {"a": [1, 2]}}, VOLUME)
     assert "s3cret-value" not in repr(conn) and "s3cret-value" not in json.dumps(
         conn.to_record())
+
+
+def _accepted(make) -> bool:
+    try:
+        make()
+    except errors.InputError as exc:
+        one_line(exc)
+        return False
+    return True
+
+
+# Characters on both sides of the iSCSI name and host patterns' edges.
+_EDGE = st.sampled_from("aZ09.:-_/ <é\x00\x7f")
+
+
+@settings(max_examples=300, deadline=None)
+@given(iqn=st.text(_EDGE, max_size=6) | st.sampled_from(["q" * 223, "q" * 224]),
+       host=st.text(_EDGE.filter(lambda c: c != ":"), max_size=6) |
+       st.sampled_from(["fd00::2", "h" * 253, "h" * 254]),
+       port=st.integers(-1, 65536), lun=st.integers(-1, 16384) | st.just(True))
+def test_connection_info_and_the_xml_take_the_same_targets(iqn, host, port, lun):
+    """The storage side's target, portal and LUN are accepted exactly when the disk XML
+    takes them: the two checks cannot drift apart."""
+    from_storage = _accepted(lambda: ConnectionInfo.from_cinder(
+        {"driver_volume_type": "iscsi", "target_iqn": iqn, "target_lun": lun,
+         "target_portal": f"[{host}]:{port}"}, VOLUME))
+    into_xml = _accepted(lambda: domxml.Disk.build(domxml.DiskSpec(
+        domxml.NetworkISCSISource(iqn=iqn, lun=lun, hosts=(Portal(host, port),)),
+        "vdb", VOLUME)).to_xml())
+    assert from_storage == into_xml
