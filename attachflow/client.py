@@ -240,7 +240,9 @@ class Client:
             if op is None or op.state != INCOMPLETE:
                 raise
             if isinstance(exc, errors.OperationFailed) and exc.next_step:
-                raise  # it waits on something outside attachflow: the error says what
+                if isinstance(exc.cause, errors.DeviceRemovalTimeout):
+                    raise  # the guest has not answered: waiting again here would not help
+                exc.next_step = ""  # recover, now, is the next step
             try:
                 [settled] = self.recover(op.id)
             except errors.AttachflowError as again:

@@ -372,9 +372,17 @@ class LibvirtHypervisor(Hypervisor):
                     if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_FAILED:
                         raise errors.HypervisorError(
                             f"detach disk on {self.host_name}: {_lverr(exc)}") from exc
-                if self._removed_by(dom, target, removed,
-                                    min(deadline, time.monotonic() + attempt_wait)):
-                    return
+                try:
+                    if self._removed_by(dom, target, removed,
+                                        min(deadline, time.monotonic() + attempt_wait)):
+                        return
+                except libvirt.libvirtError as exc:
+                    if not _never_sent(exc):
+                        raise errors.HypervisorError(
+                            f"detach disk on {self.host_name}: {_lverr(exc)}") from exc
+                    # libvirtd restarted while this waited: the unplug stays asked; watch
+                    # again on a new connection (asking once more is harmless)
+                    dom, watched = self._rewatch_removals(name, on_removed)
                 if time.monotonic() >= deadline:
                     raise errors.DeviceRemovalTimeout(
                         f"guest '{name}' did not release {target} within {timeout:.0f} s")
