@@ -333,76 +333,12 @@ class LibvirtHypervisor(Hypervisor):
                      lambda dom: dom.attachDeviceFlags(xml, self._flags(live, config)))
 
     def detach_device(self, name, disk, live, config, timeout):
-        libvirt = _libvirt()
-        xml = disk.to_xml()
         if config:
+            xml = disk.to_xml()
             self._change(name, "detach disk (persistent)",
                          lambda dom: dom.detachDeviceFlags(xml, self._flags(False, True)))
-        if not live:
-            return
-        dom = self._dom(name)
-        target = disk.target_dev
-        alias = disk.alias
-        if alias is None:  # a disk as built, not as libvirt shows it: ask for its alias
-            found = [d for d in self._live_disks(dom) if d.target_dev == target]
-            alias = found[0].alias if found else None
-        removed = threading.Event()
-
-        def on_removed(_conn, _dom, dev_alias, _opaque):
-            if dev_alias in (alias, target):
-                removed.set()
-
-        def watch():
-            conn = self.conn
-            return conn, conn.domainEventRegisterAny(
-                dom, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, on_removed, None)
-
-        try:
-            watched = watch()
-        except libvirt.libvirtError as exc:
-            if not _never_sent(exc):
-                raise errors.HypervisorError(
-                    f"detach disk on {self.host_name}: {_lverr(exc)}") from exc
-            self._drop()  # libvirtd restarted since the lookup: a new connection
-            dom = self._dom(name)
-            watched = watch()
-        resent = False
-        try:
-            deadline = time.monotonic() + timeout
-            attempt_wait = max(1.0, timeout / 6)
-            while True:
-                try:
-                    dom.detachDeviceFlags(xml, self._flags(True, False))
-                except libvirt.libvirtError as exc:
-                    if _never_sent(exc) and not resent:
-                        # not sent: the connection closed; once more on a new one
-                        resent = True
-                        self._drop()
-                        dom = self._dom(name)
-                        watched = watch()
-                        continue
-                    if not self._disk_present(dom, target):
-                        return
-                    # "already in the process of unplug" means keep waiting
-                    if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_FAILED:
-                        raise errors.HypervisorError(
-                            f"detach disk on {self.host_name}: {_lverr(exc)}") from exc
-                wait_until = min(deadline, time.monotonic() + attempt_wait)
-                while time.monotonic() < wait_until:
-                    # The event says it at once; the XML, read at most once a second,
-                    # covers an event lost with a reconnecting link.
-                    if removed.wait(min(1.0, max(0.0, wait_until - time.monotonic()))) \
-                            or not self._disk_present(dom, target):
-                        return
-                if time.monotonic() >= deadline:
-                    raise errors.DeviceRemovalTimeout(
-                        f"guest '{name}' did not release {target} within {timeout:.0f} s")
-        finally:
-            conn, cb = watched
-            try:
-                conn.domainEventDeregisterAny(cb)
-            except libvirt.libvirtError:
-                pass
+        if live:
+            _LiveUnplug(self, name, disk, timeout).run()
 
     @staticmethod
     def _live_disks(dom) -> list[domxml.Disk]:
@@ -476,6 +412,132 @@ class LibvirtHypervisor(Hypervisor):
 
 def _lverr(exc) -> str:
     return (exc.get_error_message() or str(exc)).strip()
+
+
+class _LiveUnplug:
+    """One live unplug of a disk: ask the guest to let go of it, and wait until it has.
+
+    Owns the DeviceRemoved watch it registers. The domain's handle, the watch and every
+    call go over one connection, since libvirt refuses a handle of one connection on
+    another. When libvirtd restarts during the wait (the connection dies), all three are
+    made again on a new connection and the request is sent again: libvirt answers a
+    repeated request with "already in the process of unplug", or the disk is gone."""
+
+    RECONNECTS = 3
+
+    def __init__(self, hypervisor: LibvirtHypervisor, name: str, disk: domxml.Disk,
+                 timeout: float):
+        self._hv = hypervisor
+        self._name = name
+        self._xml = disk.to_xml()
+        self._target = disk.target_dev
+        self._alias = disk.alias
+        self._timeout = timeout
+        self._removed = threading.Event()
+        self._conn = self._dom = self._watch_id = None
+
+    def run(self) -> None:
+        libvirt = _libvirt()
+        deadline = time.monotonic() + self._timeout
+        attempt_wait = max(1.0, self._timeout / 6)
+        reconnects = 0
+        try:
+            while True:
+                try:
+                    if self._dom is None:
+                        self._watch()
+                    if self._asked_and_gone() or self._released(
+                            min(deadline, time.monotonic() + attempt_wait)):
+                        return
+                except libvirt.libvirtError as exc:
+                    if not self._connection_lost(exc) or reconnects >= self.RECONNECTS:
+                        raise self._error(exc) from exc
+                    reconnects += 1
+                    LOG.debug("live detach on %s: connection lost (%s); again on a new "
+                              "one", self._hv.host_name, _lverr(exc))
+                    self._unwatch(drop_connection=True)
+                    continue
+                if time.monotonic() >= deadline:
+                    raise errors.DeviceRemovalTimeout(
+                        f"guest '{self._name}' did not release {self._target} within "
+                        f"{self._timeout:.0f} s")
+        finally:
+            self._unwatch()
+
+    def _watch(self) -> None:
+        """The domain's handle and the DeviceRemoved watch, both on one connection."""
+        libvirt = _libvirt()
+        self._conn = conn = self._hv.conn
+        dom = conn.lookupByName(self._name)
+        if self._alias is None:  # a disk as built, not as libvirt shows it: ask for it
+            found = [d for d in LibvirtHypervisor._live_disks(dom)
+                     if d.target_dev == self._target]
+            self._alias = found[0].alias if found else None
+        self._watch_id = conn.domainEventRegisterAny(
+            dom, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, self._on_removed, None)
+        self._dom = dom
+
+    def _on_removed(self, _conn, _dom, dev_alias, _opaque) -> None:
+        if dev_alias in (self._alias, self._target):
+            self._removed.set()
+
+    def _asked_and_gone(self) -> bool:
+        """Send the request; True when libvirt says the disk is already gone."""
+        libvirt = _libvirt()
+        try:
+            self._dom.detachDeviceFlags(self._xml, self._hv._flags(True, False))
+        except libvirt.libvirtError as exc:
+            if self._connection_lost(exc):
+                raise
+            if not self._present():
+                return True
+            # "already in the process of unplug" means keep waiting
+            if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_FAILED:
+                raise
+        return False
+
+    def _released(self, until: float) -> bool:
+        while time.monotonic() < until:
+            # The event says it at once; the XML, read at most once a second, covers an
+            # event lost with a reconnecting link or a restarted libvirtd.
+            if self._removed.wait(min(1.0, max(0.0, until - time.monotonic()))) \
+                    or not self._present():
+                return True
+        return False
+
+    def _present(self) -> bool:
+        return any(d.target_dev == self._target
+                   for d in LibvirtHypervisor._live_disks(self._dom))
+
+    def _connection_lost(self, exc) -> bool:
+        if _never_sent(exc):
+            return True
+        if self._conn is None:
+            return False
+        try:
+            return not self._conn.isAlive()
+        except Exception:  # a connection that cannot even say so is not alive
+            return True
+
+    def _unwatch(self, drop_connection: bool = False) -> None:
+        libvirt = _libvirt()
+        conn, watch_id = self._conn, self._watch_id
+        self._conn = self._dom = self._watch_id = None
+        if conn is not None and watch_id is not None:
+            try:
+                conn.domainEventDeregisterAny(watch_id)
+            except libvirt.libvirtError:
+                pass  # gone with its connection
+        if drop_connection and (conn is None or self._hv._conn is conn):
+            self._hv._drop()
+
+    def _error(self, exc) -> errors.AttachflowError:
+        libvirt = _libvirt()
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return errors.DomainNotFound(
+                f"domain '{self._name}' not found on host {self._hv.host_name}")
+        return errors.HypervisorError(
+            f"detach disk on {self._hv.host_name}: {_lverr(exc)}")
 
 
 class _Unsent(errors.HypervisorError):

@@ -76,6 +76,18 @@ class _Conn:
         self._check()
         return "hosta"
 
+    def domainEventRegisterAny(self, dom, event, callback, opaque):
+        self._check()
+        if dom.conn is not self:  # as libvirt: a handle is only good on its connection
+            raise _LibvirtError("invalid argument: domain 'vm1' must match connection",
+                                code=8)
+        self.daemon.watches[id(callback)] = (self, callback)
+        return id(callback)
+
+    def domainEventDeregisterAny(self, watch_id):
+        self._check()
+        self.daemon.watches.pop(watch_id)
+
     def lookupByName(self, name):
         self._check()
         if name != "vm1":
@@ -83,6 +95,9 @@ class _Conn:
         conn = self
 
         class Dom:
+            def __init__(self):
+                self.conn = conn
+
             def name(self):
                 return "vm1"
 
@@ -101,7 +116,25 @@ class _Conn:
                     raise _LibvirtError("internal error: client socket is closed")
                 conn._check()
                 conn.daemon.changes.append(("attach", xml, conn.generation))
+
+            def XMLDesc(self, flags):
+                conn._check()
+                disks = (_DISK_XML,) if conn.daemon.disk_plugged else ()
+                return f"<domain><name>vm1</name><devices>{''.join(disks)}</devices></domain>"
+
+            def detachDeviceFlags(self, xml, flags):
+                if conn.generation != conn.daemon.generation:
+                    raise _LibvirtError("internal error: client socket is closed")
+                conn._check()
+                conn.daemon.changes.append(("detach", flags, conn.generation))
+                if conn.daemon.on_unplug_request:
+                    conn.daemon.on_unplug_request()
         return Dom()
+
+
+_DISK_XML = ("<disk type='block' device='disk'><source dev='/dev/sdb'/>"
+             "<target dev='vdb' bus='virtio'/><serial>v1</serial><alias name='ua-v1'/>"
+             "</disk>")
 
 
 class _Daemon:
@@ -111,11 +144,22 @@ class _Daemon:
     VIR_ERR_NO_DOMAIN = 42
     VIR_DOMAIN_AFFECT_LIVE = 1
     VIR_DOMAIN_AFFECT_CONFIG = 2
+    VIR_ERR_OPERATION_FAILED = 9
+    VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED = 15
 
     def __init__(self):
         self.generation = 0
         self.opened = 0
         self.changes = []
+        self.watches = {}
+        self.disk_plugged = True
+        self.on_unplug_request = None
+
+    def guest_releases_the_disk(self, tell_watchers=True):
+        self.disk_plugged = False
+        for conn, callback in list(self.watches.values()) if tell_watchers else ():
+            if conn.isAlive():
+                callback(conn, None, "ua-v1", None)
 
     def open(self, uri):
         self.opened += 1
@@ -123,6 +167,7 @@ class _Daemon:
 
     def restart(self):
         self.generation += 1
+        self.watches.clear()  # they went with the connections
 
 
 def test_a_restarted_libvirtd_is_reconnected_and_a_read_asked_again(monkeypatch):
@@ -148,6 +193,9 @@ def test_a_restarted_libvirtd_is_reconnected_and_a_read_asked_again(monkeypatch)
 
 
 class _Disk:
+    target_dev = "vdb"
+    alias = "ua-v1"
+
     def to_xml(self):
         return "<disk/>"
 
@@ -197,3 +245,57 @@ def test_a_change_the_client_could_not_send_is_made_once_on_a_new_connection(mon
     hv.attach_device("vm1", _Disk(), live=True, config=False)
     assert daemon.changes == [("attach", "<disk/>", daemon.generation)]
     assert daemon.opened == 2
+
+
+def test_a_live_detach_whose_connection_dies_after_the_lookup_watches_on_a_new_one(
+        monkeypatch):
+    """libvirtd restarted between the domain's lookup and the watch for DeviceRemoved:
+    the handle and the watch are both made again on one new connection, never a handle
+    of the old connection with the new one."""
+    daemon, hv = _restartable(monkeypatch)
+    hv.lookup("vm1")
+    stale = hv._conn
+    real_lookup = stale.lookupByName
+
+    def lookup_then_restart(name):
+        dom = real_lookup(name)
+        daemon.restart()
+        return dom
+    stale.lookupByName = lookup_then_restart
+    daemon.on_unplug_request = daemon.guest_releases_the_disk
+    hv.detach_device("vm1", _Disk(), live=True, config=False, timeout=5)
+    assert daemon.changes == [("detach", 1, daemon.generation)]
+    assert daemon.opened == 2 and daemon.watches == {}
+
+
+def test_a_live_detach_waiting_while_libvirtd_restarts_sees_the_release_it_missed(
+        monkeypatch):
+    """The guest lets go of the disk while libvirtd is down, so the event is lost; the
+    wait goes on over a new connection, whose XML shows the disk gone."""
+    daemon, hv = _restartable(monkeypatch)
+
+    def restart_and_release():
+        daemon.on_unplug_request = None
+        daemon.restart()
+        daemon.guest_releases_the_disk(tell_watchers=False)
+    daemon.on_unplug_request = restart_and_release
+    hv.detach_device("vm1", _Disk(), live=True, config=False, timeout=5)
+    assert daemon.opened == 2 and daemon.watches == {}
+    assert not daemon.disk_plugged
+
+
+def test_a_live_detach_the_guest_never_answers_times_out_and_leaves_no_watch(monkeypatch):
+    daemon, hv = _restartable(monkeypatch)
+    with pytest.raises(errors.DeviceRemovalTimeout, match="did not release vdb within 1 s"):
+        hv.detach_device("vm1", _Disk(), live=True, config=False, timeout=1)
+    assert daemon.watches == {} and daemon.opened == 1
+    assert [c[0] for c in daemon.changes] == ["detach"]
+
+
+def test_a_live_detach_over_a_libvirtd_that_keeps_dying_gives_up_with_its_error(
+        monkeypatch):
+    daemon, hv = _restartable(monkeypatch)
+    daemon.on_unplug_request = daemon.restart
+    with pytest.raises(errors.HypervisorError, match="^detach disk on hosta: Cannot write"):
+        hv.detach_device("vm1", _Disk(), live=True, config=False, timeout=5)
+    assert daemon.watches == {}
