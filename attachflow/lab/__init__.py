@@ -105,8 +105,7 @@ def _write_hosts_file(comps: list) -> None:
     layout.write(hosts_file(), layout.render_text("hosts.toml", entries="".join(entries)))
 
 
-def _prepare_state_dir(auth: str, kernel_nodes: bool, fresh: bool,
-                       echo: Callable[[str], None]) -> None:
+def _prepare_state_dir(auth: str, fresh: bool, echo: Callable[[str], None]) -> None:
     """The state dir, with what the lab is brought up with (kept for the next ``up``)."""
     from attachflow.lab import layout
     st = state_dir()
@@ -115,8 +114,6 @@ def _prepare_state_dir(auth: str, kernel_nodes: bool, fresh: bool,
     # by root only.
     os.chmod(st, 0o700)
     layout.write(layout.path("auth"), auth + "\n")
-    if kernel_nodes:
-        layout.write(layout.path("kernel-nodes"), "yes\n")
     layout.path("log").mkdir(exist_ok=True)
     echo(f"state dir {st}")
     if fresh:
@@ -144,20 +141,28 @@ def up(echo: Callable[[str], None] = print, auth: str | None = None,
             raise LabError(f"the lab runs with {chosen}; `attachflow lab down` first to "
                            f"bring it up with {auth}")
         auth = auth or chosen or layout.AUTH_MODES[0]
+        # Nodes this call adds to a running lab, taken out again if the call fails.
+        adding_nodes = kernel_nodes and not fresh and not layout.kernel_nodes()
         kernel_nodes = kernel_nodes or (not fresh and layout.kernel_nodes())
         comps = components(auth, kernel_nodes)
         try:
             install.install(comps, echo)
-            _prepare_state_dir(auth, kernel_nodes, fresh, echo)
+            _prepare_state_dir(auth, fresh, echo)
             lab.supervisor.write_config([p for c in comps for p in c.programs()])
             _write_hosts_file(comps)
             lab.supervisor.ensure_running()
             bring_up(lab, comps)
+            # Only nodes that came up belong to the lab: a later plain `up` brings them
+            # up again, and must not fail on nodes that never ran.
+            if kernel_nodes:
+                layout.write(layout.path("kernel-nodes"), "yes\n")
         except BaseException as e:
             if fresh:
                 echo(f"lab up failed: {e}; tearing down")
                 with contextlib.suppress(Exception):
                     _down(lambda _m: None)
+            elif adding_nodes:
+                raise _without_nodes(lab, auth, e) from e
             else:
                 # The lab ran before this call: leave the running parts (and their
                 # volumes) alone; `lab down` removes everything.
@@ -175,6 +180,26 @@ def up(echo: Callable[[str], None] = print, auth: str | None = None,
     return result
 
 
+def _without_nodes(lab, auth: str, failure: BaseException) -> LabError:
+    """Take out the kernel nodes a failed `up` was adding to a running lab, so that the
+    lab runs as it did before; the error to raise says so."""
+    from attachflow.lab.component import bring_down
+    base = components(auth, kernel_nodes=False)
+    names = {c.name for c in base}
+    lab.echo(f"lab up failed: {failure}; taking the kernel nodes out again")
+    problems = bring_down(lab, [c for c in components(auth, True) if c.name not in names])
+    try:
+        lab.supervisor.write_config([p for c in base for p in c.programs()])
+        _write_hosts_file(base)
+        lab.supervisor.ensure_running()
+    except (LabError, OSError) as e:
+        problems.append(str(e))
+    left = f"; not undone: {'; '.join(problems)}" if problems else ""
+    return LabError(f"the kernel nodes did not come up: {failure}; the lab runs without "
+                    f"them, as before{left} (fix that, then `attachflow lab up "
+                    f"--kernel-nodes` again)")
+
+
 def down(echo: Callable[[str], None] = print) -> None:
     """Stop and remove everything the lab created (the installation stays); returns only
     once no process of the lab is left."""
@@ -190,7 +215,9 @@ def _down(echo: Callable[[str], None]) -> None:
     count = len(lab.cgroup.pids())
     if count:
         echo(f"stopping {count} lab processes")
-    problems = bring_down(lab, components())
+    # With the nodes, whether or not the lab records them: an `up` adding them that was
+    # killed before it did may have left their tap devices.
+    problems = bring_down(lab, components(kernel_nodes=True))
     # Each step on its own: a supervisord that hangs must not keep the cgroup's SIGKILL,
     # the backstop for exactly that, from running.
     for what, step in (("supervisord", lab.supervisor.shutdown),

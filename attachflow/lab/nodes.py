@@ -1,8 +1,9 @@
 """Compute-node virtual machines (`lab up --kernel-nodes`): ``nodea`` and ``nodeb`` boot the
 Debian image (nodeimage.py) under QEMU TCG, with a kernel that has the iSCSI initiator,
 SCSI and dm-multipath this machine's kernel lacks. Each runs systemd with iscsid,
-multipathd, libvirtd and sshd, and attachflow installed from the source tree that
-brought the lab up; the guests they run are nested, under TCG as well.
+multipathd, libvirtd and sshd, and the attachflow that brought the lab up (a wheel of
+its checkout or of its installed files, nodewheel.py); the guests they run are nested,
+under TCG as well.
 
 Side effects owned: the node's files in the state dir (its copy-on-write root disk over
 the cached image, its configuration disk, console log), its tap device on the lab bridge,
@@ -12,16 +13,13 @@ and its QEMU process.
 from __future__ import annotations
 
 import shutil
-import sys
-import threading
-from pathlib import Path
 
-import attachflow
 from attachflow.lab import layout
 from attachflow.lab.component import Component, Lab, Status
 from attachflow.lab.errors import LabError, NeverReady
 from attachflow.lab.network import link_exists
 from attachflow.lab.nodeimage import current as current_image
+from attachflow.lab.nodewheel import wheel
 from attachflow.lab.shell import port_open, run, tail
 from attachflow.lab.ssh import client_key, host_dir, known_hosts, ssh_argv
 from attachflow.lab.supervision import Program
@@ -55,33 +53,6 @@ command -v attachflow >/dev/null || {{ echo "waiting for attachflow to be instal
 virsh -q -c qemu:///system list --all >/dev/null || {{ echo "waiting for libvirtd"; exit 0; }}
 echo ready
 """
-
-_WHEEL_LOCK = threading.Lock()
-
-
-def source_tree() -> Path:
-    tree = Path(attachflow.__file__).resolve().parents[1]
-    if not (tree / "pyproject.toml").exists():
-        raise LabError(f"kernel nodes install attachflow from its source tree, and {tree} "
-                       "is not one: run attachflow from a checkout")
-    return tree
-
-
-def wheel() -> Path:
-    """attachflow built from the source tree, once per `lab up`, for both nodes."""
-    out = layout.path("nodes-wheel")
-    with _WHEEL_LOCK:
-        found = sorted(out.glob("attachflow-*.whl"))
-        if found:
-            return found[-1]
-        shutil.rmtree(out, ignore_errors=True)
-        run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out),
-             str(source_tree())], timeout=300)
-        found = sorted(out.glob("attachflow-*.whl"))
-        if not found:
-            raise LabError(f"pip wheel {source_tree()} made no wheel")
-        return found[-1]
-
 
 def tap(node: str) -> str:
     return layout.TAP_PREFIX + node
