@@ -129,6 +129,7 @@ def cli():
       ATTACHFLOW_TRANSPORT         --transport (kernel)
       ATTACHFLOW_VIRT_TYPE         boot --virt-type (kvm)
       ATTACHFLOW_BOOT_KERNEL, _INITRD, _CMDLINE   boot --kernel, --initrd, --cmdline
+                                   (after the host's boot_* in the hosts file)
       ATTACHFLOW_STORAGE_TIMEOUT   seconds per storage API request (30; 1 to 86400)
       ATTACHFLOW_STORAGE_DEADLINE  seconds per storage call, retries included (60)
       ATTACHFLOW_SERVICE_CLOUD     --os-service-cloud (or OS_SERVICE_USERNAME, ...)
@@ -220,30 +221,54 @@ def detach(volume, domain, timeout, strict, host, fmt, columns, debug, transport
               default=lambda: os.environ.get("ATTACHFLOW_VIRT_TYPE", "kvm"),
               show_default="kvm, or $ATTACHFLOW_VIRT_TYPE",
               help="kvm (hardware) or qemu (software emulation, TCG).")
-@click.option("--kernel", default=lambda: os.environ.get("ATTACHFLOW_BOOT_KERNEL"),
-              metavar="PATH", help="Boot this kernel (a path on the compute host) instead "
-                                   "of the volume's boot loader [$ATTACHFLOW_BOOT_KERNEL].")
-@click.option("--initrd", default=lambda: os.environ.get("ATTACHFLOW_BOOT_INITRD"),
-              metavar="PATH", help="Initrd for --kernel [$ATTACHFLOW_BOOT_INITRD].")
-@click.option("--cmdline", default=lambda: os.environ.get("ATTACHFLOW_BOOT_CMDLINE"),
-              help="Kernel command line for --kernel [$ATTACHFLOW_BOOT_CMDLINE].")
+@click.option("--kernel", metavar="PATH",
+              help="Boot this kernel (a path on the compute host) instead of the volume's "
+                   "boot loader [default: boot_kernel of the host's entry in the hosts "
+                   "file, else $ATTACHFLOW_BOOT_KERNEL].")
+@click.option("--initrd", metavar="PATH",
+              help="Initrd for --kernel [default: boot_initrd of the host's entry, else "
+                   "$ATTACHFLOW_BOOT_INITRD].")
+@click.option("--cmdline",
+              help="Kernel command line for --kernel [default: boot_cmdline of the host's "
+                   "entry, else $ATTACHFLOW_BOOT_CMDLINE].")
+@click.option("--no-kernel", is_flag=True,
+              help="Boot the volume's own boot loader even when the host's entry or the "
+                   "environment names a kernel.")
 @common(journal=True)
-def boot(name, volume, memory, vcpus, virt_type, kernel, initrd, cmdline, host, fmt, columns,
-         debug, transport, api, os_cloud, os_service_cloud, state_dir, lock_wait):
+def boot(name, volume, memory, vcpus, virt_type, kernel, initrd, cmdline, no_kernel, host,
+         fmt, columns, debug, transport, api, os_cloud, os_service_cloud, state_dir,
+         lock_wait):
     """Define and start domain NAME whose root disk (vda) is Cinder VOLUME.
 
-    The guest boots from the volume, or from --kernel/--initrd with the volume as vda.
+    The guest boots from the volume, or from --kernel/--initrd with the volume as vda;
+    those files must be on the host (checked before anything changes).
     Its serial console is logged to /var/log/libvirt/qemu/NAME-console.log on the host.
     A guest NAME already running from VOLUME is reported with already=true.
     """
     if (initrd or cmdline) and not kernel:
         raise click.UsageError("--initrd and --cmdline need --kernel")
-    direct = attachflow.DirectBoot(kernel, initrd, cmdline) if kernel else None
+    if no_kernel and kernel:
+        raise click.UsageError("--no-kernel and --kernel contradict each other")
     with _client(transport, api, os_cloud, os_service_cloud=os_service_cloud,
                  state_dir=state_dir, lock_wait=lock_wait) as client:
+        direct = None if no_kernel else _direct_boot(client.host(host).cfg, kernel,
+                                                     initrd, cmdline)
         result = client.boot(name, volume, host=host, memory_mib=memory, vcpus=vcpus,
                              virt_type=virt_type, direct_boot=direct)
     output.emit(result.to_dict(), fmt, columns)
+
+
+def _direct_boot(cfg, kernel, initrd, cmdline):
+    """What to boot: each of kernel, initrd and command line from the command line, else
+    the host's entry in the hosts file, else the environment. The entry comes before the
+    environment because its paths are that host's: one variable for every host may name
+    a file that only one of them has."""
+    kernel = kernel or cfg.boot_kernel or os.environ.get("ATTACHFLOW_BOOT_KERNEL")
+    if not kernel:
+        return None
+    return attachflow.DirectBoot(
+        kernel, initrd or cfg.boot_initrd or os.environ.get("ATTACHFLOW_BOOT_INITRD"),
+        cmdline or cfg.boot_cmdline or os.environ.get("ATTACHFLOW_BOOT_CMDLINE"))
 
 
 @cli.command()

@@ -50,6 +50,11 @@ class HostConfig:
     # login retries a slow target for a couple of minutes before it gives up).
     connect_timeout: float = 10.0
     command_timeout: float = 300.0
+    # What `attachflow boot` boots on this host when no --kernel/--initrd/--cmdline is
+    # given: paths on the host itself, which one setting for every host cannot name.
+    boot_kernel: str | None = None
+    boot_initrd: str | None = None
+    boot_cmdline: str | None = None
 
     @property
     def inbound_migration_uri(self) -> str:
@@ -80,6 +85,9 @@ _SCHEMA: dict[str, tuple[type | tuple[type, ...], str]] = {
     "hostname": (str, "a host name"),
     "connect_timeout": ((int, float), "a number of seconds from 1 to 300"),
     "command_timeout": ((int, float), "a number of seconds from 1 to 86400"),
+    "boot_kernel": (str, "an absolute path on the host"),
+    "boot_initrd": (str, "an absolute path on the host"),
+    "boot_cmdline": (str, "a kernel command line"),
 }
 _SECONDS = {"connect_timeout": 300, "command_timeout": 86400}
 
@@ -244,6 +252,8 @@ def _entry(where: _Locator, name: str, entry: Any) -> HostConfig:
             valid = bool(_ADDRESS.fullmatch(value))
         elif valid and key in _SECONDS:
             valid = 1 <= value <= _SECONDS[key]  # NaN and infinity fail this too
+        elif valid and key in ("boot_kernel", "boot_initrd"):
+            valid = value.startswith("/")
         elif valid:
             valid = bool(value.strip())
         if not valid:

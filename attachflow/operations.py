@@ -10,7 +10,7 @@ import time
 import uuid as uuidlib
 from typing import Any
 
-from attachflow import domxml, errors, record, validate
+from attachflow import bootfiles, domxml, errors, record, validate
 from attachflow.cinder_side import (Flow, StorageAPI, StorageAttachment, flow_for_record,
                                     select_flow)
 from attachflow.compute_side import ComputeHost, DomainRef
@@ -325,6 +325,7 @@ def boot(storage: StorageAPI, host: ComputeHost, transport: Transport, name: str
     validate.check_number("vcpus", vcpus, "vcpus")
     if virt_type not in ("kvm", "qemu"):
         raise errors.InputError(f"virt type '{virt_type}' is not kvm or qemu")
+    bootfiles.check_direct_boot(host, direct_boot)
     flow = select_flow(storage, api)
     instance_id = str(uuidlib.uuid4())
     context = {"volume_id": volume_id, "api": flow.api, "transport": transport.name,

@@ -133,7 +133,7 @@ class Bench:
                         "ATTACHFLOW_BOOT_CMDLINE"):
                 env.pop(key, None)
         run(["attachflow", "boot", name, "--volume", root, "--host", host, "--memory",
-             str(memory)], env=env)
+             str(memory), *([] if with_os else ["--no-kernel"])], env=env)
         self.domains += [("hosta", name), ("hostb", name)]
         if with_os:
             from attachflow.lab.guest import READY_MARKER

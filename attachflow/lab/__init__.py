@@ -284,6 +284,10 @@ _KEYSTONE_VARIABLES = ("OS_CLIENT_CONFIG_FILE", "OS_CLOUD", "ATTACHFLOW_SERVICE_
                        "OS_INTERFACE", "OS_IDENTITY_API_VERSION")
 
 
+_BOOT_VARIABLES = ("ATTACHFLOW_BOOT_KERNEL", "ATTACHFLOW_BOOT_INITRD",
+                   "ATTACHFLOW_BOOT_CMDLINE")
+
+
 def _auth_env() -> tuple[list[tuple[str, str]], list[str]]:
     """The variables (and lines to run after them) that point clients at the lab's
     Cinder; the first line unsets what the other kind of lab sets."""
@@ -321,7 +325,7 @@ def _auth_env() -> tuple[list[tuple[str, str]], list[str]]:
 
 def env_lines() -> list[str]:
     """Shell lines that point the openstack and cinder CLIs and attachflow at the lab."""
-    from attachflow.lab import guest, layout
+    from attachflow.lab import layout
     auth_values, auth_lines = _auth_env()
     stale = _KEYSTONE_VARIABLES if layout.auth_mode() == "noauth" else _NOAUTH_VARIABLES
     values = [
@@ -334,11 +338,11 @@ def env_lines() -> list[str]:
         ("ATTACHFLOW_VIRT_TYPE", "qemu"),
         # The lab's hosts run on a kernel without an iSCSI initiator: QEMU's own one it is.
         ("ATTACHFLOW_TRANSPORT", "native"),
-        # Guests boot a small kernel + initramfs (the hosts see the state dir), so
-        # hot-unplug has a guest OS to complete it.
-        ("ATTACHFLOW_BOOT_KERNEL", str(guest.image_dir() / "vmlinuz")),
-        ("ATTACHFLOW_BOOT_INITRD", str(guest.image_dir() / "initrd.img")),
-        ("ATTACHFLOW_BOOT_CMDLINE", guest.CMDLINE),
     ]
+    # What guests boot is per host, in the hosts file (hosta and hostb: the small guest
+    # OS on this machine, so hot-unplug has a guest to complete it; the nodes: their
+    # volume). One variable for every host would name a file the nodes do not have:
+    # what an earlier `lab env` exported goes.
+    stale = (*stale, *_BOOT_VARIABLES)
     return ([f"unset {' '.join(stale)}"]
             + [f"export {k}={shlex.quote(v)}" for k, v in values] + auth_lines)

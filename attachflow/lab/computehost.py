@@ -13,7 +13,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from attachflow.lab import layout, machine_paths
+from attachflow.lab import guest, layout, machine_paths
 from attachflow.lab.component import Component, Lab, Status
 from attachflow.lab.errors import LabError
 from attachflow.lab.network import netns
@@ -104,7 +104,11 @@ class ComputeHost(Component):
             "host/hosts-entry.toml", host=self.name, address=q(self.address),
             ssh_key=q(str(client_key())), known_hosts=q(str(known_hosts())),
             libvirt_uri=q(layout.libvirt_uri(self.name)),
-            remote_command=q(layout.remote_command()))
+            remote_command=q(layout.remote_command()),
+            # The hosts see the lab machine's state dir, where the guest image is.
+            boot_kernel=q(str(guest.image_dir() / "vmlinuz")),
+            boot_initrd=q(str(guest.image_dir() / "initrd.img")),
+            boot_cmdline=q(guest.CMDLINE))
 
     def up(self, lab: Lab) -> None:
         machine_paths.note_created([Path(mp) for mp in MOUNT_POINTS], make=True)

@@ -61,12 +61,6 @@ def lab():
     applied = evaluated(manager.env_lines(), base=dict(os.environ))
     os.environ.clear()
     os.environ.update(applied)
-    if "ATTACHFLOW_BOOT_KERNEL" not in os.environ:
-        from attachflow.lab import guest
-        image = guest.build(manager.state_dir() / "guest")
-        os.environ.update(ATTACHFLOW_BOOT_KERNEL=image["kernel"],
-                          ATTACHFLOW_BOOT_INITRD=image["initrd"],
-                          ATTACHFLOW_BOOT_CMDLINE=image["cmdline"])
     yield Lab(manager)
     os.environ.clear()
     os.environ.update(saved)

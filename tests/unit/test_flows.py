@@ -390,6 +390,7 @@ def test_boot_volume_backed_domain(cinder, host, api, transport):
 def test_boot_defines_the_guest_as_asked(cinder, host):
     import xml.etree.ElementTree as ET
     vol = cinder.create_volume()
+    host.runner.files.update({"/boot/vmlinuz", "/boot/initrd.img"})
     operations.boot(cinder, host, get_transport("native"), "vm9", vol, memory_mib=384,
                     vcpus=3, virt_type="qemu", emulator="/usr/bin/qemu-system-x86_64",
                     direct_boot=domxml.DirectBoot("/boot/vmlinuz", "/boot/initrd.img",

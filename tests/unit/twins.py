@@ -940,13 +940,14 @@ class FakeBrick(_Faults, HostConnector):
 
 
 class FakeRunner(Runner):
-    """A host's shell that answers ``true``; ``refuse`` makes it behave like an SSH
-    server that is down."""
+    """A host's shell that answers ``true`` and ``test -r PATH`` (true for the paths in
+    ``files``); ``refuse`` makes it behave like an SSH server that is down."""
 
     def __init__(self, name: str):
         self.name = name
         self.refuse = False
         self.commands: list[list[str]] = []
+        self.files: set[str] = set()
 
     def ping(self, timeout=5):
         if self.refuse:
@@ -956,6 +957,8 @@ class FakeRunner(Runner):
         if self.refuse:
             raise errors.HostError(f"ssh root@{self.name}: Connection refused")
         self.commands.append(list(argv))
+        if argv[:2] == ["test", "-r"] and len(argv) == 3:
+            return (0 if argv[2] in self.files else 1, b"", b"")
         return (0, b"", b"") if argv == ["true"] else (127, b"", b"command not found")
 
 
