@@ -119,8 +119,10 @@ class Component:
         return Status(state, pids)
 
 
-def ordered(components: list[Component]) -> list[Component]:
-    """Components in an order where each comes after everything it requires."""
+def ordered(components: list[Component], others_stay: bool = False) -> list[Component]:
+    """Components in an order where each comes after everything it requires.
+    ``others_stay``: some of the lab's components only (taken down while the rest keeps
+    running), so what they require may be outside the list."""
     by_name = {c.name: c for c in components}
     done: list[Component] = []
     seen: set[str] = set()
@@ -131,6 +133,8 @@ def ordered(components: list[Component]) -> list[Component]:
         if c.name in path:
             raise LabError(f"components require each other: {' -> '.join(path + (c.name,))}")
         for r in (*c.requires, *c.after):
+            if r not in by_name and others_stay:
+                continue
             if r not in by_name:
                 raise LabError(f"{c.name} requires {r}, which is not a lab component")
             visit(by_name[r], path + (c.name,))
@@ -196,8 +200,9 @@ def bring_up(lab: Lab, components: list[Component]) -> None:
 def bring_down(lab: Lab, components: list[Component]) -> list[str]:
     """Every component's ``down`` once everything that requires it, or starts after it,
     is down; independent ones in parallel. Returns what could not be undone. (A Cinder
-    service whose broker is gone first spends seconds reconnecting before it exits.)"""
-    comps = ordered(components)
+    service whose broker is gone first spends seconds reconnecting before it exits.)
+    Components they require that are not in the list stay as they are."""
+    comps = ordered(components, others_stay=True)
     dependents = {c.name: {d.name for d in comps if c.name in (*d.requires, *d.after)}
                   for c in comps}
     done: set[str] = set()

@@ -317,6 +317,21 @@ def test_a_daemon_goes_down_before_the_peer_it_started_after():
     assert rec.events == ["down svc", "down broker"]
 
 
+def test_some_components_go_down_while_what_they_require_stays():
+    """The kernel nodes taken out of a running lab: the network they require stays up,
+    and is not a component of this bring-down."""
+    from attachflow.lab.component import bring_down
+    rec = Recorder()
+
+    class Goes(Step):
+        def down(self, lab):
+            self.rec.add(f"down {self.name}")
+            return []
+    problems = bring_down(lab(), [Goes("node", rec, requires=("network",)),
+                                  Goes("mesh", rec, requires=("node",))])
+    assert problems == [] and rec.events == ["down mesh", "down node"]
+
+
 def test_a_wait_reports_what_it_last_waited_for_and_stops_at_once_when_hopeless():
     from attachflow.lab.errors import NeverReady
     from attachflow.lab.shell import wait_for
