@@ -7,7 +7,8 @@ nodes run nested under TCG with no operating system (a Linux guest does not boot
 in reasonable time), so data is written and read through QEMU's monitor (qemu-io on the
 guest's own block backend) and checked where it lands, in tgtd's backing file; and a
 detach is done with the guest stopped, since only a guest OS acknowledges a live unplug
-(live detach is proven on the lab's hosts).
+(live detach is proven on the lab's hosts; here, that a live detach nobody answers is
+finished by recover once the guest is stopped).
 
 What is checked on a node is what an operator would look at: ``iscsiadm -m session``
 and ``-m node``, the SCSI devices (``/sys/class/scsi_device``, ``lsblk``), the multipath
@@ -240,6 +241,32 @@ def test_attach_write_detach_leaves_nothing_on_the_node(lab, nodes, guests, clea
     assert lab.initiators_of(vol) == []
     nodes.af("delete", dom, "--host", "nodea")
     nodes.assert_empty("nodea")
+
+
+def test_a_live_detach_the_guest_never_answers_is_finished_by_recover_once_stopped(
+        lab, nodes, guests, cleanup):
+    """The guests here have no OS, so none answers a live unplug: the detach says what to
+    do next and leaves the operation to recover, which finishes it once the guest is
+    stopped, logging the node out."""
+    dom, _root = guests("nodea")
+    vol = data_volume(lab, cleanup)
+    nodes.af_json("attach", vol, dom, "--host", "nodea")
+    proc = nodes.af("detach", vol, dom, "--host", "nodea", "--timeout", "5", expect=1)
+    [error] = proc.stderr.strip().splitlines()
+    op_id = error.split("'attachflow recover ")[1].split("'")[0]
+    assert "did not release" in error and error.endswith(
+        f"'attachflow recover {op_id}' finishes the detach"), error
+    nodes.assert_attached("nodea", dom, vol)  # the guest still has it: so does the node
+    assert lab.disk("nodea", dom, vol, inactive=True) is None
+    stop_guest(lab, "nodea", dom)
+    [done] = json.loads(nodes.af("recover", op_id, "-f", "json").stdout)
+    assert done["decision"] == "forward" and done["problem"] is None, done
+    v = lab.volume(vol)
+    assert v.status == "available" and not v.attachments
+    state = nodes.state("nodea")
+    assert not any(vol in line for line in state["sessions"] + state["records"]), state
+    assert lab.initiators_of(vol) == []
+    assert json.loads(nodes.af("recover", "--all", "-f", "json").stdout) == []
 
 
 @pytest.mark.kernel_long
