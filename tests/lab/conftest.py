@@ -40,13 +40,14 @@ def pytest_collection_modifyitems(items):
         if "tests/lab/" in str(item.fspath):
             item.add_marker(pytest.mark.lab)
     # The compute-node VMs, once up, make every later `lab up` probe them under TCG:
-    # their tests run after the others; then the sweep for secrets left behind; last,
-    # the up/down cycles, which take the lab down.
+    # their tests run after the others, the one that brings them up from a pip-installed
+    # attachflow first (it needs a lab without them); then the sweep for secrets left
+    # behind; last, the up/down cycles, which take the lab down.
     def rank(item) -> int:
-        if item.get_closest_marker("kernel"):
-            return 1
         name = item.fspath.basename
-        return {"test_secrets_left.py": 2, "test_up_down_cycles.py": 3}.get(name, 0)
+        if item.get_closest_marker("kernel"):
+            return 1 if name == "test_installed_lab.py" else 2
+        return {"test_secrets_left.py": 3, "test_up_down_cycles.py": 4}.get(name, 0)
     items.sort(key=rank)
 
 
