@@ -58,8 +58,14 @@ def boundaries_of(pid: int) -> tuple[str | None, int, str | None, str | None]:
         return None, 0, None, None
     with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True,
                                             timeout=5)) as db:
-        row = db.execute("SELECT id, step, state FROM operations WHERE pid = ? "
-                         "ORDER BY started DESC LIMIT 1", (pid,)).fetchone()
+        try:
+            row = db.execute("SELECT id, step, state FROM operations WHERE pid = ? "
+                             "ORDER BY started DESC LIMIT 1", (pid,)).fetchone()
+        except sqlite3.OperationalError as exc:
+            # A journal the command is creating this moment has no tables yet.
+            if "no such table" not in str(exc):
+                raise
+            return None, 0, None, None
         if row is None:
             return None, 0, None, None
         count = db.execute("SELECT COUNT(*) FROM steps WHERE op_id = ?",
