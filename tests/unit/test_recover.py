@@ -9,13 +9,15 @@ and the operation can be run again."""
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import pytest
 
 from attachflow import errors, journal as journal_mod, operations
 from attachflow.connectors import get_transport
-from attachflow.journal import OperationLog
+from attachflow.journal import STEP_DONE, OperationLog
 
+from sweep_coverage import assert_covered
 from twins import FakeCinder
 
 
@@ -27,20 +29,40 @@ class Killed(BaseException):
 from test_client import twin_client as client
 
 
+# How a sweep's process dies at boundary n:
+# - "after": once the journal has recorded n step rows (the row was written);
+# - "done-lost": at the n-th step that finished, its effect done and its done row never
+#   written (recovery sees the step only as started).
+MODES = ("after", "done-lost")
+
+
+def counts(mode: str, state: str) -> bool:
+    return mode == "after" or state == STEP_DONE
+
+
 @contextlib.contextmanager
-def dies_after_boundary(monkeypatch, n: int):
-    """The process dies once the journal has recorded ``n`` step boundaries: nothing
-    after it runs, nothing is undone, the operation keeps its "running" entry."""
-    written = [0]
+def dies_at(monkeypatch, n: int, mode: str):
+    """The process dies at boundary ``n`` as ``mode`` says: nothing after it runs,
+    nothing is undone, the operation keeps its "running" entry."""
+    seen = [0]
     dying = [False]
+    counting = threading.Lock()  # a migration finishes its volumes in threads
     real_step, real_finish = OperationLog._step, OperationLog.finish
 
-    def step(self, name, state, data=None):
-        real_step(self, name, state, data)
-        written[0] += 1
-        if written[0] == n:
+    def step(self, step, state, data=None):
+        if dying[0]:  # another thread of the process got there: nothing runs on
+            raise Killed(f"already dead at {step} {state}")
+        with counting:
+            if counts(mode, state):
+                seen[0] += 1
+            this = seen[0] if counts(mode, state) else None
+        if mode == "done-lost" and this == n:
             dying[0] = True
-            raise Killed(f"after boundary {n}: {name} {state}")
+            raise Killed(f"before the done row of {step} (boundary {n})")
+        real_step(self, step, state, data)
+        if mode == "after" and this == n:
+            dying[0] = True
+            raise Killed(f"after boundary {n}: {step} {state}")
 
     def finish(self, state, outcome=None):
         if not dying[0]:
@@ -49,27 +71,29 @@ def dies_after_boundary(monkeypatch, n: int):
     monkeypatch.setattr(OperationLog, "_step", step)
     monkeypatch.setattr(OperationLog, "finish", finish)
     try:
-        yield written
+        yield seen
     finally:
         monkeypatch.setattr(OperationLog, "_step", real_step)
         monkeypatch.setattr(OperationLog, "finish", real_finish)
 
 
-def boundaries(run) -> int:
-    """How many step boundaries a whole run of ``run`` records."""
-    count = [0]
+def boundaries(run, kind: str, mode: str) -> int:
+    """How many boundaries of ``mode`` a whole run of ``run`` records; the run must
+    reach every boundary of ``kind``'s step table (``sweep_coverage``)."""
+    rows: list[tuple[str, str]] = []
     real_step = OperationLog._step
 
-    def step(self, name, state, data=None):
-        real_step(self, name, state, data)
-        count[0] += 1
+    def step(self, step, state, data=None):
+        real_step(self, step, state, data)
+        rows.append((step.key, state))
 
     OperationLog._step = step
     try:
         run()
     finally:
         OperationLog._step = real_step
-    return count[0]
+    assert_covered(kind, rows)
+    return sum(counts(mode, state) for _key, state in rows)
 
 
 def assert_consistent(cinder: FakeCinder, hosts, volume_ids, domain: str) -> None:
@@ -133,12 +157,15 @@ def recover_all(world, kind):
     return results
 
 
+SWEEPS = [(api, transport, mode) for api in ("attachments", "legacy")
+         for transport in ("kernel", "native") for mode in MODES]
 CASES = [(api, transport) for api in ("attachments", "legacy")
          for transport in ("kernel", "native")]
 
 
-@pytest.mark.parametrize("api,transport", CASES)
-def test_attach_killed_at_every_boundary_recovers(world, monkeypatch, api, transport):
+@pytest.mark.parametrize("api,transport,mode", SWEEPS)
+def test_attach_killed_at_every_boundary_recovers(world, monkeypatch, api, transport,
+                                               mode):
     cinder, hosts = world
     root = cinder.create_volume()
     operations.boot(cinder, hosts["hosta"], get_transport(transport), "vm1", root,
@@ -148,12 +175,12 @@ def test_attach_killed_at_every_boundary_recovers(world, monkeypatch, api, trans
     def whole():
         with client(world, transport=transport, api=api) as c:
             c.attach(probe, "vm1", host="hosta")
-    total = boundaries(whole)
-    assert total >= 12
+    total = boundaries(whole, "attach", mode)
+    assert total >= (12 if mode == "after" else 6)
     broken = 0
     for n in range(1, total + 1):
         vol = cinder.create_volume()
-        with dies_after_boundary(monkeypatch, n):
+        with dies_at(monkeypatch, n, mode):
             with client(world, transport=transport, api=api) as c:
                 with pytest.raises(Killed):
                     c.attach(vol, "vm1", host="hosta")
@@ -170,8 +197,9 @@ def test_attach_killed_at_every_boundary_recovers(world, monkeypatch, api, trans
     assert broken >= total // 2  # the kills did leave half-done state behind
 
 
-@pytest.mark.parametrize("api,transport", CASES)
-def test_detach_killed_at_every_boundary_recovers(world, monkeypatch, api, transport):
+@pytest.mark.parametrize("api,transport,mode", SWEEPS)
+def test_detach_killed_at_every_boundary_recovers(world, monkeypatch, api, transport,
+                                               mode):
     cinder, hosts = world
     root = cinder.create_volume()
     operations.boot(cinder, hosts["hosta"], get_transport(transport), "vm1", root,
@@ -183,14 +211,14 @@ def test_detach_killed_at_every_boundary_recovers(world, monkeypatch, api, trans
     def whole():
         with client(world, transport=transport, api=api) as c:
             c.detach(probe, "vm1", host="hosta")
-    total = boundaries(whole)
-    assert total >= 12
+    total = boundaries(whole, "detach", mode)
+    assert total >= (12 if mode == "after" else 6)
     broken = 0
     for n in range(1, total + 1):
         vol = cinder.create_volume()
         with client(world, transport=transport, api=api) as c:
             c.attach(vol, "vm1", host="hosta")
-        with dies_after_boundary(monkeypatch, n):
+        with dies_at(monkeypatch, n, mode):
             with client(world, transport=transport, api=api) as c:
                 with pytest.raises(Killed):
                     c.detach(vol, "vm1", host="hosta")
@@ -203,21 +231,22 @@ def test_detach_killed_at_every_boundary_recovers(world, monkeypatch, api, trans
     assert broken >= total // 2
 
 
-@pytest.mark.parametrize("api,transport", CASES)
-def test_boot_killed_at_every_boundary_recovers(world, monkeypatch, api, transport):
+@pytest.mark.parametrize("api,transport,mode", SWEEPS)
+def test_boot_killed_at_every_boundary_recovers(world, monkeypatch, api, transport,
+                                             mode):
     cinder, hosts = world
     probe = cinder.create_volume()
 
     def whole():
         with client(world, transport=transport, api=api) as c:
             c.boot("probe", probe, host="hosta", virt_type="qemu")
-    total = boundaries(whole)
-    assert total >= 12
+    total = boundaries(whole, "boot", mode)
+    assert total >= (12 if mode == "after" else 6)
     broken = 0
     for n in range(1, total + 1):
         vol = cinder.create_volume()
         name = f"vm{n}"
-        with dies_after_boundary(monkeypatch, n):
+        with dies_at(monkeypatch, n, mode):
             with client(world, transport=transport, api=api) as c:
                 with pytest.raises(Killed):
                     c.boot(name, vol, host="hosta", virt_type="qemu")
@@ -230,8 +259,9 @@ def test_boot_killed_at_every_boundary_recovers(world, monkeypatch, api, transpo
     assert broken >= total // 2
 
 
-@pytest.mark.parametrize("api,transport", CASES)
-def test_migrate_killed_at_every_boundary_recovers(world, monkeypatch, api, transport):
+@pytest.mark.parametrize("api,transport,mode", SWEEPS)
+def test_migrate_killed_at_every_boundary_recovers(world, monkeypatch, api, transport,
+                                                mode):
     cinder, hosts = world
 
     def guest(name):
@@ -246,14 +276,14 @@ def test_migrate_killed_at_every_boundary_recovers(world, monkeypatch, api, tran
     def whole():
         with client(world, api=api) as c:
             c.migrate("probe", source="hosta", destination="hostb")
-    total = boundaries(whole)
-    assert total >= 14
+    total = boundaries(whole, "migrate", mode)
+    assert total >= (14 if mode == "after" else 7)
     assert_consistent(cinder, hosts, probe, "probe")
     broken = 0
     for n in range(1, total + 1):
         name = f"vm{n}"
         vols = guest(name)
-        with dies_after_boundary(monkeypatch, n):
+        with dies_at(monkeypatch, n, mode):
             with client(world, api=api) as c:
                 with pytest.raises(Killed):
                     c.migrate(name, source="hosta", destination="hostb")
@@ -313,7 +343,7 @@ def test_delete_refuses_before_stopping_a_guest_left_mid_operation(world, monkey
     root, vol = cinder.create_volume(), cinder.create_volume()
     with client(world, transport="native") as c:
         c.boot("vm1", root, host="hosta", virt_type="qemu")
-    with dies_after_boundary(monkeypatch, 4):
+    with dies_at(monkeypatch, 4, "after"):
         with client(world, transport="native") as c:
             with pytest.raises(Killed):
                 c.attach(vol, "vm1", host="hosta")
@@ -427,3 +457,16 @@ def test_a_guest_that_never_answers_the_unplug_is_finished_once_stopped(world, a
     assert hv.domain("vm1", inactive=True).disk(vol) is None
     assert cinder.volumes[vol].status == "available" and not cinder.volumes[vol].attachments
     assert_consistent(cinder, hosts, [vol, root], "vm1")
+
+
+def test_a_sweep_that_misses_a_boundary_fails_naming_it():
+    from sweep_coverage import EXEMPT, required
+    from attachflow.plans import PLANS
+    every = {(s.key, st) for s in PLANS["attach"] for st in ("started", "done")}
+    assert required("attach") == every
+    assert_covered("attach", every)
+    with pytest.raises(AssertionError, match=r"guest-attach \(done\)"):
+        assert_covered("attach", every - {("guest-attach", "done")})
+    # what is exempt is exempt by name, with its reason
+    assert all(reason for reason in EXEMPT.values())
+    assert all(key in {s.key for s in PLANS[op]} for op, key in EXEMPT)
