@@ -27,12 +27,14 @@ HOSTS = ("hosta", "hostb")
 
 
 def pytest_terminal_summary(terminalreporter):
-    """The crash points the kill tests reached (test_crash_recovery), with counts."""
+    """What the crash sweeps (test_crash_recovery) killed at."""
     import sys
     crash = sys.modules.get("test_crash_recovery")
-    for what, points in sorted(getattr(crash, "REACHED", {}).items()):
-        terminalreporter.write_line(f"crash points reached, {what}: {len(points)} "
-                                    f"{sorted(points)}")
+    for sweep in getattr(crash, "SWEEPS", []):
+        terminalreporter.write_line(f"crash sweep, {sweep.summary()}")
+    kills = getattr(crash, "RANDOM_KILLS", [])
+    if kills:
+        terminalreporter.write_line(f"random kills, at boundaries: {sorted(kills)}")
 
 
 def pytest_collection_modifyitems(items):
@@ -161,8 +163,10 @@ class Lab:
         return dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0)
 
     def disk(self, host: str, name: str, serial: str, inactive: bool = False):
-        from attachflow import domxml
-        return domxml.find_disk(self.domain_xml(host, name, inactive), serial)
+        """The disk with ``serial`` in the domain's live (or persistent) XML, read with a
+        plain XML parser (``story.read_disk``), not attachflow's."""
+        from story import read_disk
+        return read_disk(self.domain_xml(host, name, inactive), serial)
 
     def secrets(self, host: str) -> list[str]:
         return [s.usageID() for s in self.conn(host).listAllSecrets()]
@@ -329,6 +333,12 @@ class Lab:
                 os.kill(int(pid), 9)
                 return
         raise AssertionError(f"no QEMU of {name} on {host}")
+
+    def volume_file(self, volume_id: str) -> Path:
+        """The file the lab's Cinder backend keeps the volume in (tgtd exports it)."""
+        path = self.state / "cinder" / "files" / f"volume-{volume_id}"
+        assert path.is_file(), path
+        return path
 
     def backing_file(self, volume_id: str) -> Path:
         target = self.target_of(volume_id)

@@ -1,121 +1,44 @@
 """attachflow killed with SIGKILL mid-operation, then `attachflow recover`, on the lab.
 
-The killer watches the operations journal as any observer could: it starts the command,
-reads the journal until the command's operation (found by its pid) has recorded N step
-boundaries, and kills it there. Every N of attach, detach, boot and migrate is tried, in
-both APIs, plus kills after random delays. After each kill, `attachflow recover --all`
-runs as an operator would run it, and what a user would check must tell one story: the
-volume's status and attachments in Cinder (all of them, reserved ones too), the disk in
-the domain's XML on the host where the guest really is, the initiators logged in to the
-volume's target in tgtd, the libvirt secrets on both hosts, and the pattern written on
-the volume before the operation, read back through the guest and in the volume's file.
-
-The killer stops the command (SIGSTOP) the moment it sees boundary N and kills it; the
-crash point reported is the one the journal shows after the kill (N, or a little after
-when the command ran on between two reads).
+A sweep runs the command killed at step boundary N (``crashes.run_killed``: the process
+kills itself the moment its journal commits boundary N, so the crash point is exact), for
+every N of attach, detach, boot and migrate, in both APIs (or one N in K, rotating with
+the commit: ``ATTACHFLOW_CRASH_SAMPLE``), plus kills after random delays. After each
+kill, `attachflow recover --all` runs as an operator would run it, and what a user would
+check must tell one story (``story.assert_one_story``): the volume's status and
+attachments in Cinder, the disk in the guest's live and persistent definitions on every
+host, the target's export, CHAP account and logged-in initiators in tgtd, the libvirt
+secrets on both hosts; and the pattern written on the volume before the operation reads
+back through the guest and in the volume's file. Each sweep fails unless it killed at
+every boundary it aimed at and a whole run passed every step of the operation's table.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
-import signal
-import sqlite3
 import subprocess
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
-from attachflow.connectors.iscsi_native import INITIATOR_PREFIX
+from crashes import Crashed, Sweep, aimed, boundaries_of, run_killed, unfinished
+from story import HOSTS, assert_one_story, where
 
-HOSTS = ("hosta", "hostb")
 APIS = ["attachments", "legacy"]
 MiB = 1 << 20
 # The pattern each volume carries from before the operations on it.
 PATTERN = 0x6d
 
-# What the tests reached, printed at the end of the session (pytest -s shows it).
-REACHED: dict[str, set[int]] = {}
+# What the sweeps reached, printed at the end of the session (conftest).
+SWEEPS: list[Sweep] = []
+RANDOM_KILLS: list[int] = []
 
 
 def name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:6]}"
-
-
-def journal_path() -> Path:
-    return Path(os.environ["ATTACHFLOW_STATE_DIR"]) / "journal.sqlite"
-
-
-def boundaries_of(pid: int) -> tuple[str | None, int, str | None, str | None]:
-    """(operation id, step boundaries recorded, last step, state) of the operation run
-    by ``pid``; the journal read as an observer reads it, without locking anything."""
-    path = journal_path()
-    if not path.exists():
-        return None, 0, None, None
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True,
-                                            timeout=5)) as db:
-        try:
-            row = db.execute("SELECT id, step, state FROM operations WHERE pid = ? "
-                             "ORDER BY started DESC LIMIT 1", (pid,)).fetchone()
-        except sqlite3.OperationalError as exc:
-            # A journal the command is creating this moment has no tables yet.
-            if "no such table" not in str(exc):
-                raise
-            return None, 0, None, None
-        if row is None:
-            return None, 0, None, None
-        count = db.execute("SELECT COUNT(*) FROM steps WHERE op_id = ?",
-                           (row[0],)).fetchone()[0]
-    return row[0], count, row[1], row[2]
-
-
-ENDED = "ended"  # the command ended before the kill was due: nothing to recover
-
-
-def run_killed(args: list[str], boundary: int | None = None,
-               delay: float | None = None) -> int | str:
-    """Run ``attachflow ARGS`` and SIGKILL it once its operation has recorded
-    ``boundary`` step boundaries (or after ``delay`` seconds). The process is stopped
-    (SIGSTOP) the moment that is seen, so the crash point is read exactly, then killed.
-    Returns the boundaries the journal shows at the kill, or ENDED when the command
-    ended (or its operation finished) before."""
-    proc = subprocess.Popen(["attachflow", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    started = time.monotonic()
-    try:
-        while True:
-            if proc.poll() is not None:
-                return ENDED
-            _op, count, _step, _state = boundaries_of(proc.pid)
-            if (boundary is not None and count >= boundary) or \
-                    (delay is not None and time.monotonic() - started >= delay):
-                os.kill(proc.pid, signal.SIGSTOP)
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-                # Read after the kill: a commit the process was making when it stopped
-                # is in the journal's log already, and counts (SQLite replays it).
-                _op, count, _step, state = boundaries_of(proc.pid)
-                if state != "running":
-                    return ENDED  # not begun, or finished before it stopped
-                return count
-            assert time.monotonic() - started < 300, f"{args} still runs"
-            time.sleep(0.002)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def unfinished() -> list[tuple[str, str]]:
-    """(kind, state) of the operations the journal holds unfinished."""
-    with contextlib.closing(sqlite3.connect(f"file:{journal_path()}?mode=ro", uri=True,
-                                            timeout=5)) as db:
-        return db.execute("SELECT kind, state FROM operations WHERE state IN "
-                          "('running', 'incomplete', 'needs-human')").fetchall()
 
 
 def recover(lab, twice: bool = False) -> list[dict]:
@@ -131,16 +54,9 @@ def recover(lab, twice: bool = False) -> list[dict]:
     return results
 
 
-def volume_file(lab, volume_id: str) -> Path:
-    """The file the lab's Cinder backend keeps the volume in (tgtd exports it)."""
-    path = lab.state / "cinder" / "files" / f"volume-{volume_id}"
-    assert path.is_file(), path
-    return path
-
-
 def write_pattern(lab, volume_id: str) -> None:
     """The volume's first MiB, written on the storage side before any operation."""
-    with open(volume_file(lab, volume_id), "r+b") as f:
+    with open(lab.volume_file(volume_id), "r+b") as f:
         f.write(bytes([PATTERN]) * MiB)
         f.flush()
         os.fsync(f.fileno())
@@ -149,7 +65,7 @@ def write_pattern(lab, volume_id: str) -> None:
 def assert_data(lab, volume_id: str, host: str | None, dom: str) -> None:
     """The pattern is in the volume's file, and the guest reads it when it has the
     disk."""
-    with open(volume_file(lab, volume_id), "rb") as f:
+    with open(lab.volume_file(volume_id), "rb") as f:
         assert f.read(MiB) == bytes([PATTERN]) * MiB, volume_id
     if host is None or lab.disk(host, dom, volume_id) is None:
         return
@@ -157,48 +73,6 @@ def assert_data(lab, volume_id: str, host: str | None, dom: str) -> None:
     lab.qemu_io(host, dom, volume_id, f"read -P 0x{PATTERN:x} 0 1M")
     log = lab.log_after(host, dom, before, "read 1048576/1048576")
     assert "read 1048576/1048576" in log and "Pattern verification failed" not in log, log
-
-
-def where(lab, dom: str) -> dict[str, bool]:
-    """Host -> whether ``dom`` runs there, for the hosts that have it."""
-    out = {}
-    for host in HOSTS:
-        with contextlib.suppress(Exception):
-            out[host] = bool(lab.conn(host).lookupByName(dom).isActive())
-    return out
-
-
-def assert_one_story(lab, volumes: list[str], dom: str) -> str | None:
-    """Cinder, the domain, tgtd and libvirt's secrets agree on every volume; returns
-    the host where the guest runs (or is defined), or None."""
-    hosts = where(lab, dom)
-    assert sum(hosts.values()) <= 1, f"{dom} runs on {hosts}"
-    home = next((h for h, active in hosts.items() if active), None) or \
-        next(iter(hosts), None)
-    assert len(hosts) <= 1 or any(hosts.values()), hosts
-    for volume_id in volumes:
-        atts = list(lab.cinder.attachments.list(search_opts={"volume_id": volume_id}))
-        vol = lab.volume(volume_id)
-        disk = None
-        if home is not None:
-            disk = lab.disk(home, dom, volume_id, inactive=not hosts[home])
-        if disk is None:
-            assert atts == [], (volume_id, [(a.id, a.status) for a in atts])
-            assert vol.status == "available", (volume_id, vol.status)
-            assert lab.initiators_of(volume_id) == [], volume_id
-        else:
-            dom_uuid = lab.conn(home).lookupByName(dom).UUIDString()
-            assert [(a.instance, a.status) for a in atts] == [(dom_uuid, "attached")], \
-                (volume_id, [(a.id, a.instance, a.status) for a in atts])
-            assert vol.status == "in-use", (volume_id, vol.status)
-            assert set(lab.initiators_of(volume_id)) <= {f"{INITIATOR_PREFIX}:{home}"}
-            if hosts[home]:
-                assert lab.disk(home, dom, volume_id, inactive=True) is not None
-        for host in HOSTS:
-            usages = [u for u in lab.secrets(host) if volume_id in u]
-            wanted = disk is not None and host == home
-            assert len(usages) == (1 if wanted else 0), (volume_id, host, usages)
-    return home
 
 
 @pytest.fixture(autouse=True)
@@ -231,18 +105,22 @@ def data_volume(lab, cleanup) -> str:
     return vol
 
 
-def sweep(kind: str, api: str, attempt) -> int:
-    """Call ``attempt(n)`` for n = 1, 2, ... until the command ends before boundary n;
-    returns how many kills landed."""
-    kills = 0
-    for n in range(1, 200):
-        reached = attempt(n)
-        if reached is None:
-            assert n > 4, f"{kind} ended before boundary {n}"
-            return kills
-        kills += 1
-        REACHED.setdefault(f"{kind} ({api})", set()).add(reached)
-    raise AssertionError(f"{kind} never ended")
+def swept(kind: str, api: str) -> Sweep:
+    sweep = Sweep(kind, f"{kind} ({api})")
+    SWEEPS.append(sweep)
+    return sweep
+
+
+def run_sweeps(attempt, *sweeps: Sweep) -> None:
+    """``attempt(n)`` for each aimed n until every sweep has seen a whole run; then each
+    sweep must have killed at every boundary it aimed at."""
+    for n in aimed(sweeps[0].k, sweeps[0].offset):
+        if all(s.done for s in sweeps):
+            break
+        assert n < 200, [s.summary() for s in sweeps]
+        attempt(n)
+    for s in sweeps:
+        s.check()
 
 
 @pytest.mark.crash_long
@@ -251,31 +129,31 @@ def test_attach_and_detach_killed_at_every_boundary(lab, cleanup, guest, api):
     dom, root = guest(api)
     vol = data_volume(lab, cleanup)
     args = [vol, dom, "--host", "hosta", "--api", api]
+    attach, detach = swept("attach", api), swept("detach", api)
 
-    def attach_then_detach(n: int) -> int | None:
-        reached = run_killed(["attach", *args], boundary=n)
-        if reached == ENDED:  # attach ran to its end before boundary n
-            assert_one_story(lab, [vol, root], dom)
-            lab.af("detach", *args)
-            return None
-        recover(lab)
-        assert_one_story(lab, [vol, root], dom)
-        assert_data(lab, vol, "hosta", dom)
-        lab.af("attach", *args)  # what the operator does next: attach (again)
-        assert lab.disk("hosta", dom, vol) is not None
-        killed = run_killed(["detach", *args], boundary=n)
-        if killed != ENDED:
+    def attempt(n: int) -> None:
+        # attach, killed at n (once attach has run whole, plainly), then recover
+        if attach.done:
+            lab.af("attach", *args)
+        elif isinstance(attach.add(n, run_killed(["attach", *args], boundary=n)), Crashed):
             recover(lab)
             assert_one_story(lab, [vol, root], dom)
             assert_data(lab, vol, "hosta", dom)
-            REACHED.setdefault(f"detach ({api})", set()).add(killed)
-        lab.af("detach", *args)
+            lab.af("attach", *args)  # what the operator does next: attach (again)
+        assert_one_story(lab, [vol, root], dom)
+        assert lab.disk("hosta", dom, vol) is not None
+        # the same for detach
+        if detach.done:
+            lab.af("detach", *args)
+        elif isinstance(detach.add(n, run_killed(["detach", *args], boundary=n)), Crashed):
+            recover(lab)
+            assert_one_story(lab, [vol, root], dom)
+            assert_data(lab, vol, "hosta", dom)
+            lab.af("detach", *args)
         assert_one_story(lab, [vol, root], dom)
         assert lab.disk("hosta", dom, vol) is None
-        return reached
 
-    kills = sweep("attach", api, attach_then_detach)
-    assert kills >= 8
+    run_sweeps(attempt, attach, detach)
     assert_data(lab, vol, None, dom)
 
 
@@ -285,22 +163,21 @@ def test_boot_killed_at_every_boundary(lab, cleanup, api):
     root = lab.create_volume(name="crash-root")
     cleanup["volumes"].append(root)
     write_pattern(lab, root)
+    boot = swept("boot", api)
 
-    def attempt(n: int) -> int | None:
+    def attempt(n: int) -> None:
         dom = name("crashboot")
         cleanup["domains"].extend((h, dom) for h in HOSTS)
         args = ["boot", dom, "--volume", root, "--host", "hosta", "--api", api]
-        reached = run_killed(args, boundary=n)
-        if reached != ENDED:
+        if isinstance(boot.add(n, run_killed(args, boundary=n)), Crashed):
             recover(lab)
         home = assert_one_story(lab, [root], dom)
         assert_data(lab, root, home, dom)
         lab.af("delete", dom, "--host", "hosta", "--force", "--shutdown-timeout", "1")
         assert_one_story(lab, [root], dom)
         assert dom not in lab.domains("hosta")
-        return None if reached == ENDED else reached
 
-    assert sweep("boot", api, attempt) >= 8
+    run_sweeps(attempt, boot)
 
 
 @pytest.mark.crash_long
@@ -310,21 +187,20 @@ def test_migration_killed_at_every_boundary(lab, cleanup, guest, api):
     vol = data_volume(lab, cleanup)
     lab.af("attach", vol, dom, "--host", "hosta", "--api", api)
     state = {"on": "hosta"}
+    migrate = swept("migrate", api)
 
-    def attempt(n: int) -> int | None:
+    def attempt(n: int) -> None:
         src = state["on"]
         dst = "hostb" if src == "hosta" else "hosta"
-        reached = run_killed(["migrate", dom, "--host", src, "--to", dst,
-                              "--progress", "none"], boundary=n)
-        if reached != ENDED:
+        args = ["migrate", dom, "--host", src, "--to", dst, "--progress", "none"]
+        if isinstance(migrate.add(n, run_killed(args, boundary=n)), Crashed):
             recover(lab)
         home = assert_one_story(lab, [root, vol], dom)
         assert home in HOSTS and where(lab, dom)[home], (home, where(lab, dom))
         assert_data(lab, vol, home, dom)
         state["on"] = home
-        return None if reached == ENDED else reached
 
-    assert sweep("migrate", api, attempt) >= 10
+    run_sweeps(attempt, migrate)
     lab.af("detach", vol, dom, "--host", state["on"])
 
 
@@ -343,10 +219,10 @@ def test_kills_at_random_moments(lab, cleanup, guest):
             else:
                 args = [command, vol, dom, "--host", on]
             # past the command's start-up (about a second), within its run
-            reached = run_killed(args, delay=rng.uniform(1.0, 5.0))
-            if reached != ENDED:
+            result = run_killed(args, delay=rng.uniform(1.0, 5.0))
+            if isinstance(result, Crashed):
                 landed += 1
-                REACHED.setdefault("random", set()).add(reached)
+                RANDOM_KILLS.append(result.boundary)
                 recover(lab, twice=True)
             on = assert_one_story(lab, [root, vol], dom)
             assert_data(lab, vol, on, dom)
@@ -365,7 +241,8 @@ def test_two_recovers_at_once_settle_each_operation_once(lab, cleanup, guest):
     guests = [guest("attachments") for _ in range(2)]
     vols = [data_volume(lab, cleanup) for _ in range(2)]
     for vol, (dom, _root) in zip(vols, guests):
-        assert run_killed(["attach", vol, dom, "--host", "hosta"], boundary=6) != ENDED
+        assert isinstance(run_killed(["attach", vol, dom, "--host", "hosta"], boundary=6),
+                          Crashed)
     procs = [subprocess.Popen(["attachflow", "recover", "--all", "-f", "json"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
@@ -385,7 +262,8 @@ def test_two_recovers_at_once_settle_each_operation_once(lab, cleanup, guest):
 def test_an_interrupted_operation_blocks_the_volume_until_recovered(lab, cleanup, guest):
     dom, root = guest("attachments")
     vol = data_volume(lab, cleanup)
-    assert run_killed(["attach", vol, dom, "--host", "hosta"], boundary=4) != ENDED
+    assert isinstance(run_killed(["attach", vol, dom, "--host", "hosta"], boundary=4),
+                      Crashed)
     listed = json.loads(lab.af("operations", "-f", "json", expect=5).stdout)
     assert [(o["kind"], o["state"], o["volumes"], o["domain"]) for o in listed] == \
         [("attach", "interrupted", [vol], dom)]

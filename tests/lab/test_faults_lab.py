@@ -20,8 +20,9 @@ import time
 import pytest
 
 from attachflow.lab.layout import VENV
-from test_crash_recovery import (assert_data, assert_one_story, boundaries_of, data_volume,
-                                 guest, own_journal, recover, unfinished)
+from crashes import boundaries_of, unfinished
+from story import assert_one_story
+from test_crash_recovery import assert_data, data_volume, guest, own_journal, recover
 
 __all__ = ["guest", "own_journal"]  # fixtures, used by name
 
@@ -150,9 +151,7 @@ def test_a_guest_that_never_answers_the_unplug_is_told_and_finished_once_stopped
     dom = _guest_without_an_os(lab, cleanup)
     vol = data_volume(lab, cleanup)
     lab.af("attach", vol, dom, "--host", "hosta", "--api", api)
-    started = time.monotonic()
     proc = lab.af("detach", vol, dom, "--host", "hosta", "--timeout", "5", expect=1)
-    took = time.monotonic() - started
     error = proc.stderr.strip().splitlines()
     assert len(error) == 1 and error[0].startswith("attachflow: error: "), proc.stderr
     op_id = error[0].split("'attachflow recover ")[1].split("'")[0]
@@ -161,7 +160,6 @@ def test_a_guest_that_never_answers_the_unplug_is_told_and_finished_once_stopped
                              f"recover {op_id}' finishes the detach"), error
     # Not recovered behind the user's back (that would wait for the guest again), and
     # not a human's yet: incomplete, for recover.
-    assert took < 60, took
     assert unfinished() == [("detach", "incomplete")]
     assert lab.disk("hosta", dom, vol) is not None
     assert lab.disk("hosta", dom, vol, inactive=True) is None

@@ -76,7 +76,7 @@ def test_without_a_service_user_a_detach_fails_cleanly_and_says_what_to_set(lab,
     before = lab_state(lab)
 
     def disks():
-        return [(d.device, d.disk_type, d.target_dev, d.serial, d.source)
+        return [(d.disk_type, d.target_dev, d.serial, d.source_name, d.secret_usage)
                 for d in (lab.disk("hosta", vm, data, inactive=i) for i in (False, True))]
     plugged = disks()
     proc = lab.af("detach", data, vm, "--host", "hosta", expect=1,
@@ -266,4 +266,8 @@ def test_a_refused_new_login_mid_attach_undoes_what_it_can_and_names_the_rest(la
     assert sorted(lab.secrets("hosta")) == secrets_before
     assert lab.initiators_of(data) == []
     # what the message names is what is left: the attachment, in Cinder
-    assert [a.id for a in lab.cinder.attachments.list(search_opts={"volume_id": data})]
+    vm_uuid = lab.conn("hosta").lookupByName(vm).UUIDString()
+    left = [(a.instance, a.status) for a in
+            lab.cinder.attachments.list(search_opts={"volume_id": data})]
+    assert len(left) == 1 and left[0][0] == vm_uuid and \
+        left[0][1] in ("reserved", "attaching"), left

@@ -158,9 +158,11 @@ def test_status_reports_every_component_up(lab_up):
     assert comps["tgtd"]["portal"] == f"{layout.STORAGE_IP}:{layout.ISCSI_PORT}"
 
 
-def test_bring_up_under_a_minute(lab_up):
+def test_status_says_how_long_the_bring_up_took(lab_up):
+    # How long it takes is a benchmark's figure (benchmarks.lab_bringup, against a
+    # baseline in the same run), not a test's.
     seconds = manager.status()["bring_up_seconds"]
-    assert seconds is not None and seconds < 60, lab_up["log"]
+    assert isinstance(seconds, (int, float)) and seconds > 0, lab_up["log"]
 
 
 def test_cinder_volume_service_up_for_the_admin(lab_up):
@@ -430,14 +432,49 @@ def test_env_lines_point_every_client_at_the_lab(lab_up):
     "attachflow list --host hosta -f json",
 ])
 def test_clients_work_with_nothing_but_lab_env(lab_up, command):
-    """What a user types after `eval "$(attachflow lab env)"`, in a clean shell."""
+    """What a user types after `eval "$(attachflow lab env)"`, in a clean shell; each
+    answer checked against what the service itself says."""
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root")}
-    cp = subprocess.run(["bash", "-c", "\n".join(manager.env_lines()) + "\n" + command],
-                        capture_output=True, text=True, env=env, timeout=120)
-    assert cp.returncode == 0, cp.stderr
-    if command.startswith("openstack volume service"):
-        assert "cinder-volume up" in cp.stdout, cp.stdout
+    cinder = _cinder()
+    listed_one = None
+    if command == "cinder list":  # a volume the listing must show
+        listed_one = _wait_status(cinder, cinder.volumes.create(1, name="envlist").id,
+                                  "available")
+    try:
+        cp = subprocess.run(["bash", "-c", "\n".join(manager.env_lines()) + "\n" + command],
+                            capture_output=True, text=True, env=env, timeout=120)
+        assert cp.returncode == 0, cp.stderr
+        _check_listing(cinder, command, cp.stdout)
+    finally:
+        if listed_one is not None:
+            cinder.volumes.delete(listed_one.id)
+
+
+def _check_listing(cinder, command: str, out: str) -> None:
+    if command == "cinder list":
+        # every volume of the member's project, by id and name, as Cinder's API has it
+        volumes = {v.id: v.name for v in cinder.volumes.list()}
+        rows = [line.split("|") for line in out.splitlines()
+                if line.startswith("| ") and not line.startswith("| ID ")]
+        assert {row[1].strip(): row[3].strip() for row in rows} == volumes, out
+        assert "envlist" in volumes.values()
+    elif command.startswith("attachflow list"):
+        # the guests on hosta and their disks with a volume's serial, as libvirt has them
+        import json
+        import libvirt
+        from attachflow.hosts import load_host
+        from story import read_disk
+        conn = libvirt.open(load_host("hosta").libvirt_uri)
+        try:
+            volumes = {v.id for v in cinder.volumes.list()}
+            expected = {(d.name(), serial) for d in conn.listAllDomains()
+                        for serial in volumes if read_disk(d.XMLDesc(0), serial)}
+        finally:
+            conn.close()
+        assert {(r["domain"], r["volume_id"]) for r in json.loads(out)} == expected, out
+    elif command.startswith("openstack volume service"):
+        assert "cinder-volume up" in out, out
     elif command.startswith("openstack volume create"):
-        vid = cp.stdout.strip()
-        assert _cinder().volumes.get(vid).name == "envcheck"
-        _cinder().volumes.delete(vid)
+        vid = out.strip()
+        assert cinder.volumes.get(vid).name == "envcheck"
+        cinder.volumes.delete(vid)

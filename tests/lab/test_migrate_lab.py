@@ -70,6 +70,7 @@ def test_migrate_there_and_back_with_data(lab, cleanup, api):
                       "--progress", "json")
         result = json.loads(proc.stdout)  # one document
         progress = [json.loads(line) for line in proc.stderr.splitlines()]
+        assert progress, proc.stderr
         # progress lines, twice a second while the job runs (a short job may end
         # between two polls, before its counters fill in)
         assert all(p["event"] == "progress" and p["operation"] == f"migrate {dom} from "

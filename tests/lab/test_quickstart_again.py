@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from test_crash_recovery import ENDED, run_killed
+from crashes import Crashed, run_killed
 
 pytestmark = pytest.mark.lab
 
@@ -54,7 +54,7 @@ def test_a_run_again_after_an_interrupted_one_settles_it_and_runs_to_the_end(
     lab.af("boot", "quickstart", "--volume", left["quickstart-root"], "--host", "hosta")
     killed = run_killed(["attach", left["quickstart-data"], "quickstart", "--host",
                          "hosta"], boundary=3)
-    assert killed != ENDED
+    assert isinstance(killed, Crashed), killed
     assert lab.af("operations", expect=5).returncode == 5  # interrupted, to be recovered
     cp = quickstart()
     assert cp.returncode == 0, (cp.stdout[-3000:], cp.stderr[-3000:])

@@ -228,3 +228,89 @@ def test_connection_info_and_the_xml_take_the_same_targets(iqn, host, port, lun)
         domxml.NetworkISCSISource(iqn=iqn, lun=lun, hosts=(Portal(host, port),)),
         "vdb", VOLUME)).to_xml())
     assert from_storage == into_xml
+
+
+# Valid input must come through: a parser that refused everything would pass every
+# "refused in one line" property above.
+ipv4 = st.ip_addresses(v=4).map(str)
+ports = st.integers(1, 65535)
+valid_iqns = st.from_regex(r"\Aiqn\.20[0-9]{2}-(0[1-9]|1[0-2])\.[a-z]{1,8}(\.[a-z]{1,8}){0,2}"
+                           r":[a-z0-9][a-z0-9.-]{0,30}\Z")
+luns = st.integers(0, 16383)
+chap_text = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7e), min_size=1,
+                    max_size=20)
+
+
+@st.composite
+def valid_connection_info(draw) -> dict:
+    paths = draw(st.lists(st.tuples(ipv4, ports, valid_iqns, luns), min_size=1,
+                          max_size=3))
+    (host, port, iqn, lun), data = paths[0], {}
+    data.update(target_portal=f"{host}:{port}", target_iqn=iqn, target_lun=lun,
+                volume_id=VOLUME, access_mode=draw(st.sampled_from(["rw", "ro"])))
+    if len(paths) > 1 or draw(st.booleans()):
+        data.update(target_portals=[f"{h}:{p}" for h, p, _i, _l in paths],
+                    target_iqns=[i for _h, _p, i, _l in paths],
+                    target_luns=[lun_ for _h, _p, _i, lun_ in paths])
+    if draw(st.booleans()):
+        data.update(auth_method="CHAP", auth_username=draw(chap_text),
+                    auth_password=draw(chap_text))
+    return {"driver_volume_type": "iscsi", "data": data}
+
+
+@settings(max_examples=300)
+@given(raw=valid_connection_info())
+def test_valid_connection_info_is_accepted_with_what_it_said(raw):
+    conn = ConnectionInfo.from_cinder(raw, VOLUME)
+    data = raw["data"]
+    assert conn.driver_volume_type == "iscsi" and conn.access_mode == data["access_mode"]
+    assert (f"{conn.portal.host}:{conn.portal.port}", conn.iqn, conn.lun) == \
+        (data["target_portal"], data["target_iqn"], data["target_lun"])
+    if "target_portals" in data:
+        assert [(f"{p.host}:{p.port}", i, lun) for p, i, lun in conn.portals] == \
+            list(zip(data["target_portals"], data["target_iqns"], data["target_luns"]))
+    assert ConnectionInfo.from_record(conn.to_record(), VOLUME) == conn.without_secrets()
+
+
+host_names = st.from_regex(r"\A[a-z][a-z0-9-]{0,11}\Z")
+users = st.from_regex(r"\A[a-z_][a-z0-9_-]{0,15}\Z")
+
+
+@settings(max_examples=200)
+@given(hosts=st.dictionaries(host_names.filter(lambda n: n != "local"), st.fixed_dictionaries(
+    {"address": ipv4}, optional={"ssh_user": users, "ssh_port": ports,
+                                 "connect_timeout": st.integers(1, 300)}),
+    min_size=1, max_size=3))
+def test_a_valid_hosts_table_is_accepted_as_written(tmp_path_factory, hosts):
+    path = tmp_path_factory.mktemp("hosts") / "hosts.toml"
+    path.write_text(toml_of(hosts))
+    loaded = load_hosts({"ATTACHFLOW_HOSTS": str(path)})
+    assert set(hosts) <= set(loaded)
+    for name, entry in hosts.items():
+        cfg = loaded[name]
+        assert cfg.address == entry["address"]
+        assert cfg.ssh_port == entry.get("ssh_port", 22)
+        if "ssh_user" in entry:
+            assert cfg.ssh_user == entry["ssh_user"]
+            assert f"{entry['ssh_user']}@{entry['address']}" in cfg.libvirt_uri
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(name=st.from_regex(r"\A[a-z][a-z0-9_-]{0,30}\Z"), iqn=valid_iqns, host=ipv4,
+       port=ports, lun=luns, user=st.none() | users,
+       usage=st.from_regex(r"\A[a-z][a-z0-9-]{0,20}\Z"), block=st.booleans())
+def test_valid_values_build_a_domain_libvirt_accepts(name, iqn, host, port, lun, user,
+                                                     usage, block):
+    if block:
+        source = domxml.BlockSource(path=f"/dev/disk/by-id/wwn-0x{lun:016x}")
+    else:
+        source = domxml.NetworkISCSISource(
+            iqn=iqn, lun=lun, hosts=(Portal(host, port),), auth_username=user,
+            secret_usage=usage if user else None, initiator_iqn=None)
+    disk = domxml.Disk.build(domxml.DiskSpec(source=source, target_dev="vda",
+                                             serial=VOLUME))
+    xml = domxml.build_domain(name, str(uuid.UUID(int=9)), 64, 1, "qemu", disk, {},
+                              direct_boot=None).to_xml()
+    proc = validate(xml, "generated domain")
+    assert proc.returncode == 0, (proc.stderr, xml)
+    assert domxml.Domain.parse(xml).disk(VOLUME).source == source
