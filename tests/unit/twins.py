@@ -252,7 +252,12 @@ class FakeCinder(_Faults, StorageAPI):
     def attachment_update(self, attachment_id, volume_id, connector):
         self._enter("attachment_update")
         vol, att = self._attachment(attachment_id)
-        if any(a.connector for a in vol.attachments.values() if a.id != attachment_id):
+        # As Cinder's attachment_update: on a volume that is not multiattach, several
+        # attachments (a migration's) must have their connectors on distinct hosts,
+        # counted before this one's is set.
+        others = list(vol.attachments.values())
+        hosts = {a.connector.get("host") for a in others if a.connector}
+        if not vol.multiattach and len(others) > 1 and len(hosts) != len(others) - 1:
             raise errors.VolumeStateError("duplicate connectors detected on volume")
         problem = self._connector_problem(vol, connector)
         if problem:
