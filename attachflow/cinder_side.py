@@ -542,12 +542,41 @@ class AttachmentsFlow(Flow):
 
     api = "attachments"
 
+    def _create(self, volume_id: str, instance_id: str, conn_dict: dict[str, Any],
+                explain: bool = True) -> NewAttachment:
+        """attachments.create with a connector. Cinder reserves first and connects
+        after; when the connection fails (HTTP 500) the reservation stays and the answer
+        does not name it, so the guest's reservations are released here, and the error
+        says so."""
+        try:
+            return self.storage.attachment_create(volume_id, instance_id, conn_dict)
+        except (errors.StorageNotFound, errors.VolumeStateError) as exc:
+            if not explain:
+                raise
+            raise explain_refusal(self.storage, volume_id, exc) from exc
+        except errors.StorageUnavailable as exc:
+            if exc.status is None:   # not answered: nothing is known to have been made
+                raise
+            released = self._release_reservations(volume_id, instance_id)
+            raise type(exc)(f"{exc}; {released}", status=exc.status) from exc
+
+    def _release_reservations(self, volume_id: str, instance_id: str) -> str:
+        try:
+            left = [a.attachment_id for a in self.storage.attachments_of(volume_id)
+                    if a.instance_id == instance_id and a.status == "reserved"]
+            for attachment_id in left:
+                self.storage.attachment_delete(attachment_id)
+        except errors.AttachflowError as exc:
+            return (f"could NOT release the reservation Cinder may have left for the "
+                    f"guest ({exc}); 'openstack volume attachment list --volume-id "
+                    f"{volume_id}' shows it")
+        if not left:
+            return "Cinder left no reservation"
+        return f"released the reservation Cinder left ({', '.join(left)})"
+
     def connect(self, volume_id, instance_id, connector, mountpoint):
         conn_dict = connector.to_dict(mountpoint=mountpoint)
-        try:
-            new = self.storage.attachment_create(volume_id, instance_id, conn_dict)
-        except (errors.StorageNotFound, errors.VolumeStateError) as exc:
-            raise explain_refusal(self.storage, volume_id, exc) from exc
+        new = self._create(volume_id, instance_id, conn_dict)
         conn = new.connection
         if conn is None:  # a server that ignores the connector on create
             try:
@@ -595,8 +624,7 @@ class AttachmentsFlow(Flow):
         # Cinder accepts a second attachment for the same instance only when it is
         # created with the connector (create-then-update is refused as a duplicate).
         conn_dict = connector.to_dict()
-        new = self.storage.attachment_create(source.volume_id, source.instance_id,
-                                             conn_dict)
+        new = self._create(source.volume_id, source.instance_id, conn_dict, explain=False)
         if new.connection is None:
             self.storage.attachment_delete(new.attachment_id)
             raise errors.StorageError("the storage API returned no connection info for "

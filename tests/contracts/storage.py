@@ -93,24 +93,30 @@ class StorageContract:
 
     def test_the_same_guest_gets_a_second_attachment_another_guest_does_not(
             self, storage, new_volume, connector, other_connector):
-        """A live migration's second attachment (same instance, the destination's
-        connector) is made; a second guest on a volume that is not multiattach is
-        refused, and the refusal changes nothing."""
+        """A live migration's second attachment (same instance, made with the
+        destination's connector) is made; a second guest on a volume that is not
+        multiattach is refused, and so is a connector given later to a second
+        attachment; the refusals change nothing."""
         volume_id = new_volume()
         first = storage.attachment_create(volume_id, self.INSTANCE, connector)
         storage.attachment_complete(first.attachment_id)
-        second = None
+        made = [first]
         try:
             with pytest.raises(errors.VolumeStateError):
                 storage.attachment_create(volume_id, self.OTHER_INSTANCE, other_connector)
             assert statuses(storage, volume_id) == ("in-use", ["attached"])
-            second = storage.attachment_create(volume_id, self.INSTANCE, None)
-            storage.attachment_update(second.attachment_id, volume_id, other_connector)
+            second = storage.attachment_create(volume_id, self.INSTANCE, other_connector)
+            made.append(second)
+            assert second.connection is not None
+            assert second.connection.iqn == first.connection.iqn
             assert statuses(storage, volume_id) == ("in-use", ["attached", "attaching"])
+            third = storage.attachment_create(volume_id, self.INSTANCE, None)
+            made.append(third)
+            with pytest.raises(errors.VolumeStateError, match="duplicate connectors"):
+                storage.attachment_update(third.attachment_id, volume_id, other_connector)
         finally:
-            for att in (second, first):
-                if att is not None:
-                    storage.attachment_delete(att.attachment_id)
+            for att in reversed(made):
+                storage.attachment_delete(att.attachment_id)
         assert statuses(storage, volume_id) == ("available", [])
 
     def test_a_connector_without_an_initiator_is_refused_and_nothing_is_left(
@@ -118,11 +124,26 @@ class StorageContract:
         volume_id = new_volume()
         new = storage.attachment_create(volume_id, self.INSTANCE, None)
         try:
-            with pytest.raises(errors.StorageError):
+            with pytest.raises(errors.VolumeStateError, match="initiator"):
                 storage.attachment_update(new.attachment_id, volume_id,
                                           {"host": "nowhere", "ip": "198.18.0.99"})
+            assert statuses(storage, volume_id) == ("reserved", ["reserved"])
         finally:
             storage.attachment_delete(new.attachment_id)
+        assert statuses(storage, volume_id) == ("available", [])
+
+    def test_a_connection_that_fails_at_create_leaves_a_reservation_it_does_not_name(
+            self, storage, new_volume):
+        """Cinder reserves, then connects; when connecting fails it answers 500 and
+        keeps the reservation (attachflow's flow releases it: tests of the flows)."""
+        volume_id = new_volume()
+        with pytest.raises(errors.StorageUnavailable, match="initiator") as failed:
+            storage.attachment_create(volume_id, self.INSTANCE,
+                                      {"host": "nowhere", "ip": "198.18.0.99"})
+        assert failed.value.status == 500
+        left = storage.attachments_of(volume_id)
+        assert [(a.instance_id, a.status) for a in left] == [(self.INSTANCE, "reserved")]
+        storage.attachment_delete(left[0].attachment_id)
         assert statuses(storage, volume_id) == ("available", [])
 
     def test_the_legacy_actions_in_their_order(self, storage, new_volume, connector):

@@ -544,3 +544,16 @@ def test_detach_of_a_volume_attachflow_has_no_record_of(cinder, host, api, trans
     res = operations.detach(cinder, host, vol, "vm1", api=api)
     assert res.transport == transport
     assert snapshot(cinder, host) == before
+
+
+def test_a_connection_cinder_fails_at_create_leaves_no_reservation(cinder):
+    """Cinder answers 500 and keeps the reservation it made (the contract suite shows
+    both Cinders do): the flow releases the guest's reservation, and says it did."""
+    from attachflow.cinder_side import AttachmentsFlow
+    from attachflow.model import ConnectorProperties
+    vol = cinder.create_volume()
+    no_initiator = ConnectorProperties(host="hosta", ip="198.18.0.11")
+    with pytest.raises(errors.StorageUnavailable) as failed:
+        AttachmentsFlow(cinder).connect(vol, "guest-uuid", no_initiator, "/dev/vdb")
+    assert "released the reservation Cinder left" in str(failed.value)
+    assert cinder.attachments_of(vol) == [] and cinder.volumes[vol].status == "available"

@@ -55,9 +55,13 @@ def test_an_iscsi_export_needs_the_initiator(cinder):
     with pytest.raises(errors.StorageUnavailable, match="initiator") as info:
         cinder.attachment_create(vol, "i1", NO_INITIATOR)
     assert info.value.status == 500
-    assert cinder.volumes[vol].attachments == {} and not cinder.volumes[vol].exported
+    # as Cinder: the reservation made before the connection failed stays, unnamed
+    [left] = cinder.attachments_of(vol)
+    assert (left.instance_id, left.status) == ("i1", "reserved")
+    assert not cinder.volumes[vol].exported
+    cinder.attachment_delete(left.attachment_id)
     reserved = cinder.attachment_create(vol, "i1", None)  # no connector yet: fine
-    with pytest.raises(errors.StorageUnavailable, match="initiator"):
+    with pytest.raises(errors.VolumeStateError, match="initiator"):
         cinder.attachment_update(reserved.attachment_id, vol, NO_INITIATOR)
     assert cinder.attachment_update(reserved.attachment_id, vol, CONNECTOR).iqn
 

@@ -234,17 +234,19 @@ class FakeCinder(_Faults, StorageAPI):
             raise errors.VolumeStateError(
                 f"Invalid volume: volume {volume_id} status must be available or "
                 f"in-use with multiattach, but it is {vol.status}")
-        if connector:
-            problem = self._connector_problem(vol, connector)
-            if problem:  # the API deletes the new attachment and answers 500
-                raise errors.StorageUnavailable(
-                    f"Unable to create attachment for volume ({problem}).", 500)
-        att = _Attachment(str(uuidlib.uuid4()), instance_id, connector,
-                          "attaching" if connector else "reserved",
+        problem = self._connector_problem(vol, connector) if connector else None
+        att = _Attachment(str(uuidlib.uuid4()), instance_id,
+                          None if problem else connector,
+                          "attaching" if connector and not problem else "reserved",
                           (connector or {}).get("mountpoint"),
                           "ro" if vol.readonly else "rw")
         vol.attachments[att.id] = att
         self._settle(vol)
+        if problem:
+            # As Cinder: the reservation is made first and stays when the connection
+            # fails; the answer (500) does not name it.
+            raise errors.StorageUnavailable(
+                f"Unable to create attachment for volume ({problem}).", 500)
         if connector:
             return NewAttachment(att.id, self._flat(vol, att))
         return NewAttachment(att.id, None)
@@ -252,16 +254,16 @@ class FakeCinder(_Faults, StorageAPI):
     def attachment_update(self, attachment_id, volume_id, connector):
         self._enter("attachment_update")
         vol, att = self._attachment(attachment_id)
-        # As Cinder's attachment_update: on a volume that is not multiattach, several
-        # attachments (a migration's) must have their connectors on distinct hosts,
-        # counted before this one's is set.
-        others = list(vol.attachments.values())
-        hosts = {a.connector.get("host") for a in others if a.connector}
-        if not vol.multiattach and len(others) > 1 and len(hosts) != len(others) - 1:
-            raise errors.VolumeStateError("duplicate connectors detected on volume")
+        # As Cinder's attachment_update: on a volume that is not multiattach with more
+        # than one attachment, none may have a connection yet (a migration's second
+        # attachment is made with its connector, by attachment_create, instead).
+        if not vol.multiattach and len(vol.attachments) > 1 and \
+                any(a.connector for a in vol.attachments.values()):
+            raise errors.VolumeStateError("Resource conflict: duplicate connectors "
+                                          f"detected on volume {vol.id}")
         problem = self._connector_problem(vol, connector)
-        if problem:
-            raise errors.StorageUnavailable(f"Unable to update attachment.({problem}).", 500)
+        if problem:  # the target helper's validate_connector: HTTP 400
+            raise errors.VolumeStateError(problem)
         att.connector, att.status = connector, "attaching"
         self._settle(vol)
         return self._flat(vol, att)
