@@ -109,14 +109,42 @@ class StorageContract:
             made.append(second)
             assert second.connection is not None
             assert second.connection.iqn == first.connection.iqn
-            assert statuses(storage, volume_id) == ("in-use", ["attached", "attaching"])
+            # a connection being made shows, even while another is attached
+            assert statuses(storage, volume_id) == ("attaching", ["attached", "attaching"])
+            # while a connection is being made, nothing else is reserved
+            with pytest.raises(errors.VolumeStateError, match="attaching"):
+                storage.attachment_create(volume_id, self.INSTANCE, None)
+            storage.attachment_complete(second.attachment_id)
             third = storage.attachment_create(volume_id, self.INSTANCE, None)
             made.append(third)
+            # a connector given later to a further attachment is refused
             with pytest.raises(errors.VolumeStateError, match="duplicate connectors"):
                 storage.attachment_update(third.attachment_id, volume_id, other_connector)
         finally:
             for att in reversed(made):
                 storage.attachment_delete(att.attachment_id)
+        assert statuses(storage, volume_id) == ("available", [])
+
+    def test_a_migrations_attachments_settle_to_in_use_either_way(
+            self, storage, new_volume, connector, other_connector):
+        """The second attachment completed, or deleted (a rollback), and the first
+        deleted: the volume is in use by the one left; a bare reservation beside an
+        attached one leaves it in use."""
+        volume_id = new_volume()
+        first = storage.attachment_create(volume_id, self.INSTANCE, connector)
+        storage.attachment_complete(first.attachment_id)
+        second = storage.attachment_create(volume_id, self.INSTANCE, other_connector)
+        storage.attachment_delete(second.attachment_id)            # rolled back
+        assert statuses(storage, volume_id) == ("in-use", ["attached"])
+        second = storage.attachment_create(volume_id, self.INSTANCE, other_connector)
+        storage.attachment_complete(second.attachment_id)          # moved
+        assert statuses(storage, volume_id) == ("in-use", ["attached", "attached"])
+        storage.attachment_delete(first.attachment_id)
+        assert statuses(storage, volume_id) == ("in-use", ["attached"])
+        reserved = storage.attachment_create(volume_id, self.INSTANCE, None)
+        assert statuses(storage, volume_id) == ("in-use", ["attached", "reserved"])
+        storage.attachment_delete(reserved.attachment_id)
+        storage.attachment_delete(second.attachment_id)
         assert statuses(storage, volume_id) == ("available", [])
 
     def test_a_connector_without_an_initiator_is_refused_and_nothing_is_left(

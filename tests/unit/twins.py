@@ -204,12 +204,15 @@ class FakeCinder(_Faults, StorageAPI):
         raise errors.StorageNotFound(f"attachment {attachment_id} not found", 404)
 
     def _settle(self, vol: _Volume) -> None:
-        if not vol.attachments:
+        # As Cinder: a connection being made (a migration's second one too) makes the
+        # volume "attaching" even while another attachment is attached.
+        states = {a.status for a in vol.attachments.values()}
+        if not states:
             vol.status, vol.exported = "available", False
-        elif any(a.status == "attached" for a in vol.attachments.values()):
-            vol.status = "in-use"
-        elif any(a.status == "attaching" for a in vol.attachments.values()):
+        elif "attaching" in states:
             vol.status = "attaching"
+        elif "attached" in states:
+            vol.status = "in-use"
         else:
             vol.status = "reserved"
 
@@ -228,12 +231,15 @@ class FakeCinder(_Faults, StorageAPI):
     def attachment_create(self, volume_id, instance_id, connector):
         self._enter("attachment_create")
         vol = self._vol(volume_id)
-        others = [a for a in vol.attachments.values() if a.instance_id != instance_id]
-        if vol.status not in ("available", "in-use", "reserved", "attaching") or \
-                (not vol.multiattach and others):
+        # As Cinder's _attachment_reserve: available (or in-use, multiattach), or
+        # in-use / reserved with an attachment of the same instance (a migration's).
+        free = ("available", "in-use") if vol.multiattach else ("available",)
+        same_instance = vol.status in ("in-use", "reserved") and instance_id and any(
+            a.instance_id == instance_id for a in vol.attachments.values())
+        if vol.status not in free and not same_instance:
             raise errors.VolumeStateError(
-                f"Invalid volume: volume {volume_id} status must be available or "
-                f"in-use with multiattach, but it is {vol.status}")
+                f"Invalid volume: Volume {volume_id} status must be "
+                f"{' or '.join(free)} to reserve, but the current status is {vol.status}.")
         problem = self._connector_problem(vol, connector) if connector else None
         att = _Attachment(str(uuidlib.uuid4()), instance_id,
                           None if problem else connector,
