@@ -160,6 +160,8 @@ def test_wrong_chap_password_is_undone(lab, cleanup, api):
         assert lab_state(lab) == before
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "guest attach" in lines[0], proc.stderr
+    # the cause, as QEMU's initiator reported it: the target refused the login
+    assert "Authentication failure" in lines[0], lines[0]
     assert "all earlier steps undone" in lines[0]
     # and with the right password back, the same volume attaches
     assert lab.af_json("attach", vol, vm, "--host", "hosta", "--api", api)["device"] == "vdb"

@@ -401,6 +401,9 @@ def test_wrong_chap_password_fails_cleanly_on_the_node(lab, nodes, guests, clean
         proc = nodes.af("attach", vol, dom, "--host", "nodea", expect=1)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "host connect (kernel)" in lines[0], proc.stderr
+    # the cause, as the node's initiator reported it: the target refused the login
+    assert "authorization failure" in lines[0].lower() or \
+        "authentication failure" in lines[0].lower(), lines[0]
     assert "all earlier steps undone" in lines[0]
     assert nodes.state("nodea") == before
     v = lab.volume(vol)

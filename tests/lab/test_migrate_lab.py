@@ -135,6 +135,8 @@ def test_wrong_chap_secret_on_destination(lab, cleanup, api):
         proc = lab.af("migrate", dom, "--host", "hosta", "--to", "hostb", "--api", api,
                       expect=1)
     assert "live migration" in proc.stderr
+    # the cause, as the destination's QEMU reported it: the target refused the login
+    assert "Authentication failure" in proc.stderr, proc.stderr
     assert_rolled_back(lab, dom, vols, patterns, before, proc)
 
 

@@ -71,3 +71,14 @@ def test_outside_ci_the_guard_is_not_there(suite, monkeypatch):
     result = suite.runpytest("-m", "not kernel")
     assert result.ret == 0
     assert "tiers CI must run" not in result.stdout.str()
+
+
+def test_a_listing_is_not_held_to_the_tiers(suite):
+    result = suite.runpytest("--collect-only", "-q", "-m", "not kernel")
+    assert result.ret == 0
+    assert "tiers CI must run" not in result.stdout.str()
+
+
+def test_outside_ci_a_partial_run_is_fine(suite, monkeypatch):
+    monkeypatch.delenv("CI")
+    assert suite.runpytest("-m", "not kernel").ret == 0
