@@ -20,7 +20,7 @@ from typing import Any
 from attachflow import errors
 from attachflow.hosts import HostConfig, local_address
 from attachflow.model import masked
-from attachflow.remote import Runner
+from attachflow.remote import Runner, Stream
 
 LOG = logging.getLogger("attachflow.brick")
 
@@ -38,6 +38,9 @@ class HostConnector(abc.ABC):
     @abc.abstractmethod
     def disconnect(self, protocol: str, props: dict[str, Any], device_info: dict[str, Any],
                    multipath: bool) -> None: ...
+
+    def close(self) -> None:
+        """Let go of what the connector keeps open between calls."""
 
 
 _BRICK_READY = threading.Lock()
@@ -124,17 +127,78 @@ def _scrub(text: str, props: dict[str, Any]) -> str:
 
 
 class BrickRemote(HostConnector):
-    """Runs ``attachflow host-call`` on the host; the request (with CHAP data) goes on
-    stdin, the answer comes back as JSON on stdout."""
+    """Runs ``attachflow host-call`` on the host; requests (with CHAP data) go on stdin,
+    answers come back as JSON on stdout. One ``host-call --serve`` is kept running per
+    host for the caller's whole command, so the host starts Python and imports os-brick
+    once, not once per call; a host whose attachflow has no ``--serve`` (an older
+    version) gets one ``host-call`` per request, as before."""
 
     def __init__(self, runner: Runner, cfg: HostConfig):
         self.runner = runner
         self.cfg = cfg
+        self._stream: Stream | None = None
+        self._one_shot = False      # the host answers one request per command only
+        # One request at a time on the stream (a migration finishes volumes in threads).
+        self._lock = threading.Lock()
+
+    def _argv(self, *extra: str) -> list[str]:
+        return shlex.split(self.cfg.remote_command) + ["host-call", *extra]
 
     def _call(self, request: dict[str, Any]) -> Any:
         LOG.debug("os-brick on %s: %s", self.cfg.name, masked(request))
-        argv = shlex.split(self.cfg.remote_command) + ["host-call"]
-        rc, out, err = self.runner.run(argv, json.dumps(request).encode())
+        with self._lock:
+            stream = self._served()
+            if stream is None:
+                return self._call_once(request)
+            try:
+                line = stream.exchange(json.dumps(request).encode())
+            except errors.HostError as exc:
+                self._drop_stream()
+                raise errors.HostError(f"{self.cfg.name}: host-call {request['op']}: "
+                                       f"{exc}") from exc
+        try:
+            reply = json.loads(line)
+            if "answer" in reply:
+                return reply["answer"]
+            error = str(reply["error"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise errors.HostError(f"{self.cfg.name}: host-call {request['op']}: "
+                                   "unreadable answer") from exc
+        raise errors.HostError(f"{self.cfg.name}: host-call {request['op']}: {error}")
+
+    def _served(self) -> Stream | None:
+        """The running ``host-call --serve``, started on first use; None when the host
+        answers one-shot calls only."""
+        if self._stream is not None or self._one_shot:
+            return self._stream
+        stream = self.runner.open_stream(self._argv("--serve"))
+        if stream is None:
+            self._one_shot = True
+            return None
+        try:
+            hello = stream.readline()
+        except TimeoutError:
+            hello = None
+        try:
+            served = hello is not None and json.loads(hello) == {"serving": 1}
+        except ValueError:
+            served = False
+        if not served:
+            LOG.debug("os-brick on %s: no host-call --serve there; one call per request",
+                      self.cfg.name)
+            stream.close()
+            self._one_shot = True
+            return None
+        self._stream = stream
+        return stream
+
+    def _drop_stream(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
+    def _call_once(self, request: dict[str, Any]) -> Any:
+        rc, out, err = self.runner.run(self._argv(), json.dumps(request).encode())
         if rc != 0:
             line = (err.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
             raise errors.HostError(f"{self.cfg.name}: host-call {request['op']}: {line}")
@@ -143,6 +207,10 @@ class BrickRemote(HostConnector):
         except ValueError as exc:
             raise errors.HostError(f"{self.cfg.name}: host-call {request['op']}: "
                                    "unreadable answer") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop_stream()
 
     def properties(self, my_ip, multipath):
         return self._call({"op": "properties", "my_ip": my_ip, "multipath": multipath})

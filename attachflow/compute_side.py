@@ -599,6 +599,8 @@ class ComputeHost:
     def close(self) -> None:
         if self._hypervisor is not None:
             self._hypervisor.close()
+        if self._brick is not None:
+            self._brick.close()
         if self._runner is not None:
             self._runner.close()
 

@@ -32,8 +32,32 @@ class Runner(abc.ABC):
     def ping(self, timeout: float = 5) -> None:
         """Raise HostError unless the host's SSH server answers right now."""
 
+    def open_stream(self, argv: list[str], timeout: float | None = None) -> Stream | None:
+        """Start ``argv`` on the host and keep it running, to exchange lines with it
+        (``Stream``); None from a runner that runs one command at a time only."""
+        return None
+
     def close(self) -> None:
         pass
+
+
+class Stream(abc.ABC):
+    """A command kept running on a host that answers each line it reads with one line."""
+
+    @abc.abstractmethod
+    def readline(self, timeout: float | None = None) -> bytes | None:
+        """The next line the command wrote (without its newline); None once it has
+        ended or its channel closed; TimeoutError after ``timeout`` seconds (None: the
+        host's command timeout)."""
+
+    @abc.abstractmethod
+    def exchange(self, line: bytes, timeout: float | None = None) -> bytes:
+        """Send ``line`` and return the command's answering line. HostError when the
+        channel closes before the answer (the request may have run on the host) or the
+        answer takes longer than ``timeout`` (None: the host's command timeout)."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
 
 
 class SSHRunner(Runner):
@@ -148,10 +172,87 @@ class SSHRunner(Runner):
             if chan is not None:
                 _close_quietly(chan)
 
+    def open_stream(self, argv, timeout=None):
+        timeout = self.cfg.command_timeout if timeout is None else timeout
+        client = self._connect()
+        import paramiko
+        command = shlex.join(argv)
+        where = f"ssh {self.cfg.ssh_user}@{self.cfg.address}: {command}"
+        try:
+            transport = client.get_transport()
+            if transport is None:
+                raise EOFError
+            chan = transport.open_session(timeout=timeout)
+            chan.exec_command(command)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise errors.HostError(f"{where}: {_describe(exc)}") from exc
+        LOG.debug("%s: started, kept open", where)
+        return SSHStream(chan, where, self.cfg.command_timeout)
+
     def close(self):
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+class SSHStream(Stream):
+    """A command on an SSH channel that stays open: lines to its stdin, lines back from
+    its stdout; what it writes on stderr is kept (its last lines explain an end)."""
+
+    def __init__(self, chan, where: str, default_timeout: float):
+        self._chan = chan
+        self._where = where
+        self._timeout = default_timeout
+        self._out = bytearray()
+        self._err = bytearray()
+
+    def _last_words(self) -> str:
+        lines = self._err.decode(errors="replace").strip().splitlines()
+        return f" ({lines[-1]})" if lines else ""
+
+    def readline(self, timeout=None):
+        deadline = time.monotonic() + (self._timeout if timeout is None else timeout)
+        chan = self._chan
+        while b"\n" not in self._out:
+            if chan.recv_stderr_ready():
+                self._err = (self._err + chan.recv_stderr(_CHUNK))[-4096:]
+                continue
+            if chan.recv_ready():
+                data = chan.recv(_CHUNK)
+                self._out += data
+                if data:
+                    continue
+            if not chan.recv_ready() and (chan.eof_received or chan.closed):
+                while chan.recv_stderr_ready():   # what it said as it went
+                    self._err = (self._err + chan.recv_stderr(_CHUNK))[-4096:]
+                return None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            # readable when stdout data, EOF or the close arrives; stderr is polled
+            select.select([chan], [], [], min(left, 0.05))
+        line, _newline, rest = bytes(self._out).partition(b"\n")
+        self._out = bytearray(rest)
+        return line
+
+    def exchange(self, line, timeout=None):
+        timeout = self._timeout if timeout is None else timeout
+        try:
+            self._chan.sendall(line + b"\n")
+            answer = self.readline(timeout)
+        except TimeoutError as exc:
+            raise errors.HostError(f"{self._where}: no answer within {timeout:g} s") from exc
+        except OSError as exc:
+            answer = None
+            LOG.debug("%s: %s", self._where, _describe(exc))
+        if answer is None:
+            raise errors.HostError(f"{self._where}: the connection was lost before the "
+                                   "request finished (it may have run on the host)"
+                                   f"{self._last_words()}")
+        return answer
+
+    def close(self):
+        _close_quietly(self._chan)
 
 
 _CHUNK = 32768
