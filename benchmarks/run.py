@@ -86,7 +86,7 @@ class Bench:
             os.environ[name] = shlex.split(value)[0] if value else ""
         os.environ["ATTACHFLOW_TRANSPORT"] = "native"
         from cinderclient import client
-        from attachflow.cinder_side import make_session
+        from attachflow.identity import make_session
         self.session, _ = make_session()
         self.cinder = client.Client("3.71", session=self.session)
         self.calls: list[str] = []
