@@ -188,3 +188,21 @@ def test_the_serve_loop_answers_each_line_and_ends_with_stdin(monkeypatch):
     assert replies[2] == {"error": "attachflow: error: host-call: a request is not a JSON "
                                   "object", "exit_code": 2}
     assert replies[3]["error"] == "attachflow: error: unknown host-call op 'nothing'"
+
+
+def test_the_real_command_serves_requests_until_stdin_ends():
+    """`attachflow host-call --serve` as a host runs it: a process of its own, os-brick
+    for real (connector properties need no target)."""
+    import subprocess
+    import sys
+    lines = [json.dumps({"op": "properties", "my_ip": "198.18.0.99"}),
+             json.dumps({"op": "bogus"})]
+    cp = subprocess.run([sys.executable, "-m", "attachflow", "host-call", "--serve"],
+                        input="\n".join(lines) + "\n", capture_output=True, text=True,
+                        timeout=120)
+    assert cp.returncode == 0, cp.stderr
+    hello, props, bogus = [json.loads(line) for line in cp.stdout.splitlines()]
+    assert hello == {"serving": 1}
+    assert props["answer"]["ip"] == "198.18.0.99" and props["answer"]["multipath"] is False
+    assert bogus == {"error": "attachflow: error: unknown host-call op 'bogus'",
+                     "exit_code": 2}
