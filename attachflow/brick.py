@@ -17,7 +17,7 @@ import shlex
 import threading
 from typing import Any
 
-from attachflow import errors
+from attachflow import errors, timings
 from attachflow.hosts import HostConfig, local_address
 from attachflow.model import masked
 from attachflow.remote import Runner, Stream
@@ -146,7 +146,7 @@ class BrickRemote(HostConnector):
 
     def _call(self, request: dict[str, Any]) -> Any:
         LOG.debug("os-brick on %s: %s", self.cfg.name, masked(request))
-        with self._lock:
+        with timings.phase("host-call", f"{request['op']} on {self.cfg.name}"), self._lock:
             stream = self._served()
             if stream is None:
                 return self._call_once(request)

@@ -23,7 +23,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from attachflow import errors
+from attachflow import errors, timings
 from attachflow.identity import SERVICE_SETTINGS, login_error, open_session
 from attachflow.settings import DEFAULT_DEADLINE, env_value, seconds_setting
 from attachflow.model import (AttachmentSummary, ConnectionInfo, ConnectorProperties,
@@ -218,7 +218,8 @@ class CinderStorage(StorageAPI):
                 max_version: str = WANTED_VERSION, service_cloud: str | None = None
                 ) -> "CinderStorage":
         from cinderclient import api_versions, client as cclient
-        opened = open_session(cloud, env, service_cloud)
+        with timings.phase("configuration", "storage credentials (clouds.yaml, OS_*)"):
+            opened = open_session(cloud, env, service_cloud)
         opened.log_in()
         env = os.environ if env is None else env
         kwargs: dict[str, Any] = {"session": opened.session}
@@ -242,7 +243,8 @@ class CinderStorage(StorageAPI):
 
         # A read like any other: a storage API restarting when the command starts is
         # waited for as it would be mid-command.
-        negotiated = _retrying("read", deadline=deadline)(negotiate)
+        with timings.phase("negotiation", "microversion"):
+            negotiated = _retrying("read", deadline=deadline)(negotiate)
         try:
             client = cclient.Client(negotiated.get_string(), **kwargs)
         except errors.AttachflowError:
@@ -263,7 +265,8 @@ class CinderStorage(StorageAPI):
 
         def once():
             try:
-                return fn()
+                with timings.phase("storage", what):
+                    return fn()
             except errors.AttachflowError:
                 raise  # already attachflow's (raising it "from" itself would lose its cause)
             except Exception as exc:

@@ -22,7 +22,7 @@ from typing import Callable
 
 import click
 
-from attachflow import errors, output, validate
+from attachflow import errors, output, timings, validate
 
 EXIT_FAILED = 1  # an unexpected error; AttachflowError carries its own exit code
 
@@ -66,27 +66,49 @@ def boundary(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         debug = kwargs.get("debug", False)
+        # --timings is the boundary's own option: the command never sees it
+        show_timings = kwargs.pop("timings", False) or debug
         setup_logging(debug)
-        try:
-            return fn(*args, **kwargs)
-        except errors.AttachflowError as exc:
-            if debug:
-                _print_trace()
-            click.echo(f"attachflow: error: {exc}", err=True)
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("attachflow: interrupted", err=True)
-            sys.exit(130)
-        except (click.ClickException, BrokenPipeError):
-            raise
-        except Exception as exc:
-            if debug:
-                _print_trace()
-            click.echo(f"attachflow: internal error: {type(exc).__name__}: {exc} "
-                       "(run with --debug for the trace)", err=True)
-            sys.exit(EXIT_FAILED)
+        timings.reset()
+        started = timings.since_process_start()
+        if started is not None:
+            timings.record("start-up", "interpreter, imports, option parsing", started)
+
+        def show() -> None:  # before the error line, which stays the last one
+            if show_timings:
+                total = timings.since_process_start()
+                for line in timings.report(total if total is not None else 0.0):
+                    click.echo(line, err=True)
+
+        result = _run_reported(fn, args, kwargs, debug, show)
+        show()
+        return result
 
     return wrapper
+
+
+def _run_reported(fn: Callable, args, kwargs, debug: bool, before_error: Callable):
+    """``fn``, with the library's errors as one line and an exit code."""
+    try:
+        return fn(*args, **kwargs)
+    except errors.AttachflowError as exc:
+        if debug:
+            _print_trace()
+        before_error()
+        click.echo(f"attachflow: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("attachflow: interrupted", err=True)
+        sys.exit(130)
+    except (click.ClickException, BrokenPipeError):
+        raise
+    except Exception as exc:
+        if debug:
+            _print_trace()
+        before_error()
+        click.echo(f"attachflow: internal error: {type(exc).__name__}: {exc} "
+                   "(run with --debug for the trace)", err=True)
+        sys.exit(EXIT_FAILED)
 
 
 # -- parameter types: each runs a validator, so a bad value stops at parsing ---------------
@@ -141,15 +163,22 @@ STATE_DIR_OPTION = click.option(
          "interruption.")
 
 
+DEBUG_OPTION = click.option(
+    "--debug", is_flag=True,
+    help="Trace every storage request, libvirt call, SSH command and os-brick call on "
+         "stderr (secrets masked); the timings too.")
+TIMINGS_OPTION = click.option(
+    "--timings", is_flag=True,
+    help="At the end, on stderr: where the time went, per phase (interpreter and "
+         "imports, configuration, each Keystone login, negotiation, each host "
+         "connection, storage call, libvirt call and host-call).")
+
+
 def common(storage: bool = True, transport: bool = True, result: bool = True,
            journal: bool = False, host: bool = True) -> Callable:
     """The options a user's command shares with the others, and its ``boundary``."""
     def decorate(fn):
-        opts = [
-            click.option("--debug", is_flag=True,
-                         help="Trace every storage request, libvirt call, SSH command and "
-                              "os-brick call on stderr (secrets masked)."),
-        ]
+        opts = [DEBUG_OPTION, TIMINGS_OPTION]
         if host:
             opts.insert(0, click.option(
                 "--host", default=lambda: os.environ.get("ATTACHFLOW_HOST", "local"),

@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from attachflow import domxml, errors
+from attachflow import domxml, errors, timings
 from attachflow.brick import BrickLocal, BrickRemote, HostConnector
 from attachflow.hosts import LOCAL, HostConfig, load_host
 from attachflow.model import Secret
@@ -173,7 +173,8 @@ class LibvirtHypervisor(Hypervisor):
         if self._conn is None:
             libvirt = _libvirt()
             try:
-                self._conn = libvirt.open(self.uri)
+                with timings.phase("connection", f"libvirt {self.host_name}"):
+                    self._conn = libvirt.open(self.uri)
             except libvirt.libvirtError as exc:
                 raise errors.HostError(f"{self.host_name}: cannot connect to libvirt at "
                                        f"{self.uri}: {_lverr(exc)}") from exc
@@ -243,7 +244,8 @@ class LibvirtHypervisor(Hypervisor):
         libvirt = _libvirt()
         started = time.monotonic()
         try:
-            result = fn()
+            with timings.phase("libvirt", f"{what} on {self.host_name}"):
+                result = fn()
         except libvirt.libvirtError as exc:
             LOG.debug("libvirt %s on %s: %s", what, self.host_name, _lverr(exc))
             kind = _Unsent if _never_sent(exc) else errors.HypervisorError

@@ -24,7 +24,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Mapping
 
-from attachflow import errors
+from attachflow import errors, timings
 from attachflow.model import shown
 
 LOCAL = "local"
@@ -102,6 +102,11 @@ def hosts_file_path(env: Mapping[str, str] | None = None) -> Path:
 
 def load_hosts(env: Mapping[str, str] | None = None) -> dict[str, HostConfig]:
     """Every host of the hosts file, checked; {} when there is no file."""
+    with timings.phase("configuration", "hosts file"):
+        return _load_hosts(env)
+
+
+def _load_hosts(env: Mapping[str, str] | None) -> dict[str, HostConfig]:
     path = hosts_file_path(env)
     try:
         text = path.read_text()

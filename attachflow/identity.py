@@ -14,7 +14,7 @@ import os
 import re
 from typing import Any, Mapping
 
-from attachflow import errors
+from attachflow import errors, timings
 from attachflow.settings import env_value, request_timeout
 
 
@@ -113,7 +113,8 @@ class StorageSession:
         """Get every user's token now, so that a refused login names the user."""
         for identity in self.identities:
             try:
-                identity.plugin.get_token(self.session)
+                with timings.phase("keystone", f"login of {identity.label}"):
+                    identity.plugin.get_token(self.session)
             except Exception as exc:
                 raise login_error(exc, identity) from exc
 

@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 
-from attachflow import errors
+from attachflow import errors, timings
 from attachflow.hosts import HostConfig
 
 
@@ -108,11 +108,12 @@ class SSHRunner(Runner):
         try:
             # Only a refused or timed-out TCP connect is retried: host key and auth
             # failures are answers, not accidents.
-            tenacity.Retrying(
-                retry=tenacity.retry_if_exception_type((ConnectionRefusedError,
-                                                        socket.timeout)),
-                stop=tenacity.stop_after_attempt(3), wait=tenacity.wait_fixed(0.5),
-                reraise=True)(connect)
+            with timings.phase("connection", f"ssh {self.cfg.name}"):
+                tenacity.Retrying(
+                    retry=tenacity.retry_if_exception_type((ConnectionRefusedError,
+                                                            socket.timeout)),
+                    stop=tenacity.stop_after_attempt(3), wait=tenacity.wait_fixed(0.5),
+                    reraise=True)(connect)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise errors.HostError(f"ssh {self.cfg.ssh_user}@{self.cfg.address}: "
                                    f"{_describe(exc)}") from exc

@@ -202,3 +202,37 @@ def test_migrate_on_timeout_postcopy_starts_the_migration_with_the_post_copy_fla
     assert result.exit_code == 0, result.output
     assert [r.postcopy for r in hosts["hosta"].hypervisor.migrations] == [flag]
     assert "vm" in hosts["hostb"].hypervisor.domains
+
+
+def test_timings_say_where_the_time_went_and_keep_the_error_line_last(world, monkeypatch):
+    from attachflow import timings
+    cinder, host = world
+    host.hypervisor.add_domain("vm1")
+    vol = cinder.create_volume()
+
+    def storage_call(*args, **kwargs):   # what the real adapter records for each call
+        with timings.phase("storage", "GET volume"):
+            pass
+        raise errors.StorageUnavailable("storage API down")
+    monkeypatch.setattr(cinder, "attachment_create", storage_call)
+    result = run("attach", vol, "vm1", "--transport", "native", "--timings")
+    lines = result.stderr.splitlines()
+    assert result.exit_code != 0 and lines[-1].startswith("attachflow: error: ")
+    assert "timings (seconds):" in lines
+    assert any("start-up" in line and "interpreter" in line for line in lines)
+    assert any(line.strip().endswith("storage       GET volume") for line in lines), lines
+    summary = next(line for line in lines if "per kind:" in line)
+    assert "storage" in summary and "command total" in summary
+    # the next command starts its record afresh
+    again = run("attach", vol, "vm1", "--transport", "native", "--timings")
+    assert sum("GET volume" in line for line in again.stderr.splitlines()) == 1
+
+
+def test_timings_record_each_phase_kind_only():
+    from attachflow import timings
+    with pytest.raises(ValueError):
+        timings.record("lunch", "x", 1.0)
+    timings.reset()
+    for _ in range(timings.KEPT + 10):
+        timings.record("libvirt", "x", 0.001)
+    assert len(timings.taken()) == timings.KEPT
