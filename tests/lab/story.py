@@ -24,10 +24,11 @@ import dataclasses
 import time
 import xml.etree.ElementTree as ET
 
-HOSTS = ("hosta", "hostb")
 # The initiator name attachflow's native transport gives QEMU on a host is this prefix,
 # a colon and the host's name; it is read from the product's constant so a rename shows.
-from attachflow.connectors.iscsi_native import INITIATOR_PREFIX  # noqa: E402
+from attachflow.connectors.iscsi_native import INITIATOR_PREFIX
+
+HOSTS = ("hosta", "hostb")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -140,6 +140,18 @@ def test_any_hosts_table_is_checked_key_by_key(tmp_path_factory, hosts):
 names = st.text(max_size=40)
 
 
+def root_disk(block, path, iqn, lun, host, port, user, usage):
+    """(source, vda disk) of the volume: a block device at ``path``, or QEMU's iSCSI."""
+    if block:
+        source = domxml.BlockSource(path=path)
+    else:
+        source = domxml.NetworkISCSISource(
+            iqn=iqn, lun=lun, hosts=(Portal(host, port),), auth_username=user,
+            secret_usage=usage if user else None, initiator_iqn=None)
+    return source, domxml.Disk.build(domxml.DiskSpec(source=source, target_dev="vda",
+                                                     serial=VOLUME))
+
+
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(name=names, iqn=iqn_text, host=st.one_of(st.ip_addresses(v=4).map(str),
@@ -151,14 +163,7 @@ names = st.text(max_size=40)
 def test_built_xml_validates_with_every_value_escaped_or_is_refused(
         name, iqn, host, port, lun, user, usage, path, kernel, cmdline, block):
     try:
-        if block:
-            source = domxml.BlockSource(path=path)
-        else:
-            source = domxml.NetworkISCSISource(
-                iqn=iqn, lun=lun, hosts=(Portal(host, port),), auth_username=user,
-                secret_usage=usage if user else None, initiator_iqn=None)
-        disk = domxml.Disk.build(domxml.DiskSpec(source=source, target_dev="vda",
-                                                 serial=VOLUME))
+        source, disk = root_disk(block, path, iqn, lun, host, port, user, usage)
         boot = domxml.DirectBoot(kernel, None, cmdline) if kernel is not None else None
         dom = domxml.build_domain(name, str(uuid.UUID(int=9)), 64, 1, "qemu", disk,
                                   {VOLUME: json.dumps({"host": name})},
@@ -304,14 +309,8 @@ def test_a_valid_hosts_table_is_accepted_as_written(tmp_path_factory, hosts):
        usage=st.from_regex(r"\A[a-z][a-z0-9-]{0,20}\Z"), block=st.booleans())
 def test_valid_values_build_a_domain_libvirt_accepts(name, iqn, host, port, lun, user,
                                                      usage, block):
-    if block:
-        source = domxml.BlockSource(path=f"/dev/disk/by-id/wwn-0x{lun:016x}")
-    else:
-        source = domxml.NetworkISCSISource(
-            iqn=iqn, lun=lun, hosts=(Portal(host, port),), auth_username=user,
-            secret_usage=usage if user else None, initiator_iqn=None)
-    disk = domxml.Disk.build(domxml.DiskSpec(source=source, target_dev="vda",
-                                             serial=VOLUME))
+    source, disk = root_disk(block, f"/dev/disk/by-id/wwn-0x{lun:016x}", iqn, lun, host,
+                             port, user, usage)
     xml = domxml.build_domain(name, str(uuid.UUID(int=9)), 64, 1, "qemu", disk, {},
                               direct_boot=None).to_xml()
     proc = validate(xml, "generated domain")
