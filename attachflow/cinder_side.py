@@ -24,7 +24,8 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from attachflow import errors, timings
-from attachflow.identity import SERVICE_SETTINGS, login_error, open_session
+from attachflow.identity import SERVICE_SETTINGS, StorageSession, login_error, open_session
+from attachflow.token_cache import TokenCache
 from attachflow.settings import DEFAULT_DEADLINE, env_value, seconds_setting
 from attachflow.model import (AttachmentSummary, ConnectionInfo, ConnectorProperties,
                               NewAttachment, Volume, VolumeAttachment, masked)
@@ -44,6 +45,10 @@ class StorageAPI(abc.ABC):
 
     #: the microversion in use, as (major, minor)
     version: tuple[int, int] = (3, 0)
+
+    def close(self) -> None:
+        """Done with the storage API: what the session learned (a new login) is kept for
+        the next command."""
 
     @abc.abstractmethod
     def get_volume(self, volume_id: str) -> Volume: ...
@@ -203,8 +208,10 @@ class CinderStorage(StorageAPI):
     """StorageAPI over python-cinderclient. Construct with ``CinderStorage.connect``."""
 
     def __init__(self, client, version: tuple[int, int], sleep=time.sleep,
-                 deadline: float = DEFAULT_DEADLINE, service_token: bool = True):
+                 deadline: float = DEFAULT_DEADLINE, service_token: bool = True,
+                 opened: "StorageSession | None" = None):
         self._client = client
+        self._opened = opened
         self.version = version
         self._sleep = sleep
         self._deadline = deadline
@@ -218,10 +225,10 @@ class CinderStorage(StorageAPI):
                 max_version: str = WANTED_VERSION, service_cloud: str | None = None
                 ) -> "CinderStorage":
         from cinderclient import api_versions, client as cclient
-        with timings.phase("configuration", "storage credentials (clouds.yaml, OS_*)"):
-            opened = open_session(cloud, env, service_cloud)
-        opened.log_in()
         env = os.environ if env is None else env
+        with timings.phase("configuration", "storage credentials (clouds.yaml, OS_*)"):
+            opened = open_session(cloud, env, service_cloud, TokenCache.from_env(env))
+        opened.log_in()
         kwargs: dict[str, Any] = {"session": opened.session}
         if opened.endpoint:
             kwargs["endpoint_override"] = opened.endpoint
@@ -253,7 +260,12 @@ class CinderStorage(StorageAPI):
             raise _translate(exc, "microversion negotiation") from exc
         version = (negotiated.ver_major, negotiated.ver_minor)
         LOG.debug("cinder: negotiated microversion %d.%d", *version)
-        return cls(client, version, deadline=deadline, service_token=opened.service_token)
+        return cls(client, version, deadline=deadline, service_token=opened.service_token,
+                   opened=opened)
+
+    def close(self) -> None:
+        if self._opened is not None:
+            self._opened.keep_tokens()
 
     def _call(self, what: str, fn: Callable[[], Any], kind: str = "write",
               guarded: bool = False) -> Any:

@@ -81,6 +81,7 @@ class Client:
         self.api = _choice("api", api or DEFAULT_API, APIS)
         self.progress = progress
         self._storage = storage
+        self._own_storage = storage is None
         self._given_hosts = dict(hosts or {})
         self._opened: dict[str, ComputeHost] = {}
 
@@ -109,10 +110,13 @@ class Client:
         return self._opened[name]
 
     def close(self) -> None:
-        """Close every host connection this client opened."""
+        """Close every host connection this client opened, and keep its logins for the next
+        command (the token cache)."""
         opened, self._opened = self._opened, {}
         for host in opened.values():
             host.close()
+        if self._own_storage and self._storage is not None:
+            self._storage.close()
         if self._tracker is not None:
             self._tracker.journal.close()
 

@@ -12,10 +12,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from attachflow import errors, timings
 from attachflow.settings import env_value, request_timeout
+
+if TYPE_CHECKING:
+    from attachflow.token_cache import TokenCache
 
 
 SERVICE_SETTINGS = ("--os-service-cloud / ATTACHFLOW_SERVICE_CLOUD, or OS_SERVICE_USERNAME, "
@@ -108,15 +111,75 @@ class StorageSession:
     endpoint: str | None          # a cloud's block-storage endpoint, else the catalog's
     identities: tuple[Identity, ...]   # empty under noauth
     service_token: bool           # requests carry a service's identity (token or noauth)
+    tokens: "TokenCache | None" = None   # tokens kept between commands
+    # per user (by label): the token stored for the next command, as this one knows it
+    _stored: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
 
     def log_in(self) -> None:
-        """Get every user's token now, so that a refused login names the user."""
+        """Have every user's token now (the stored one, or a new login), so that a refused
+        login names the user."""
         for identity in self.identities:
+            if self._reuse(identity):
+                continue
             try:
                 with timings.phase("keystone", f"login of {identity.label}"):
                     identity.plugin.get_token(self.session)
             except Exception as exc:
                 raise login_error(exc, identity) from exc
+            self.keep_tokens(only=identity)
+
+    def _reuse(self, identity: Identity) -> bool:
+        """Whether ``identity`` goes on with a token a command before this one stored,
+        its catalog read again when it is older than the cache allows."""
+        if self.tokens is None:
+            return False
+        with timings.phase("keystone", f"stored token of {identity.label}"):
+            restored = self.tokens.restore(identity.plugin)
+        self._stored[identity.label] = restored
+        if not restored.used:
+            return False
+        # Only the user's catalog finds endpoints; the service token is a header.
+        if identity.role == "user" and self.tokens.catalog_stale(restored):
+            with timings.phase("keystone", f"catalog of {identity.label}"):
+                known = _read_token_again(self.session, identity)
+            if not known:
+                self.tokens.forget(identity.plugin)
+                return False
+            self._stored[identity.label] = self.tokens.save(identity.plugin, restored,
+                                                            catalog_read=True)
+        return True
+
+    def keep_tokens(self, only: Identity | None = None) -> None:
+        """Store each user's token as it is now, for the next command (a new login
+        replaces the stored token, a failed one removes it)."""
+        if self.tokens is None:
+            return
+        from attachflow.token_cache import Restored
+        for identity in self.identities if only is None else (only,):
+            known = self._stored.get(identity.label, Restored(False, None, 0.0))
+            self._stored[identity.label] = self.tokens.save(identity.plugin, known)
+
+
+def _read_token_again(session: Any, identity: Identity) -> bool:
+    """Ask Keystone for the token's own data again (its catalog, roles and expiry) with
+    the token itself: one validation, no login. False when Keystone no longer knows the
+    token (revoked, expired, or the user's password changed)."""
+    from keystoneauth1 import access
+    from keystoneauth1 import exceptions as kexc
+    token = identity.plugin.auth_ref.auth_token
+    url = identity.auth_url.rstrip("/")
+    if not url.endswith("/v3"):
+        url += "/v3"
+    try:
+        resp = session.get(f"{url}/auth/tokens", authenticated=False,
+                           headers={"X-Auth-Token": token, "X-Subject-Token": token})
+        identity.plugin.auth_ref = access.create(resp=resp, auth_token=token)
+        return True
+    except (kexc.NotFound, kexc.Unauthorized):
+        identity.plugin.set_auth_state(None)
+        return False
+    except Exception as exc:
+        raise login_error(exc, identity) from exc
 
 
 def login_error(exc: BaseException, identity: "Identity | None" = None) -> errors.StorageError:
@@ -160,19 +223,21 @@ def make_session(cloud: str | None = None, env: Mapping[str, str] | None = None,
 
 
 def open_session(cloud: str | None = None, env: Mapping[str, str] | None = None,
-                 service_cloud: str | None = None) -> StorageSession:
+                 service_cloud: str | None = None,
+                 tokens: "TokenCache | None" = None) -> StorageSession:
     """A keystoneauth1 session from a clouds.yaml cloud, the OS_* variables, or noauth.
 
     noauth (labs): OS_AUTH_TYPE=noauth with OS_ENDPOINT, OS_USER_ID, OS_PROJECT_ID.
     Every request times out after ATTACHFLOW_STORAGE_TIMEOUT seconds (default 30), and a
     call's retries stop after ATTACHFLOW_STORAGE_DEADLINE (default 60): a storage API
-    that stops answering must not hang an attach.
+    that stops answering must not hang an attach. ``tokens``: where logins are kept
+    between commands (none: every command logs in).
     """
     env = os.environ if env is None else env
     cloud = cloud or env_value(env, "OS_CLOUD")
     timeout = request_timeout(env)
     if cloud:
-        return _cloud_session(cloud, env, service_cloud, timeout)
+        return _cloud_session(cloud, env, service_cloud, timeout, tokens)
 
     from keystoneauth1 import session as ks_session
     auth_type, options, plugin = _plugin_from_env(env)
@@ -196,11 +261,12 @@ def open_session(cloud: str | None = None, env: Mapping[str, str] | None = None,
         service_token = service is not None
     return StorageSession(
         ks_session.Session(auth=plugin, verify=verify, additional_headers=headers,
-                           timeout=timeout), None, identities, service_token)
+                           timeout=timeout), None, identities, service_token,
+        tokens if identities else None)
 
 
 def _cloud_session(cloud: str, env: Mapping[str, str], service_cloud: str | None,
-                   timeout: float) -> StorageSession:
+                   timeout: float, tokens: "TokenCache | None") -> StorageSession:
     """``open_session`` from a clouds.yaml cloud."""
     try:
         region = _cloud(cloud, env)
@@ -212,7 +278,8 @@ def _cloud_session(cloud: str, env: Mapping[str, str], service_cloud: str | None
     service = _service_identity(service_cloud, env)
     sess.auth = _with_service_token(sess.auth, service)
     return StorageSession(sess, region.get_endpoint("block-storage"),
-                          (user, *([service] if service else [])), service is not None)
+                          (user, *([service] if service else [])), service is not None,
+                          tokens)
 
 
 def _plugin_from_env(env: Mapping[str, str]) -> tuple[str, dict[str, Any], Any]:

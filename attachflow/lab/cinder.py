@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import shutil
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -30,15 +31,62 @@ def _env() -> dict[str, str]:
             "HOME": str(layout.path("cinder"))}
 
 
+# How long cinder-api trusts a token it validated, as production's keystonemiddleware
+# does by default. A test of revocation shortens it for its own run
+# (``token_cache_time``): with the default, a revoked token keeps working at Cinder for
+# five minutes.
+DEFAULT_TOKEN_CACHE_TIME = 300
+
+
+def _token_cache_file() -> Path:
+    return layout.path("cinder", "token-cache-time")
+
+
 def _auth_values() -> dict[str, str]:
     if layout.auth_mode() == "noauth":
         return {"auth_strategy": "noauth", "auth_sections": ""}
     from attachflow.lab import keystone
+    cache_time = layout.load_json(_token_cache_file(), DEFAULT_TOKEN_CACHE_TIME)
     return {"auth_strategy": "keystone",
             "auth_sections": layout.render_text(
                 "cinder-keystone.conf", cinder_user=keystone.CINDER.user,
                 cinder_password=keystone.passwords(draw=True)[keystone.CINDER.user],
-                cinder_project=keystone.CINDER.project, domain=keystone.DOMAIN)}
+                cinder_project=keystone.CINDER.project, domain=keystone.DOMAIN,
+                token_cache_time=str(int(cache_time)))}
+
+
+def _render_conf() -> None:
+    db = (f"mysql+pymysql://root@localhost/cinder?unix_socket={mariadb.socket_path()}"
+          "&charset=utf8")
+    layout.render("cinder.conf", conf_path(), 0o600, database_url=db,
+                  helper=f"{layout.VENV}/bin/privsep-helper --config-file {conf_path()}",
+                  **_auth_values())
+
+
+def token_cache_time(seconds: int | None, timeout: float = 90) -> None:
+    """Make the running lab's cinder-api trust a validated token for ``seconds`` (None:
+    production's default again): cinder.conf is written anew and cinder-api restarted,
+    which also empties its cache of validated tokens. Returns once the API answers."""
+    if layout.auth_mode() == "noauth":
+        raise LabError("the lab runs with noauth: Cinder validates no token")
+    if seconds is None:
+        _token_cache_file().unlink(missing_ok=True)
+    else:
+        layout.write(_token_cache_file(), f"{int(seconds)}\n", 0o600)
+    _render_conf()
+    from attachflow.lab.component import Lab
+    lab = Lab()
+    lab.supervisor.stop("cinder-api")
+    lab.supervisor.start("cinder-api")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            api("os-services")
+            return
+        except LabError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
 
 
 def _credentials() -> tuple[str, str]:
@@ -85,11 +133,7 @@ class CinderDB(Component):
             (cdir / sub).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(Path(__file__).with_name("cinder_driver.py"),
                         cdir / "driver" / "attachflow_lab_driver.py")
-        db = (f"mysql+pymysql://root@localhost/cinder?unix_socket={mariadb.socket_path()}"
-              "&charset=utf8")
-        layout.render("cinder.conf", conf_path(), 0o600, database_url=db,
-                      helper=f"{layout.VENV}/bin/privsep-helper --config-file {conf_path()}",
-                      **_auth_values())
+        _render_conf()
         marker = cdir / "db-synced"
         if marker.exists():
             return
