@@ -28,12 +28,21 @@ SERVICE_SETTINGS = ("--os-service-cloud / ATTACHFLOW_SERVICE_CLOUD, or OS_SERVIC
 def _cloud(name: str, env: Mapping[str, str]):
     """One cloud of clouds.yaml; OS_CLIENT_CONFIG_FILE in ``env`` names the file first, as
     it does for the openstack CLI."""
-    import openstack.config  # lazily: only clouds need clouds.yaml parsing
-    from openstack.config import loader
+    from openstack.config import loader  # lazily: only clouds need clouds.yaml parsing
+
+    class SettingsConfig(loader.OpenStackConfig):
+        """openstacksdk reads OS_CLIENT_CONFIG_FILE and OS_CLIENT_SECURE_FILE from the
+        process's environment, which would put the process's clouds.yaml before the
+        one ``env`` (a library caller's settings) names."""
+
+        def _get_envvar(self, key, default=None):
+            return env.get(key, default)
+
     files = None
     if env_value(env, "OS_CLIENT_CONFIG_FILE"):
         files = [env["OS_CLIENT_CONFIG_FILE"], *loader.CONFIG_FILES]
-    return openstack.config.OpenStackConfig(config_files=files).get_one(cloud=name)
+    # The cloud is named: the OS_* variables make no cloud of their own here.
+    return SettingsConfig(config_files=files, load_envvars=False).get_one(cloud=name)
 
 
 def _service_identity(service_cloud: str | None,

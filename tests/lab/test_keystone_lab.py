@@ -149,7 +149,9 @@ def test_refused_logins_and_calls_are_one_line_and_change_nothing(lab, cleanup):
         assert lab_state(lab) == before, case
 
     with keystone_stopped(lab):
-        proc = lab.af("attach", free, vm, "--host", "hosta", expect=1)
+        # a command that must log in (with a stored token it would not ask Keystone)
+        proc = lab.af("attach", free, vm, "--host", "hosta", expect=1,
+                      env=env_without(ATTACHFLOW_TOKEN_CACHE="off"))
         line = one_line(proc)
         assert line.startswith("attachflow: error: cannot reach Keystone at "
                                "http://127.0.0.1:5000/v3 ("), line
@@ -288,3 +290,160 @@ def test_a_refused_new_login_mid_attach_undoes_what_it_can_and_names_the_rest(
             lab.cinder.attachments.list(search_opts={"volume_id": data})]
     assert len(left) == 1 and left[0][0] == vm_uuid and \
         left[0][1] in ("reserved", "attaching"), left
+
+
+# -- tokens kept between commands ----------------------------------------------------------
+
+def commands(state_dir, count: int = 1, volume: str | None = None, **settings) -> int:
+    """``count`` commands one after another, each with its own ``Client`` as each
+    `attachflow` process has, sharing ``state_dir``: the logins they made together."""
+    import attachflow
+    with counting_logins() as logins:
+        for _ in range(count):
+            with attachflow.Client(state_dir=str(state_dir), **settings) as af:
+                if volume:
+                    af.storage.get_volume(volume)
+                else:
+                    af.storage  # noqa: B018 - connecting is the command's login
+    return logins.count
+
+
+def stored(state_dir) -> dict:
+    """The stored tokens, by file name: each file's content as JSON."""
+    import json
+    return {f.name: json.loads(f.read_text()) for f in (state_dir / "tokens").glob("*.json")}
+
+
+def rewrite_stored(state_dir, change) -> None:
+    """Change every stored token's keystoneauth state with ``change(state)``."""
+    import json
+    for file in (state_dir / "tokens").glob("*.json"):
+        data = json.loads(file.read_text())
+        data = change(data)
+        file.write_text(json.dumps(data))
+
+
+def test_commands_share_one_login_per_user_and_keep_it_private(lab, cleanup, tmp_path):
+    volume = lab.create_volume()
+    cleanup["volumes"].append(volume)
+    # the member and the service user log in once; 20 more commands ask Keystone nothing
+    assert commands(tmp_path, 1, volume) == 2
+    assert commands(tmp_path, 20, volume) == 0
+    files = list((tmp_path / "tokens").iterdir())
+    assert len(files) == 2
+    assert all(oct(f.stat().st_mode & 0o777) == "0o600" for f in files)
+    assert oct((tmp_path / "tokens").stat().st_mode & 0o777) == "0o700"
+    # the command line says where its time went, and never shows a token
+    env = env_without(ATTACHFLOW_STATE_DIR=str(tmp_path))
+    proc = lab.af("list", "--host", "hosta", "-f", "value", "--timings", env=env)
+    assert "stored token of user 'lab-member'" in proc.stderr
+    assert "login of" not in proc.stderr, proc.stderr
+    no_secret_in(proc.stdout + proc.stderr)
+
+
+def test_a_revoked_stored_token_costs_one_new_login_per_user(lab, cleanup, tmp_path,
+                                                             cinder_checks_tokens_often):
+    volume = lab.create_volume()
+    cleanup["volumes"].append(volume)
+    assert commands(tmp_path, 1, volume) == 2
+    before = stored(tmp_path)
+    set_user("lab-member", enabled=False)
+    set_user("lab-member", enabled=True)
+    settle()
+    # Cinder refuses the member's stored token (401): keystoneauth logs in again, once
+    # for the user and once for the service user whose token goes with it
+    assert commands(tmp_path, 1, volume) == 2
+    after = stored(tmp_path)
+    assert set(after) == set(before) and after != before
+    assert commands(tmp_path, 3, volume) == 0
+
+
+def test_a_stale_catalog_is_read_again_and_a_revoked_token_found_then(
+        lab, cleanup, tmp_path, cinder_checks_tokens_often):
+    from attachflow.token_cache import CATALOG_TTL
+    volume = lab.create_volume()
+    cleanup["volumes"].append(volume)
+    assert commands(tmp_path, 1, volume) == 2
+
+    def aged(data):
+        return {**data, "catalog_at": data["catalog_at"] - CATALOG_TTL - 1}
+    rewrite_stored(tmp_path, aged)
+    # the catalog is read again with the same token: no login
+    assert commands(tmp_path, 1, volume) == 0
+    # the member's catalog is new (the service user's token finds no endpoint: not read)
+    assert sorted(time.time() - d["catalog_at"] < 60 for d in stored(tmp_path).values()) \
+        == [False, True]
+    # a revoked token, found when its catalog is read: exactly one new login (the
+    # member's); the service user's token stays
+    rewrite_stored(tmp_path, aged)
+    set_user("lab-member", enabled=False)
+    set_user("lab-member", enabled=True)
+    settle()
+    assert commands(tmp_path, 1, volume) == 1
+
+
+def test_a_changed_password_logs_in_anew_or_fails_and_forgets_the_token(
+        lab, cleanup, tmp_path, cinder_checks_tokens_often):
+    import yaml
+    from attachflow import errors
+    volume = lab.create_volume()
+    cleanup["volumes"].append(volume)
+    assert commands(tmp_path, 1, volume) == 2
+    password = keystone.passwords()["lab-member"]
+    clouds = yaml.safe_load(open(os.environ["OS_CLIENT_CONFIG_FILE"]))
+    clouds["clouds"]["attachflow-lab"]["auth"]["password"] = password + "-new"
+    new_clouds = tmp_path / "clouds.yaml"
+    new_clouds.write_text(yaml.safe_dump(clouds))
+    set_user("lab-member", password=password + "-new")
+    settle()
+    try:
+        # the operator has not updated clouds.yaml yet: the stored token was revoked with
+        # the change, the new login is refused, and the token is not kept
+        with pytest.raises(errors.AuthError, match="refused the login"):
+            commands(tmp_path, 1, volume)
+        # (Cinder's 401 drops both tokens that went with the request, the service user's
+        # too: it was never asked for again)
+        assert stored(tmp_path) == {}
+        # with the new password: new logins, not the old token
+        env = env_without(OS_CLIENT_CONFIG_FILE=str(new_clouds))
+        assert commands(tmp_path, 1, volume, env=env) == 2
+        assert commands(tmp_path, 2, volume, env=env) == 0
+    finally:
+        set_user("lab-member", password=password)
+        settle()
+
+
+def test_another_cloud_finds_no_token_but_its_own(lab, cleanup, tmp_path):
+    volume = lab.create_volume()
+    cleanup["volumes"].append(volume)
+    assert commands(tmp_path, 1, volume) == 2
+    # the reader is another user of the same Keystone: its own login; the service user's
+    # token serves both
+    assert commands(tmp_path, 1, volume, cloud="attachflow-lab-reader") == 1
+    assert len(stored(tmp_path)) == 3
+    assert commands(tmp_path, 1, volume, cloud="attachflow-lab-reader") == 0
+    assert commands(tmp_path, 1, volume) == 0
+
+
+def test_an_expired_stored_token_is_not_used(lab, cleanup, tmp_path):
+    import json
+    volume = lab.create_volume()
+    cleanup["volumes"].append(volume)
+    assert commands(tmp_path, 1, volume) == 2
+
+    def expired(data):
+        state = json.loads(data["state"])
+        state["body"]["token"]["expires_at"] = "2020-01-01T00:00:00.000000Z"
+        return {**data, "state": json.dumps(state)}
+    rewrite_stored(tmp_path, expired)
+    assert commands(tmp_path, 1, volume) == 2
+    assert commands(tmp_path, 1, volume) == 0
+
+
+def test_with_the_cache_off_every_command_logs_in_and_nothing_is_stored(lab, cleanup,
+                                                                        tmp_path):
+    volume = lab.create_volume()
+    cleanup["volumes"].append(volume)
+    env = env_without(ATTACHFLOW_TOKEN_CACHE="off")
+    assert commands(tmp_path, 3, volume, env=env) == 6
+    assert not (tmp_path / "tokens").exists()

@@ -410,8 +410,8 @@ def test_a_cloud_from_clouds_yaml_has_its_endpoint_and_the_timeout(api, tmp_path
                  "username": "demo", "password": "secret", "project_name": "demo",
                  "user_domain_name": "Default", "project_domain_name": "Default"},
         "block_storage_endpoint_override": f"{api.endpoint}/p"}}}))
-    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(tmp_path / "clouds.yaml"))
-    storage = CinderStorage.connect(cloud="lab", env={"ATTACHFLOW_STORAGE_TIMEOUT": "1"})
+    storage = CinderStorage.connect(cloud="lab", env={
+        "ATTACHFLOW_STORAGE_TIMEOUT": "1", "OS_CLIENT_CONFIG_FILE": str(tmp_path / "clouds.yaml")})
     assert storage.version == (3, 71)
     api.clear()
     assert storage.get_volume(VOL).id == VOL
@@ -1041,13 +1041,12 @@ def test_the_cloud_can_come_from_os_cloud(api, tmp_path, monkeypatch):
                  "username": "demo", "password": "secret", "project_name": "demo",
                  "user_domain_name": "Default", "project_domain_name": "Default"},
         "block_storage_endpoint_override": f"{api.endpoint}/p"}}}))
-    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(tmp_path / "clouds.yaml"))
-    monkeypatch.delenv("OS_CLOUD", raising=False)
-    storage = CinderStorage.connect(env={"OS_CLOUD": "lab"})
+    files = {"OS_CLIENT_CONFIG_FILE": str(tmp_path / "clouds.yaml")}
+    storage = CinderStorage.connect(env={"OS_CLOUD": "lab", **files})
     api.clear()
     assert storage.get_volume(VOL).id == VOL
     with pytest.raises(errors.InputError, match="cloud 'nosuch'"):
-        CinderStorage.connect(env={"OS_CLOUD": "nosuch"})
+        CinderStorage.connect(env={"OS_CLOUD": "nosuch", **files})
 
 
 def test_debug_logs_show_what_cinder_answered(api, storage, caplog):
@@ -1164,14 +1163,14 @@ def test_a_service_cloud_from_clouds_yaml_gives_the_service_token(api, tmp_path,
         "svc": {"auth": dict(auth, username="cinder-svc", password="svc-secret",
                              project_name="service")}}}
     (tmp_path / "clouds.yaml").write_text(json.dumps(clouds))
-    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(tmp_path / "clouds.yaml"))
-    storage = CinderStorage.connect(cloud="member", service_cloud="svc", env={})
+    files = {"OS_CLIENT_CONFIG_FILE": str(tmp_path / "clouds.yaml")}
+    storage = CinderStorage.connect(cloud="member", service_cloud="svc", env=files)
     api.clear()
     attached(api)
     storage.attachment_delete(ATT)
     assert api.calls("DELETE")[0].header("X-Service-Token") == "tok-svc-cinder-svc"
     with pytest.raises(errors.InputError, match="service cloud 'nosuch'"):
-        CinderStorage.connect(cloud="member", service_cloud="nosuch", env={})
+        CinderStorage.connect(cloud="member", service_cloud="nosuch", env=files)
 
 
 @pytest.mark.parametrize("drop,named", [("OS_SERVICE_PASSWORD", "OS_SERVICE_PASSWORD"),
@@ -1244,9 +1243,9 @@ def test_a_service_user_needs_an_auth_url(api, tmp_path, monkeypatch):
         "password": "secret", "project_name": "demo", "user_domain_name": "Default",
         "project_domain_name": "Default"}}}}
     (tmp_path / "clouds.yaml").write_text(json.dumps(clouds))
-    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(tmp_path / "clouds.yaml"))
     with pytest.raises(errors.InputError) as info:
-        CinderStorage.connect(cloud="member", env=SERVICE)
+        CinderStorage.connect(cloud="member", env={
+            **SERVICE, "OS_CLIENT_CONFIG_FILE": str(tmp_path / "clouds.yaml")})
     assert str(info.value) == "service credentials incomplete: set OS_SERVICE_AUTH_URL"
 
 
@@ -1259,10 +1258,11 @@ def test_the_service_cloud_may_come_from_the_environment_or_go_with_os_variables
                                               password="svc-secret",
                                               project_name="service")}}}
     (tmp_path / "clouds.yaml").write_text(json.dumps(clouds))
-    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(tmp_path / "clouds.yaml"))
+    files = {"OS_CLIENT_CONFIG_FILE": str(tmp_path / "clouds.yaml")}
     for storage in (
-            CinderStorage.connect(env=keystone_env(api, ATTACHFLOW_SERVICE_CLOUD="svc")),
-            CinderStorage.connect(env=keystone_env(api), service_cloud="svc")):
+            CinderStorage.connect(env=keystone_env(api, ATTACHFLOW_SERVICE_CLOUD="svc",
+                                                   **files)),
+            CinderStorage.connect(env=keystone_env(api, **files), service_cloud="svc")):
         api.clear()
         attached(api)
         storage.attachment_delete(ATT)
@@ -1323,3 +1323,23 @@ def test_the_cli_names_an_unreachable_keystone_in_one_line(api, monkeypatch):
     assert len(lines) == 1, result.stderr  # keystoneauth's own warnings stay quiet
     assert lines[0].startswith("attachflow: error: cannot reach Keystone at "
                                "http://127.0.0.1:9/identity/v3 (")
+
+
+@pytest.mark.filterwarnings("ignore:Support for InfluxDB")  # openstacksdk's own
+def test_the_settings_clouds_yaml_wins_over_the_processs(api, tmp_path, monkeypatch):
+    """A library caller's settings name the clouds.yaml; the process's own
+    OS_CLIENT_CONFIG_FILE (openstacksdk reads it from os.environ) must not come first."""
+    def clouds(name: str, password: str) -> str:
+        (tmp_path / name).write_text(json.dumps({"clouds": {"lab": {"auth": {
+            "auth_url": f"http://127.0.0.1:{api.port}/identity/v3", "username": "demo",
+            "password": password, "project_name": "demo", "user_domain_name": "Default",
+            "project_domain_name": "Default"},
+            "block_storage_endpoint_override": f"{api.endpoint}/p"}}}))
+        return str(tmp_path / name)
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", clouds("process.yaml", "not-this-one"))
+    api.clear()
+    CinderStorage.connect(cloud="lab", env={
+        "OS_CLIENT_CONFIG_FILE": clouds("given.yaml", "secret"),
+        "ATTACHFLOW_TOKEN_CACHE": "off"})
+    login = [r for r in api.requests if r.path.endswith("/auth/tokens")][0]
+    assert login.body["auth"]["identity"]["password"]["user"]["password"] == "secret"

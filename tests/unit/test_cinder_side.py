@@ -115,11 +115,10 @@ def test_incomplete_credentials_say_what_is_missing():
         make_session(env={"OS_AUTH_TYPE": "no-such-plugin"})
 
 
-def test_unknown_cloud_is_bad_input(tmp_path, monkeypatch):
-    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(tmp_path / "clouds.yaml"))
+def test_unknown_cloud_is_bad_input(tmp_path):
     (tmp_path / "clouds.yaml").write_text("clouds: {}\n")
     with pytest.raises(errors.InputError, match="nosuch"):
-        make_session(cloud="nosuch", env={})
+        make_session(cloud="nosuch", env={"OS_CLIENT_CONFIG_FILE": str(tmp_path / "clouds.yaml")})
 
 
 def test_select_flow():
