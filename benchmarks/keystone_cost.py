@@ -1,38 +1,38 @@
-"""What Keystone costs each attachflow command on the lab: the logins, against the rest.
+"""What Keystone costs each attachflow command on the lab: the logins, Cinder's validation
+of new tokens, against the rest.
 
     python3 -m benchmarks.keystone_cost [--reps N] [--out DIR]   # as root, lab up
+    python3 -m benchmarks.keystone_cost --smoke [--out DIR]
 
 Side by side in one run, interleaved: a fresh storage session's logins (the member's
-token alone, and the member's plus the service user's, as every command does) against one
-Cinder request made with tokens already in hand (what a command does after its logins),
-and the whole `attachflow list --host hosta` command. Also Keystone's memory (its cgroup
-and its processes' RSS). Results go to DIR/keystone-cost.json and .md.
+token alone, and the member's plus the service user's, as a command without stored
+tokens does); that session's first Cinder request (Cinder validates both new tokens with
+Keystone) and its second (Cinder's token cache answers); and the whole `attachflow list
+--host hosta` command with tokens kept across commands and with that cache off. Also
+Keystone's memory (its cgroup and its processes' RSS). Results go to
+DIR/keystone-cost.json and .md; ``--smoke``: one repetition, into a temporary directory
+unless --out is given.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from benchmarks.run import machine, summary, write_results
+from benchmarks.common import (arguments, machine, now, out_dir, require_root, run, stats,
+                               timed, use_lab_env, write_results)
 
-
-def _lab_env() -> dict[str, str]:
-    import attachflow.lab as lab
-    script = "\n".join(lab.env_lines()) + "\nenv -0\n"
-    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True,
-                         env={"PATH": os.environ["PATH"]}).stdout
-    return dict(item.split("=", 1) for item in out.split("\0") if "=" in item)
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+LABELS = (
+    ("login_user", "the member's login (one token)"),
+    ("login_user_and_service", "the member's and the service user's logins (a command "
+                               "without stored tokens)"),
+    ("first_request_new_tokens", "the first Cinder request (GET /volumes) with those new "
+                                 "tokens: Cinder validates both with Keystone"),
+    ("request_tokens_validated", "the same request again: Cinder's token cache answers"),
+    ("cli_list", "`attachflow list --host hosta` (whole command, tokens kept)"),
+    ("cli_list_no_token_cache", "the same with ATTACHFLOW_TOKEN_CACHE=off"),
+)
 
 
 def _memory() -> dict[str, float]:
@@ -46,76 +46,61 @@ def _memory() -> dict[str, float]:
     return {"rss_mib": rss / 2**20}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=15)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    args = parser.parse_args()
-    env = _lab_env()
-    if "OS_CLOUD" not in env:
-        print("keystone_cost: the lab runs without Keystone", file=sys.stderr)
-        return 2
+def one_round(env: dict[str, str], samples: dict[str, list[float]]) -> None:
+    """One sample of each figure."""
     from attachflow.identity import open_session
     user_only = {k: v for k, v in env.items() if k != "ATTACHFLOW_SERVICE_CLOUD"}
-    warm = open_session(env=env)
-    warm.log_in()
-    volumes_url = None
-
-    def one_request():
-        nonlocal volumes_url
-        if volumes_url is None:
-            volumes_url = warm.session.get_endpoint(service_type="volumev3",
-                                                    interface="public") + "/volumes"
-        warm.session.get(volumes_url)
-
-    samples: dict[str, list[float]] = {"login_user": [], "login_user_and_service": [],
-                                       "one_cinder_request": [],
-                                       "one_cinder_request_validated_already": [],
-                                       "cli_list": []}
+    samples["login_user"].append(timed(lambda: open_session(env=user_only).log_in()))
+    fresh = open_session(env=env)  # no token cache: new logins
+    samples["login_user_and_service"].append(timed(fresh.log_in))
+    url = fresh.session.get_endpoint(service_type="volumev3",
+                                     interface="public") + "/volumes"
+    samples["first_request_new_tokens"].append(timed(lambda: fresh.session.get(url)))
+    samples["request_tokens_validated"].append(timed(lambda: fresh.session.get(url)))
     cli = ["attachflow", "list", "--host", "hosta", "-f", "value"]
-    for rep in range(args.reps):
-        samples["login_user"].append(_timed(lambda: open_session(env=user_only).log_in()))
-        samples["login_user_and_service"].append(
-            _timed(lambda: open_session(env=env).log_in()))
-        # The first request after a pause has Cinder validate both tokens with Keystone;
-        # the next one, within the lab's token_cache_time (2 s), does not.
-        samples["one_cinder_request"].append(_timed(one_request))
-        samples["one_cinder_request_validated_already"].append(_timed(one_request))
-        samples["cli_list"].append(_timed(lambda: subprocess.run(
-            cli, env=env, capture_output=True, check=True)))
-        print(f"rep {rep + 1}: " + ", ".join(f"{k} {v[-1] * 1000:.0f} ms"
-                                              for k, v in samples.items()), flush=True)
-    res = {"reps": args.reps, "machine": machine(),
-           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "seconds": {k: summary(v) for k, v in samples.items()},
-           "memory": _memory()}
-    s = res["seconds"]
+    ok = (0, 1)  # 1: list found a disagreement on the host; the time counts the same
+    samples["cli_list"].append(timed(lambda: run(cli, ok=ok)))
+    samples["cli_list_no_token_cache"].append(timed(lambda: run(
+        cli, ok=ok, env={**os.environ, "ATTACHFLOW_TOKEN_CACHE": "off"})))
+
+
+def markdown(res: dict) -> str:
+    s, m = res["seconds"], res["machine"]
 
     def ms(key: str) -> str:
-        return (f"{s[key]['median'] * 1000:.0f} ms ({s[key]['min'] * 1000:.0f}-"
+        return (f"{s[key]['median'] * 1000:.0f} ms ({s[key]['min'] * 1000:.0f} - "
                 f"{s[key]['max'] * 1000:.0f})")
-    m = res["machine"]
     lines = [
         "# What Keystone costs each command", "",
-        f"{res['date']}; {m.get('cpus')} CPUs, {m.get('kernel', '')}; {args.reps} "
-        "interleaved repetitions; median (min-max).", "",
-        "| what | time | against one Cinder request with tokens in hand |",
+        f"{res['date']}; {m.get('cpus')} CPUs, {m.get('kernel', '')}; {res['reps']} "
+        "interleaved repetitions; median (min - max).", "",
+        "| what | time | against one Cinder request with validated tokens |",
         "|---|---|---|",
     ]
-    base = s["one_cinder_request"]["median"]
-    for key, label in (("login_user", "the member's login (one token)"),
-                       ("login_user_and_service", "the member's and the service user's "
-                                                  "logins (every command)"),
-                       ("one_cinder_request", "one Cinder request (GET /volumes), "
-                                              "Cinder validating both tokens with Keystone"),
-                       ("one_cinder_request_validated_already",
-                        "the same request again, validations cached by Cinder"),
-                       ("cli_list", "`attachflow list --host hosta` (whole command)")):
+    base = s["request_tokens_validated"]["median"]
+    for key, label in LABELS:
         lines.append(f"| {label} | {ms(key)} | {s[key]['median'] / base:.1f}x |")
     lines += ["", f"Keystone's memory: {res['memory']['rss_mib']:.0f} MiB RSS in its "
               "processes (gunicorn's master and one worker)."]
-    write_results(Path(args.out), "keystone-cost", res, "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments(__doc__, 15, "one repetition").parse_args(argv)
+    require_root("keystone_cost")
+    env = use_lab_env()
+    if "OS_CLOUD" not in env:
+        print("keystone_cost: the lab runs without Keystone", file=sys.stderr)
+        return 2
+    reps = 1 if args.smoke else max(1, args.reps)
+    samples: dict[str, list[float]] = {key: [] for key, _label in LABELS}
+    for rep in range(reps):
+        one_round(env, samples)
+        print(f"rep {rep + 1}: " + ", ".join(f"{k} {v[-1] * 1000:.0f} ms"
+                                              for k, v in samples.items()), flush=True)
+    res = {"reps": reps, "machine": machine(), "date": now(),
+           "seconds": {k: stats(v) for k, v in samples.items()}, "memory": _memory()}
+    write_results(out_dir(args.out, args.smoke), "keystone-cost", res, markdown(res))
     return 0
 
 

@@ -3,6 +3,7 @@ the same tree's lab without Keystone, in one run.
 
     python3 -m benchmarks.lab_bringup --baseline REV [--reps N] [--out DIR]
     python3 -m benchmarks.lab_bringup --baseline-auth noauth [--reps N] [--out DIR]
+    python3 -m benchmarks.lab_bringup --baseline REV --smoke   # one cycle each, no warm-up
 
 The baseline revision is checked out in a temporary git worktree and run from there
 (`python3 -m attachflow.cli lab up|down` with that tree on PYTHONPATH); the working tree's
@@ -14,7 +15,7 @@ DIR/lab-bringup.json and DIR/lab-bringup.md. Needs root and a machine with no la
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -22,12 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.run import machine, summary, write_results
+from benchmarks.common import (arguments, machine, now, out_dir, require_root, summary,
+                               write_results)
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def timed(tree: Path, command: str, *options: str) -> tuple[float, str | None]:
+def timed_command(tree: Path, command: str, *options: str) -> tuple[float, str | None]:
     """Wall time of `lab COMMAND` run from ``tree``, and its error line if it failed."""
     env = dict(os.environ, PYTHONPATH=str(tree))
     t0 = time.perf_counter()
@@ -38,14 +40,14 @@ def timed(tree: Path, command: str, *options: str) -> tuple[float, str | None]:
 
 
 def cycle(tree: Path, failures: list[str], *up_options: str) -> tuple[float, float]:
-    up, error = timed(tree, "up", *up_options)
+    up, error = timed_command(tree, "up", *up_options)
     if error:
         raise RuntimeError(f"{tree}: lab up failed: {error}")
-    down, error = timed(tree, "down")
+    down, error = timed_command(tree, "down")
     if error:
         # Counted, then cleaned up so the next cycle starts from nothing.
         failures.append(error)
-        _, error = timed(tree, "down")
+        _, error = timed_command(tree, "down")
         if error:
             raise RuntimeError(f"{tree}: lab down failed twice: {error}")
     return up, down
@@ -74,19 +76,51 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def compare(trees: dict[str, Path], options: dict[str, tuple[str, ...]], reps: int,
+            warm_up: bool) -> tuple[dict, dict]:
+    """Samples of up and down per tree, and the downs that failed (then repeated)."""
+    failures: dict[str, list[str]] = {n: [] for n in trees}
+    if warm_up:
+        for name, tree in trees.items():
+            print(f"warm-up: {name}", flush=True)
+            cycle(tree, [], *options[name])
+    samples: dict[str, dict[str, list[float]]] = {n: {"up": [], "down": []} for n in trees}
+    for rep in range(reps):
+        order = ["baseline", "current"] if rep % 2 == 0 else ["current", "baseline"]
+        for name in order:
+            up, down = cycle(trees[name], failures[name], *options[name])
+            samples[name]["up"].append(up)
+            samples[name]["down"].append(down)
+            print(f"rep {rep + 1} {name}: up {up:.1f} s, down {down:.1f} s", flush=True)
+    return samples, failures
+
+
+@contextlib.contextmanager
+def baseline_tree(rev: str | None):
+    """The tree of revision ``rev`` (a temporary git worktree), or this one."""
+    if rev is None:
+        yield REPO
+        return
+    with tempfile.TemporaryDirectory(prefix="attachflow-baseline-") as tmp:
+        tree = Path(tmp) / "tree"
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree),
+                        rev], check=True, capture_output=True)
+        try:
+            yield tree
+        finally:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force",
+                            str(tree)], capture_output=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = arguments(__doc__, 3, "one cycle each, no warm-up cycles")
     parser.add_argument("--baseline", help="git revision to compare with")
     parser.add_argument("--baseline-auth", choices=["noauth", "keystone"],
                         help="compare with this tree's lab brought up with --auth MODE")
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("benchmarks: the lab needs root", file=sys.stderr)
-        return 2
+    args = parser.parse_args(argv)
     if bool(args.baseline) == bool(args.baseline_auth):
         parser.error("give one of --baseline REV and --baseline-auth MODE")
+    require_root("lab_bringup")
     if args.baseline:
         rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", args.baseline],
                              capture_output=True, text=True, check=True).stdout.strip()
@@ -95,41 +129,17 @@ def main() -> int:
         rev = f"this tree with --auth {args.baseline_auth}"
         other = "keystone" if args.baseline_auth == "noauth" else "noauth"
         options = {"current": ("--auth", other), "baseline": ("--auth", args.baseline_auth)}
-    with tempfile.TemporaryDirectory(prefix="attachflow-baseline-") as tmp:
-        base_tree = Path(tmp) / "tree"
-        if args.baseline:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach",
-                            str(base_tree), rev], check=True, capture_output=True)
-        else:
-            base_tree = REPO
-        try:
-            trees = {"current": REPO, "baseline": base_tree}
-            failures: dict[str, list[str]] = {n: [] for n in trees}
-            for name, tree in trees.items():
-                print(f"warm-up: {name}", flush=True)
-                cycle(tree, [], *options[name])
-            samples: dict[str, dict[str, list[float]]] = {
-                n: {"up": [], "down": []} for n in trees}
-            for rep in range(args.reps):
-                order = ["baseline", "current"] if rep % 2 == 0 else ["current", "baseline"]
-                for name in order:
-                    up, down = cycle(trees[name], failures[name], *options[name])
-                    samples[name]["up"].append(up)
-                    samples[name]["down"].append(down)
-                    print(f"rep {rep + 1} {name}: up {up:.1f} s, down {down:.1f} s",
-                          flush=True)
-        finally:
-            if args.baseline:
-                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force",
-                                str(base_tree)], capture_output=True)
+    reps = 1 if args.smoke else max(1, args.reps)
+    with baseline_tree(rev if args.baseline else None) as base_tree:
+        samples, failures = compare({"current": REPO, "baseline": base_tree}, options,
+                                    reps, warm_up=not args.smoke)
     current = "working tree" + (f" with {' '.join(options['current'])}"
                                 if options["current"] else "")
-    res = {"baseline": rev, "current": current, "reps": args.reps,
-           "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    res = {"baseline": rev, "current": current, "reps": reps, "machine": machine(),
+           "date": now(), "down_failures": failures,
            "current_s": {c: summary(v) for c, v in samples["current"].items()},
-           "baseline_s": {c: summary(v) for c, v in samples["baseline"].items()},
-           "down_failures": failures}
-    write_results(Path(args.out), "lab-bringup" if args.baseline else
+           "baseline_s": {c: summary(v) for c, v in samples["baseline"].items()}}
+    write_results(out_dir(args.out, args.smoke), "lab-bringup" if args.baseline else
                   f"lab-bringup-{options['current'][1]}-vs-{args.baseline_auth}", res,
                   markdown(res))
     return 0

@@ -28,5 +28,5 @@ def test_what_a_benchmark_imports_from_attachflow_exists(path):
 
 
 def test_the_check_sees_the_imports_inside_functions():
-    run = next(p for p in BENCHMARKS if p.name == "run.py")
-    assert ("attachflow.identity", "make_session") in set(attachflow_imports(run))
+    labkit = next(p for p in BENCHMARKS if p.name == "labkit.py")
+    assert ("attachflow.identity", "make_session") in set(attachflow_imports(labkit))
