@@ -258,11 +258,21 @@ class LibvirtHypervisor(Hypervisor):
         return self._read(lambda: self._wrap("host name", self.conn.getHostname))
 
     def list_domains(self):
+        libvirt = _libvirt()
+
+        def describe(d) -> DomainRef | None:
+            try:
+                return DomainRef(name=d.name(), uuid=d.UUIDString(),
+                                 active=bool(d.isActive()), persistent=bool(d.isPersistent()))
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return None   # undefined since it was listed: no longer there
+                raise
+
         def run():
             found = self._wrap("list domains", lambda: self.conn.listAllDomains(0))
-            return sorted((self._wrap("describe domain", lambda d=d: DomainRef(
-                name=d.name(), uuid=d.UUIDString(), active=bool(d.isActive()),
-                persistent=bool(d.isPersistent()))) for d in found), key=lambda r: r.name)
+            refs = [self._wrap("describe domain", lambda d=d: describe(d)) for d in found]
+            return sorted((r for r in refs if r is not None), key=lambda r: r.name)
         return self._read(run)
 
     def lookup(self, name):

@@ -299,3 +299,31 @@ def test_a_live_detach_over_a_libvirtd_that_keeps_dying_gives_up_with_its_error(
     with pytest.raises(errors.HypervisorError, match="^detach disk on hosta: Cannot write"):
         hv.detach_device("vm1", _Disk(), live=True, config=False, timeout=5)
     assert daemon.watches == {}
+
+
+def test_a_domain_undefined_while_the_host_is_listed_is_left_out():
+    """libvirt lists a domain, then it is undefined before it is described (another
+    operation, a guest shut down): the listing goes on without it."""
+    import libvirt
+    from attachflow.compute_side import LibvirtHypervisor
+
+    class Gone:
+        def name(self):
+            error = libvirt.libvirtError("Domain not found: no domain with matching uuid")
+            error.err = (libvirt.VIR_ERR_NO_DOMAIN, 0, "Domain not found", 2, "", None,
+                         None, 0, 0)
+            raise error
+
+    class Here:
+        def name(self): return "vm"
+        def UUIDString(self): return "u-1"
+        def isActive(self): return 1
+        def isPersistent(self): return 1
+
+    class Conn:
+        def listAllDomains(self, flags): return [Gone(), Here()]
+        def isAlive(self): return 1
+
+    hv = LibvirtHypervisor("test:///default", "hosta")
+    hv._conn = Conn()
+    assert [(d.name, d.uuid) for d in hv.list_domains()] == [("vm", "u-1")]
