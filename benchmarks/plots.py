@@ -58,7 +58,7 @@ def versus(panels: list[tuple[str, list[tuple[str, list[float]]]]], path: Path) 
 def breakdown(bars: list[tuple[str, dict]], path: Path, title: str) -> Path:
     """Stacked horizontal bars, one per command, a segment per phase (median seconds)."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(11, 0.7 * len(bars) + 1.8))
+    fig, ax = plt.subplots(figsize=(12, 0.6 * len(bars) + 1.6))
     labels = [label for label, _ in bars]
     left = [0.0] * len(bars)
     for seg in SEGMENTS:
@@ -71,7 +71,7 @@ def breakdown(bars: list[tuple[str, dict]], path: Path, title: str) -> Path:
     ax.set_xlabel("seconds (median per phase; 'other': attachflow's own work and waits; "
                   "'exit': after its report)", fontsize=8)
     ax.set_title(title, fontsize=10)
-    ax.legend(ncol=5, fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, plt, path)
 
