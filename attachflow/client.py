@@ -10,6 +10,7 @@ settles the ones that were interrupted.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 from typing import Callable, Mapping, TypeVar
 
@@ -126,6 +127,19 @@ class Client:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
+    def _connected(self, *hosts: ComputeHost) -> None:
+        """Open the storage API and every host's libvirt connection side by side: the
+        handshakes (Keystone and Cinder; SSH to each host) are independent, and queued
+        they are most of a short command's time. The storage API's errors come first, as
+        they would without this; a host's come where the operation first needs it."""
+        distinct = list(dict.fromkeys(hosts))
+        with concurrent.futures.ThreadPoolExecutor(len(distinct)) as pool:
+            opening = [pool.submit(h.hypervisor.warm) for h in distinct]
+            try:
+                self.storage  # noqa: B018 - connects
+            finally:
+                concurrent.futures.wait(opening)
+
     def _transport(self, name: str | None, multipath: bool = False) -> Transport:
         return get_transport(_choice("transport", name or self.transport, TRANSPORTS),
                              multipath)
@@ -153,6 +167,7 @@ class Client:
         Attaching a volume already attached there as asked returns its attachment with
         ``already`` set; another device, transport or guest is a refusal."""
         compute = self.host(host)  # a host that is not known fails before any contact
+        self._connected(compute)
         return self._settled(lambda: operations.attach(
             self.storage, compute, self._transport(transport, multipath), volume, domain,
             api=self._api(api), device=device, detach_timeout=detach_timeout,
@@ -167,6 +182,7 @@ class Client:
         (``strict``: ``NotAttached``). ``transport``, when given, must match."""
         chosen = _choice("transport", transport, TRANSPORTS) if transport else None
         compute = self.host(host)
+        self._connected(compute)
         return self._settled(lambda: operations.detach(
             self.storage, compute, volume, domain, api=self._api(api),
             transport_name=chosen, timeout=timeout, strict=strict, progress=self.progress,
@@ -179,6 +195,7 @@ class Client:
         """Define and start ``name`` with ``volume`` as its root disk (vda). A guest of
         that name already running from that volume is returned with ``already`` set."""
         compute = self.host(host)
+        self._connected(compute)
         return self._settled(lambda: operations.boot(
             self.storage, compute, self._transport(transport), name, volume,
             api=self._api(api), memory_mib=memory_mib, vcpus=vcpus, virt_type=virt_type,
@@ -199,6 +216,7 @@ class Client:
         """Every volume attachflow attached on ``host`` (or to ``domain``), with its state
         in the storage API and any disagreement between the two sides."""
         compute = self.host(host)
+        self._connected(compute)
         return inventory.inventory(self.storage, compute, domain)
 
     def delete_guest(self, name: str, *, host: str = LOCAL, force: bool = False,
@@ -208,6 +226,7 @@ class Client:
         volumes first (``force``: any guest). A guest that does not exist is a success
         with ``already`` set (``strict``: ``DomainNotFound``)."""
         compute = self.host(host)
+        self._connected(compute)
         return self._settled(lambda: operations.delete_guest(
             self.storage, compute, name, force=force, shutdown_timeout=shutdown_timeout,
             strict=strict, progress=self.progress, tracker=self.tracker))
@@ -218,6 +237,7 @@ class Client:
         """Check everything a migration needs, change nothing; ``PreflightError`` says
         what stands in the way. ``migration_preview(plan)`` shows the plan."""
         src, dst = self.host(source), self.host(destination)
+        self._connected(src, dst)
         return _migrate.preflight(self.storage, src, dst, domain, api=self._api(api),
                                   options=options)
 
@@ -228,6 +248,7 @@ class Client:
         reconnected there; rolled back while the guest still runs on the source, finished
         once it runs on the destination (``left_behind`` names anything not cleaned up)."""
         src, dst = self.host(source), self.host(destination)
+        self._connected(src, dst)
         return self._settled(lambda: _migrate.run(
             self.storage, src, dst, domain, api=self._api(api), options=options,
             progress=self.progress, tracker=self.tracker))

@@ -58,6 +58,10 @@ class MigrationRequest:
 
 
 class Hypervisor(abc.ABC):
+    def warm(self) -> None:
+        """Open the connection to the hypervisor now, if it has one; a connection that
+        fails here fails again, with its error, where it is needed."""
+
     @abc.abstractmethod
     def lookup(self, name: str) -> DomainRef: ...
 
@@ -184,6 +188,12 @@ class LibvirtHypervisor(Hypervisor):
                 except libvirt.libvirtError:
                     pass
         return self._conn
+
+    def warm(self) -> None:
+        try:
+            self.conn  # noqa: B018 - the property connects
+        except errors.HostError:
+            pass
 
     def _alive(self) -> bool:
         try:
