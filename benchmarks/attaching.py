@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 
-from benchmarks.common import (add_phases, cli, library_phases, median_phases, run,
+from benchmarks.common import (add_phases, af, cli, library_phases, median_phases, run,
                                run_measured, stats, summary, timed)
 from benchmarks.floor import Floor
 from benchmarks.labkit import Lab
@@ -134,7 +134,7 @@ def peers(lab: Lab, reps: int, guest: str, volume: str) -> dict:
         wall, found, _ = cli(["attach", volume, guest, "--host", HOST])
         samples["attachflow_attach"].append(wall)
         samples["attach_phases"].append(found)
-        run(["attachflow", "detach", volume, guest, "--host", HOST])
+        run(af("detach", volume, guest, "--host", HOST))
         print(f"  peers rep {i + 1}: openstack volume show "
               f"{samples['openstack_volume_show'][-1]:.3f} s, attachflow list "
               f"{samples['attachflow_list'][-1]:.3f} s, attachflow attach "
@@ -151,13 +151,14 @@ def peers_result(samples: dict[str, list]) -> dict:
 
 
 def startup(pairs: int) -> dict:
-    base, af, rss = [], [], []
+    base, helps, rss = [], [], []
     for _ in range(pairs):
-        base.append(timed(lambda: run([sys.executable, "-c", "pass"])))
-        seconds, _out, _err, peak = run_measured(["attachflow", "--help"])
-        af.append(seconds)
-        rss.append(peak)
-    out = {"python_c_pass": stats(base), "attachflow_help": stats(af),
+        base.append(run_measured([sys.executable, "-c", "pass"])[0])
+        seconds, _out, _err, peak = run_measured(af("--help"))
+        helps.append(seconds)
+        if peak is not None:
+            rss.append(peak)
+    out = {"python_c_pass": stats(base), "attachflow_help": stats(helps),
            "attachflow_help_rss_mib": summary(rss)}
     out["help_minus_python_s"] = (out["attachflow_help"]["median"]
                                   - out["python_c_pass"]["median"])

@@ -15,6 +15,7 @@ import re
 import shlex
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -64,6 +65,14 @@ def timed(fn: Callable[[], object]) -> float:
 
 
 # -- commands ---------------------------------------------------------------------------
+def af(*args: str) -> list[str]:
+    """argv of an attachflow command, through the console script pip installed beside
+    this interpreter (as an installed attachflow runs; a version manager's shim on PATH,
+    pyenv's for one, would add its own start-up to every sample), else PATH's."""
+    beside = Path(sys.executable).parent / "attachflow"
+    return [str(beside) if beside.exists() else "attachflow", *args]
+
+
 def run(argv: list[str], ok: tuple[int, ...] = (0,), **kw) -> subprocess.CompletedProcess:
     """Run ``argv``, output captured; an exit status not in ``ok`` raises with the end
     of its stderr."""
@@ -74,22 +83,27 @@ def run(argv: list[str], ok: tuple[int, ...] = (0,), **kw) -> subprocess.Complet
     return proc
 
 
+GNU_TIME = Path("/usr/bin/time")
+
+
 def run_measured(argv: list[str], env: Mapping[str, str] | None = None
-                 ) -> tuple[float, str, str, float]:
-    """Wall time, stdout, stderr and peak RSS (MiB) of one command, reaped with wait4 so
-    that the RSS is that command's own."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+                 ) -> tuple[float, str, str, float | None]:
+    """Wall time, stdout, stderr and peak RSS (MiB) of one command. The RSS comes from
+    GNU time (Debian's ``time``) run between: a child forked from this large process
+    would report this process's size as its own peak (Linux keeps the pre-exec peak);
+    None without it."""
+    with tempfile.NamedTemporaryFile("w+") as rss:
+        wrapped = ([str(GNU_TIME), "-f", "%M", "-o", rss.name, *argv]
+                   if GNU_TIME.exists() else argv)
         start = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env)
-        _pid, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.run(wrapped, capture_output=True, text=True, env=env)
         seconds = time.perf_counter() - start
-        code = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-        if code != 0:
-            raise RuntimeError(f"{shlex.join(argv)} exited {code}: {stderr[-600:]}")
-        return seconds, stdout, stderr, usage.ru_maxrss / 1024
+        if proc.returncode != 0:
+            raise RuntimeError(f"{shlex.join(argv)} exited {proc.returncode}: "
+                               f"{proc.stderr[-600:]}")
+        kib = rss.read().strip().splitlines()
+    peak = int(kib[-1]) / 1024 if kib and kib[-1].isdigit() else None
+    return seconds, proc.stdout, proc.stderr, peak
 
 
 def cli(argv: list[str], env_extra: Mapping[str, str] | None = None,
@@ -97,7 +111,7 @@ def cli(argv: list[str], env_extra: Mapping[str, str] | None = None,
     """Wall time, phases (its --timings report) and stdout of one attachflow command."""
     env = {**os.environ, **(env_extra or {})}
     start = time.perf_counter()
-    proc = run(["attachflow", *argv, "--timings"], env=env, ok=ok)
+    proc = run(af(*argv, "--timings"), env=env, ok=ok)
     wall = time.perf_counter() - start
     return wall, phases(proc.stderr, wall), proc.stdout
 

@@ -20,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from benchmarks.common import (arguments, machine, now, out_dir, require_root, run, stats,
+from benchmarks.common import (af, arguments, machine, now, out_dir, require_root, run, stats,
                                timed, use_lab_env, write_results)
 
 LABELS = (
@@ -57,7 +57,7 @@ def one_round(env: dict[str, str], samples: dict[str, list[float]]) -> None:
                                      interface="public") + "/volumes"
     samples["first_request_new_tokens"].append(timed(lambda: fresh.session.get(url)))
     samples["request_tokens_validated"].append(timed(lambda: fresh.session.get(url)))
-    cli = ["attachflow", "list", "--host", "hosta", "-f", "value"]
+    cli = af("list", "--host", "hosta", "-f", "value")
     ok = (0, 1)  # 1: list found a disagreement on the host; the time counts the same
     samples["cli_list"].append(timed(lambda: run(cli, ok=ok)))
     samples["cli_list_no_token_cache"].append(timed(lambda: run(

@@ -14,7 +14,7 @@ import dataclasses
 import time
 import uuid
 
-from benchmarks.common import run, use_lab_env
+from benchmarks.common import af, run, use_lab_env
 
 HOSTS = ("hosta", "hostb")
 VOLUME_API = "3.71"
@@ -103,12 +103,12 @@ class Lab:
         name = f"bench-{uuid.uuid4().hex[:6]}"
         root, *more = self.new_volumes(1 + data)
         self.guests.append(name)
-        run(["attachflow", "boot", name, "--volume", root, "--host", host, "--memory",
-             str(memory), *([] if with_os else ["--no-kernel"])])
+        run(af("boot", name, "--volume", root, "--host", host, "--memory", str(memory),
+               *([] if with_os else ["--no-kernel"])))
         if with_os:
             self.wait_booted(host, name)
         for vol in more:
-            run(["attachflow", "attach", vol, name, "--host", host])
+            run(af("attach", vol, name, "--host", host))
         return Guest(name, root, more, host)
 
     def boot_many(self, count: int, host: str, memory: int, parallel: int = 4

@@ -12,7 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 
-from benchmarks.common import (median_phases, phases, ratio, run, run_measured, stats,
+from benchmarks.common import (af, median_phases, phases, ratio, run, run_measured, stats,
                                summary, timed)
 from benchmarks.labkit import Guest, Lab, other
 
@@ -37,9 +37,8 @@ def raw_migrate(lab: Lab, guest: Guest) -> tuple[float, float]:
 def attachflow_migrate(guest: Guest) -> tuple[float, float, float, dict]:
     """Seconds, downtime (ms), peak RSS (MiB) and phases of `attachflow migrate`."""
     src, dst = guest.host, other(guest.host)
-    seconds, out, err, rss = run_measured([
-        "attachflow", "migrate", guest.name, "--host", src, "--to", dst, "-f", "json",
-        "--timings"])
+    seconds, out, err, rss = run_measured(af(
+        "migrate", guest.name, "--host", src, "--to", dst, "-f", "json", "--timings"))
     guest.host = dst
     result = json.loads(out)
     return seconds, float(result["downtime_ms"] or 0), rss, phases(err, seconds)
@@ -55,7 +54,7 @@ def shape(lab: Lab, volumes: int) -> tuple[Guest, Guest]:
 
 
 def migration(lab: Lab, reps: int, volumes: int) -> dict:
-    af, raw = shape(lab, volumes)
+    mine, raw = shape(lab, volumes)
     samples: dict[str, list] = {k: [] for k in (
         "attachflow", "raw", "attachflow_downtime_ms", "raw_downtime_ms",
         "attachflow_peak_rss_mib", "phases")}
@@ -63,10 +62,11 @@ def migration(lab: Lab, reps: int, volumes: int) -> dict:
         seconds, downtime = raw_migrate(lab, raw)
         samples["raw"].append(seconds)
         samples["raw_downtime_ms"].append(downtime)
-        seconds, downtime, rss, found = attachflow_migrate(af)
+        seconds, downtime, rss, found = attachflow_migrate(mine)
         samples["attachflow"].append(seconds)
         samples["attachflow_downtime_ms"].append(downtime)
-        samples["attachflow_peak_rss_mib"].append(rss)
+        if rss is not None:
+            samples["attachflow_peak_rss_mib"].append(rss)
         samples["phases"].append(found)
         print(f"  migration, {volumes} volume(s), rep {i + 1}: raw {samples['raw'][-1]:.2f} "
               f"s ({samples['raw_downtime_ms'][-1]:.0f} ms down), attachflow "
@@ -95,8 +95,7 @@ def movers(lab: Lab, count: int, reps: int) -> dict:
     guests = lab.boot_many(count, "hosta", 64)
 
     def move(guest: Guest) -> None:
-        run(["attachflow", "migrate", guest.name, "--host", guest.host, "--to",
-             other(guest.host)])
+        run(af("migrate", guest.name, "--host", guest.host, "--to", other(guest.host)))
         guest.host = other(guest.host)
 
     seq, conc = [], []

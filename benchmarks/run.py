@@ -35,7 +35,7 @@ import sys
 import time
 
 from benchmarks import attaching, migrating, report, scaling
-from benchmarks.common import (arguments, machine, now, out_dir, require_root,
+from benchmarks.common import (af, arguments, machine, now, out_dir, require_root,
                                write_results)
 from benchmarks.labkit import Lab
 from benchmarks.plots import pyplot
@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     lab = Lab()
     res = {"reps": shapes.reps, "smoke": args.smoke, "shapes": dataclasses.asdict(shapes),
            "machine": machine(), "date": now(),
-           "lab": {"cinder_token_cache_time": cinder_token_cache_time(lab)}}
+           "lab": {"cinder_token_cache_time": cinder_token_cache_time(lab)},
+           "attachflow_command": af()[0]}
     try:
         res.update(measure(lab, shapes))
     finally:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import time
 
-from benchmarks.common import cli, median_phases, ratio, run, stats, summary
+from benchmarks.common import af, cli, median_phases, ratio, run, stats, summary
 from benchmarks.floor import Floor
 from benchmarks.labkit import Lab
 
@@ -61,9 +61,9 @@ class Scale:
     def release(self, n: int, floor_attachments: list) -> None:
         guests = self.guests[:n]
         self.lab.stop(HOST, guests)
-        with concurrent.futures.ThreadPoolExecutor(min(n, 4)) as pool:
-            list(pool.map(lambda i: run(["attachflow", "detach", self.af_vols[i],
-                                         self.guests[i], "--host", HOST]), range(n)))
+        with concurrent.futures.ThreadPoolExecutor(min(n, 8)) as pool:
+            list(pool.map(lambda i: run(af("detach", self.af_vols[i], self.guests[i],
+                                           "--host", HOST)), range(n)))
         for i, fa in enumerate(floor_attachments):
             self.floors[i].release(fa)
         self.lab.start(HOST, guests)
