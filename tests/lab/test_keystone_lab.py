@@ -213,6 +213,13 @@ def settle() -> None:
     time.sleep(REVOCATION_CACHE_TIME + 0.5)
 
 
+def revoke_member_tokens() -> None:
+    """Disabling a user revokes every token it holds; enabled again, it may log in."""
+    set_user("lab-member", enabled=False)
+    set_user("lab-member", enabled=True)
+    settle()
+
+
 def at_step(step: str, action):
     """A progress listener that runs ``action`` once, when ``step`` is done."""
     from attachflow.events import StepDone
@@ -233,13 +240,7 @@ def test_a_token_revoked_mid_attach_is_replaced_by_one_new_login(lab, cleanup, a
     data = lab.create_volume()
     cleanup["volumes"].append(data)
 
-    def revoke():
-        # Disabling a user revokes every token it holds; enabled again, it may log in.
-        set_user("lab-member", enabled=False)
-        set_user("lab-member", enabled=True)
-        settle()
-
-    listener, fired = at_step("host connect", revoke)
+    listener, fired = at_step("host connect", revoke_member_tokens)
     with counting_logins() as logins, attachflow.Client(api=api, progress=listener) as af:
         af.storage.get_volume(data)        # logged in before the operation
         first = logins.count
@@ -308,6 +309,15 @@ def commands(state_dir, count: int = 1, volume: str | None = None, **settings) -
     return logins.count
 
 
+def logged_in_once(lab, cleanup, state_dir) -> str:
+    """A new volume, and the first command on it: one login each for the member and
+    the service user, stored in ``state_dir``."""
+    volume = lab.create_volume()
+    cleanup["volumes"].append(volume)
+    assert commands(state_dir, 1, volume) == 2
+    return volume
+
+
 def stored(state_dir) -> dict:
     """The stored tokens, by file name: each file's content as JSON."""
     import json
@@ -343,13 +353,9 @@ def test_commands_share_one_login_per_user_and_keep_it_private(lab, cleanup, tmp
 
 def test_a_revoked_stored_token_costs_one_new_login_per_user(lab, cleanup, tmp_path,
                                                              cinder_checks_tokens_often):
-    volume = lab.create_volume()
-    cleanup["volumes"].append(volume)
-    assert commands(tmp_path, 1, volume) == 2
+    volume = logged_in_once(lab, cleanup, tmp_path)
     before = stored(tmp_path)
-    set_user("lab-member", enabled=False)
-    set_user("lab-member", enabled=True)
-    settle()
+    revoke_member_tokens()
     # Cinder refuses the member's stored token (401): keystoneauth logs in again, once
     # for the user and once for the service user whose token goes with it
     assert commands(tmp_path, 1, volume) == 2
@@ -361,9 +367,7 @@ def test_a_revoked_stored_token_costs_one_new_login_per_user(lab, cleanup, tmp_p
 def test_a_stale_catalog_is_read_again_and_a_revoked_token_found_then(
         lab, cleanup, tmp_path, cinder_checks_tokens_often):
     from attachflow.token_cache import CATALOG_TTL
-    volume = lab.create_volume()
-    cleanup["volumes"].append(volume)
-    assert commands(tmp_path, 1, volume) == 2
+    volume = logged_in_once(lab, cleanup, tmp_path)
 
     def aged(data):
         return {**data, "catalog_at": data["catalog_at"] - CATALOG_TTL - 1}
@@ -376,9 +380,7 @@ def test_a_stale_catalog_is_read_again_and_a_revoked_token_found_then(
     # a revoked token, found when its catalog is read: exactly one new login (the
     # member's); the service user's token stays
     rewrite_stored(tmp_path, aged)
-    set_user("lab-member", enabled=False)
-    set_user("lab-member", enabled=True)
-    settle()
+    revoke_member_tokens()
     assert commands(tmp_path, 1, volume) == 1
 
 
@@ -386,9 +388,7 @@ def test_a_changed_password_logs_in_anew_or_fails_and_forgets_the_token(
         lab, cleanup, tmp_path, cinder_checks_tokens_often):
     import yaml
     from attachflow import errors
-    volume = lab.create_volume()
-    cleanup["volumes"].append(volume)
-    assert commands(tmp_path, 1, volume) == 2
+    volume = logged_in_once(lab, cleanup, tmp_path)
     password = keystone.passwords()["lab-member"]
     clouds = yaml.safe_load(open(os.environ["OS_CLIENT_CONFIG_FILE"]))
     clouds["clouds"]["attachflow-lab"]["auth"]["password"] = password + "-new"
@@ -414,9 +414,7 @@ def test_a_changed_password_logs_in_anew_or_fails_and_forgets_the_token(
 
 
 def test_another_cloud_finds_no_token_but_its_own(lab, cleanup, tmp_path):
-    volume = lab.create_volume()
-    cleanup["volumes"].append(volume)
-    assert commands(tmp_path, 1, volume) == 2
+    volume = logged_in_once(lab, cleanup, tmp_path)
     # the reader is another user of the same Keystone: its own login; the service user's
     # token serves both
     assert commands(tmp_path, 1, volume, cloud="attachflow-lab-reader") == 1
@@ -427,9 +425,7 @@ def test_another_cloud_finds_no_token_but_its_own(lab, cleanup, tmp_path):
 
 def test_an_expired_stored_token_is_not_used(lab, cleanup, tmp_path):
     import json
-    volume = lab.create_volume()
-    cleanup["volumes"].append(volume)
-    assert commands(tmp_path, 1, volume) == 2
+    volume = logged_in_once(lab, cleanup, tmp_path)
 
     def expired(data):
         state = json.loads(data["state"])
