@@ -47,13 +47,22 @@ def test_no_secret_is_left_in_outputs_logs_or_files(lab):
         for secret in secrets + [TOKEN_PREFIX]:
             if secret in text:
                 found.append((f"output #{number}", secret[:3] + "..."))
-    searched = 0
+    searched = token_files = 0
     for rel, data in files_left(lab.state):
         searched += 1
-        for secret in secrets + [TOKEN_PREFIX]:
+        # The token cache is where Keystone tokens belong, readable by its owner only; a
+        # password has no place there either.
+        in_token_cache = Path(rel).parent.name == "tokens"
+        if in_token_cache:
+            token_files += 1
+            path = lab.state / rel
+            assert path.stat().st_mode & 0o777 == 0o600, rel
+            assert path.parent.stat().st_mode & 0o777 == 0o700, rel
+        for secret in secrets + ([] if in_token_cache else [TOKEN_PREFIX]):
             if secret.encode() in data:
                 found.append((rel, secret[:3] + "..."))
     assert searched > 30
+    assert token_files >= 1, "the token cache was searched"
     journal = Path(os.environ["ATTACHFLOW_STATE_DIR"])
     assert any(journal.iterdir()), "the journal was searched"
     assert found == [], found
