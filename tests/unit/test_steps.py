@@ -2,6 +2,7 @@
 order, and renders it as one ``"what: error"`` line each."""
 
 import logging
+import threading
 
 import pytest
 
@@ -299,3 +300,123 @@ def test_a_refused_step_that_cannot_be_gone_back_on_is_undone_as_any_other():
                lambda _: None, rule=Rule.FORWARD_ONCE_ASKED, hint="recover")
     assert undone == [1] and not info.value.uncertain
     assert "(all earlier steps undone)" in str(info.value)
+
+
+# -- chains side by side (a migration prepares its volumes so) ---------------------------
+def test_chains_run_at_once_and_their_undos_join_in_the_order_given():
+    tx = Transaction("op")
+    meet = threading.Barrier(3, timeout=10)  # breaks unless all three run at once
+    undone = []
+
+    def chain(n):
+        def run(branch):
+            first = branch.run(f"connect {n}", lambda: n, undone.append)
+            meet.wait()
+            return branch.run(f"define {n}", lambda: first * 10, undone.append)
+        return run
+
+    assert tx.run_side_by_side([chain(1), chain(2), chain(3)]) == [10, 20, 30]
+    assert sorted(tx.completed) == sorted(["connect 1", "define 1", "connect 2",
+                                           "define 2", "connect 3", "define 3"])
+    with pytest.raises(errors.OperationFailed) as info:
+        tx.run("migrate", lambda: (_ for _ in ()).throw(errors.HypervisorError("no")))
+    assert undone == [30, 3, 20, 2, 10, 1]  # as if the chains had run one by one
+    assert "(all earlier steps undone)" in str(info.value)
+
+
+def test_one_failed_chain_undoes_every_chain_once_all_have_stopped():
+    tx = Transaction("op")
+    failed = threading.Event()
+    undone = []
+
+    def failing(branch):
+        branch.run("connect 1", lambda: 1, undone.append)
+        try:
+            branch.run("define 1", lambda: (_ for _ in ()).throw(
+                errors.InputError("no such pool")))
+        finally:
+            failed.set()
+
+    def slow(branch):
+        failed.wait(10)  # still under way when the other chain has failed
+        branch.run("connect 2", lambda: 2, undone.append)
+        return branch.run("define 2", lambda: 20, undone.append)
+
+    tx.run("before", lambda: 0, undone.append)
+    with pytest.raises(errors.OperationFailed) as info:
+        tx.run_side_by_side([failing, slow])
+    assert info.value.step == "define 1" and str(info.value.cause) == "no such pool"
+    assert undone == [20, 2, 1, 0] and info.value.undo_failures == []
+
+
+def test_another_chain_that_failed_and_may_have_acted_is_named_as_not_undone(caplog):
+    tx = Transaction("op")
+    both = threading.Barrier(2, timeout=10)
+
+    def refused(branch):
+        both.wait()
+        branch.run("reserve 1", lambda: (_ for _ in ()).throw(
+            errors.InputError("volume in use")))
+
+    def lost(branch):
+        both.wait()
+        branch.run("connect 2", lambda: (_ for _ in ()).throw(
+            errors.StorageUnavailable("no answer")), lambda _: None)
+
+    with pytest.raises(errors.OperationFailed) as info:
+        tx.run_side_by_side([refused, lost])
+    assert info.value.step == "reserve 1"
+    assert [(name, str(exc)) for name, exc in info.value.undo_failures] == [
+        ("connect 2", "failed as well and may have taken effect: no answer")]
+
+    tx = Transaction("op")
+    with caplog.at_level(logging.WARNING, logger="attachflow.steps"):
+        with pytest.raises(errors.InputError):  # nothing changed: the refusal itself
+            tx.run_side_by_side([refused, refused])
+    assert "'reserve 1' failed as well: volume in use" in caplog.text
+
+
+def test_an_error_between_steps_is_raised_as_it_is_and_nothing_is_undone():
+    tx = Transaction("op")
+    undone = []
+
+    def journal_gone(branch):
+        branch.run("connect 1", lambda: 1, undone.append)
+        raise errors.JournalError("cannot write the operations journal")
+
+    def fine(branch):
+        return branch.run("connect 2", lambda: 2, undone.append)
+
+    with pytest.raises(errors.JournalError):
+        tx.run_side_by_side([journal_gone, fine])
+    assert undone == []
+
+
+def test_an_interrupted_wait_lets_the_chains_finish_then_undoes_them(monkeypatch):
+    tx = Transaction("op")
+    undone, interrupts = [], [KeyboardInterrupt()]
+    real_wait = steps.wait
+
+    def wait(futures):
+        if interrupts:
+            raise interrupts.pop()  # Ctrl-C while the chains run
+        return real_wait(futures)
+
+    monkeypatch.setattr(steps, "wait", wait)
+
+    def chain(n):
+        return lambda branch: branch.run(f"connect {n}", lambda: n, undone.append)
+
+    with pytest.raises(errors.OperationFailed) as info:
+        tx.run_side_by_side([chain(1), chain(2)])
+    assert isinstance(info.value.cause, KeyboardInterrupt)
+    assert sorted(undone) == [1, 2] and undone == [2, 1]
+
+
+def test_a_single_chain_runs_in_the_caller_as_plain_steps():
+    tx = Transaction("op")
+    caller = threading.current_thread()
+    ran_in = []
+    assert tx.run_side_by_side([lambda branch: ran_in.append(
+        threading.current_thread()) or branch.run("one", lambda: 1)]) == [1]
+    assert ran_in == [caller] and tx.completed == ["one"]
