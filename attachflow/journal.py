@@ -372,12 +372,6 @@ class OperationLog:
         self.outcome: str | None = None
 
     def _step(self, step: Step, state: str, data: Mapping[str, Any] | None = None) -> None:
-        # Independent steps of one operation may run side by side (``steps``): the
-        # sequence number is taken under the journal's lock so each is used once.
-        with self.journal._lock:
-            self._write_step(step, state, data)
-
-    def _write_step(self, step: Step, state: str, data: Mapping[str, Any] | None) -> None:
         self._seq += 1
         now = time.time()
         self.journal._write(

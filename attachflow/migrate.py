@@ -357,34 +357,28 @@ class JobOutcome:
 def _connect_destination(tx: Transaction, plan: Plan
                          ) -> tuple[dict[str, StorageAttachment], MigrationRequest]:
     """Phase 1: per volume a destination connection on the storage side and the
-    destination host connected, the volumes side by side; then the request with the
-    destination's definitions."""
+    destination host connected; then the request with the destination's definitions."""
     dst, opts = plan.destination, plan.options
-
-    def prepare(vol: VolumePlan) -> Callable[[Transaction], tuple[StorageAttachment,
-                                                                  domxml.DiskSource]]:
+    atts: dict[str, StorageAttachment] = {}
+    sources: dict[str, domxml.DiskSource] = {}
+    for vol in plan.volumes:
         connector = plan.connectors[vol.transport.name]
         names = {"api": vol.flow.api, "transport": vol.transport.name,
                  "volume_id": vol.volume_id}
-
-        def chain(branch: Transaction) -> tuple[StorageAttachment, domxml.DiskSource]:
-            att = branch.run(MIGRATE["destination-connection"].at(**names),
-                             lambda: vol.flow.connect_destination(vol.source, connector),
-                             lambda att: vol.flow.undo_connect_destination(att))
-            branch.run(MIGRATE["check-transport"].at(**names),
-                       lambda: check_fits(vol.transport, att.connection.driver_volume_type,
-                                          vol.volume_id))
-            source = branch.run(
-                MIGRATE["destination-connect"].at(**names),
-                lambda: vol.transport.connect(dst, att.connection, plan.uuid),
-                lambda source: vol.transport.disconnect(dst, att.connection, source,
-                                                        plan.uuid))
-            return att, source
-        return chain
-
-    prepared = tx.run_side_by_side([prepare(vol) for vol in plan.volumes])
-    atts = {vol.volume_id: att for vol, (att, _source) in zip(plan.volumes, prepared)}
-    sources = {vol.volume_id: source for vol, (_att, source) in zip(plan.volumes, prepared)}
+        att = tx.run(MIGRATE["destination-connection"].at(**names),
+                     lambda vol=vol, connector=connector: vol.flow.connect_destination(
+                         vol.source, connector),
+                     lambda att, vol=vol: vol.flow.undo_connect_destination(att))
+        atts[vol.volume_id] = att
+        tx.run(MIGRATE["check-transport"].at(**names),
+               lambda vol=vol, att=att: check_fits(vol.transport,
+                                                   att.connection.driver_volume_type,
+                                                   vol.volume_id))
+        sources[vol.volume_id] = tx.run(
+            MIGRATE["destination-connect"].at(**names),
+            lambda vol=vol, att=att: vol.transport.connect(dst, att.connection, plan.uuid),
+            lambda source, vol=vol, att=att: vol.transport.disconnect(
+                dst, att.connection, source, plan.uuid))
     live, persistent = tx.run(MIGRATE["destination-xml"].at(),
                               lambda: destination_definitions(plan, sources, atts))
     return atts, MigrationRequest(

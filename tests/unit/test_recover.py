@@ -296,10 +296,7 @@ def test_migrate_killed_at_every_boundary_recovers(world, monkeypatch, api, tran
         with client(world, api=api) as c:  # and it moves again
             c.migrate(name, source=runs_on, destination=other)
         assert_consistent(cinder, hosts, vols, name)
-    # The volumes are prepared side by side, so in any order of their steps the first
-    # boundaries come before any lasting effect (a legacy connection leaves none in
-    # Cinder): a third of them still leaves something for recovery to settle.
-    assert broken >= total // 3
+    assert broken >= total // 2
 
 
 def test_a_second_operation_waits_then_names_the_one_holding_the_lock(world, tmp_path):
