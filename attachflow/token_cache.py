@@ -61,6 +61,10 @@ class Restored:
     catalog_at: float
 
 
+# The token cache's directory under attachflow's state directory.
+DIRECTORY = "tokens"
+
+
 class TokenCache:
     """The stored tokens of one state directory."""
 
@@ -73,7 +77,7 @@ class TokenCache:
         if not enabled(env):
             return None
         from attachflow.journal import state_dir
-        return cls(state_dir(env) / "tokens")
+        return cls(state_dir(env) / DIRECTORY)
 
     # -- one user's file ------------------------------------------------------------------
     @staticmethod

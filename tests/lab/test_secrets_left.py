@@ -12,6 +12,8 @@ from pathlib import Path
 
 import secrets_seen
 
+from attachflow import token_cache
+
 # Fernet tokens, whoever issued them, start so.
 TOKEN_PREFIX = "gAAAAA"
 # Where secrets belong, relative to the lab's state directory.
@@ -52,7 +54,7 @@ def test_no_secret_is_left_in_outputs_logs_or_files(lab):
         searched += 1
         # The token cache is where Keystone tokens belong, readable by its owner only; a
         # password has no place there either.
-        in_token_cache = Path(rel).parent.name == "tokens"
+        in_token_cache = Path(rel).parent.name == token_cache.DIRECTORY
         if in_token_cache:
             token_files += 1
             path = lab.state / rel
