@@ -8,7 +8,8 @@
                    host connected (libvirt secret or os-brick), the domain XML rewritten by
                    serial with the records of the new attachments in its metadata
     migrate        migrateToURI3 LIVE|PEER2PEER|PERSIST_DEST|UNDEFINE_SOURCE, no disk copy for
-                   volumes, the job watched every half second (progress, completion timeout)
+                   volumes, the job watched every half second (progress, completion timeout);
+                   the completed job's counters, read on the destination, end the progress
     finish         destination attachments completed, the source disconnected and its
                    attachments deleted (legacy: terminate_connection with the source
                    connector)
@@ -24,6 +25,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import difflib
+import logging
 import threading
 import time
 from typing import Any, Callable
@@ -34,13 +36,15 @@ from attachflow.compute_side import ComputeHost, MigrationRequest
 from attachflow.connectors import check_fits, get_transport
 from attachflow.connectors.base import Transport
 from attachflow.events import Emitter, Listener, MigrationProgress
-from attachflow.migration_monitor import Monitor, completion_timeout
+from attachflow.migration_monitor import Monitor, completion_timeout, progress_event
 from attachflow.model import ConnectorProperties
 from attachflow.record import VolumeRecord
 from attachflow.journal import FAILED, INCOMPLETE, OperationLog
 from attachflow.plans import MIGRATE
 from attachflow.steps import Problems, Transaction
 from attachflow.tracking import Scope, Tracker, tracked
+
+LOG = logging.getLogger("attachflow.migrate")
 
 
 @dataclasses.dataclass
@@ -352,6 +356,7 @@ class JobOutcome:
     failure: BaseException | None
     timed_out: bool
     seconds: float
+    completed_stats: dict[str, Any]  # the destination's after a job that succeeded
 
 
 def _connect_destination(tx: Transaction, plan: Plan
@@ -408,8 +413,27 @@ def _run_watched_job(plan: Plan, request: MigrationRequest,
                       on_timeout=opts.on_timeout, max_downtime_ms=opts.max_downtime_ms,
                       progress=progress)
     monitor.run(worker)
-    return JobOutcome(failure[0] if failure else None, monitor.timed_out,
-                      time.monotonic() - started)
+    seconds = time.monotonic() - started
+    # After a failed job the guest is usually still on the source: no statistics there.
+    completed = {} if failure else _completed_job_stats(plan)
+    # A short job can end before the monitor's first poll; the completed job's counters
+    # are its last progress line, so that a watcher always sees where the job ended.
+    final = progress_event(seconds, completed)
+    if final is not None and progress is not None:
+        progress(final.to_dict())
+    return JobOutcome(failure[0] if failure else None, monitor.timed_out, seconds,
+                      completed)
+
+
+def _completed_job_stats(plan: Plan) -> dict[str, Any]:
+    """The finished job's statistics, which only the destination keeps: the source
+    undefined the guest when it left."""
+    try:
+        return plan.destination.hypervisor.job_stats(plan.domain, completed=True)
+    except errors.AttachflowError as exc:
+        LOG.debug("%s: no completed job statistics on %s: %s", plan.domain,
+                  plan.destination.name, exc)
+        return {}
 
 
 def _settle(tx: Transaction, plan: Plan, job: JobOutcome) -> None:
@@ -461,11 +485,8 @@ def _finish_volumes(plan: Plan, atts: dict[str, StorageAttachment],
 
 
 def _result(plan: Plan, job: JobOutcome, start: float, left: Problems) -> MigrationResult:
-    stats: dict[str, Any] = {}
-    try:
-        stats = plan.destination.hypervisor.job_stats(plan.domain, completed=True)
-    except errors.AttachflowError:
-        pass
+    # a job that failed but whose guest runs on the destination: its statistics now
+    stats = job.completed_stats or _completed_job_stats(plan)
     elapsed = stats.get("time_elapsed")
     return MigrationResult(
         domain=plan.domain, source=plan.source.name, destination=plan.destination.name,

@@ -72,11 +72,12 @@ def test_migrate_there_and_back_with_data(lab, cleanup, api):
         progress = [json.loads(line) for line in proc.stderr.splitlines()]
         assert progress, proc.stderr
         # progress lines, twice a second while the job runs (a short job may end
-        # between two polls, before its counters fill in)
+        # between two polls, before its counters fill in), and last the completed job's
         assert all(p["event"] == "progress" and p["operation"] == f"migrate {dom} from "
                    f"{src} to {dst}" and min(p["processed"], p["remaining"],
                                              p["total"]) >= 0 for p in progress), progress
         assert [p["elapsed"] for p in progress] == sorted(p["elapsed"] for p in progress)
+        assert progress[-1]["remaining"] == 0 and progress[-1]["total"] > 0, progress
         assert result["runs_on"] == dst and result["schema_version"] == 1
         assert not result["left_behind"] and not result["rolled_forward"]
         assert result["downtime_ms"] is not None

@@ -664,3 +664,28 @@ def test_the_source_reaches_the_destination_by_its_migration_uri(lab):
     assert result.runs_on == "hostb"
     assert [m.dest_uri for m in a.hypervisor.migrations] == [peer_view]
     assert where(lab, vols)[0] == ["hostb"]
+
+
+def test_a_job_that_ends_before_the_first_poll_still_reports_where_it_ended(lab):
+    # the monitor polls every half second; this job is over long before
+    cinder, a, b = lab
+    guest(lab, "attachments", "native", volumes=1)
+    events = []
+    mig.migrate(cinder, mig.preflight(cinder, a, b, "vm"), progress=events.append)
+    progress = [e for e in events if isinstance(e, MigrationProgress)]
+    assert [(p.processed, p.remaining, p.total) for p in progress] == [
+        (64 << 20, 0, 64 << 20)]
+    assert progress[0].operation == "migrate vm from hosta to hostb"
+
+
+def test_no_final_progress_when_the_destination_has_no_statistics(lab, monkeypatch):
+    cinder, a, b = lab
+    guest(lab, "attachments", "native", volumes=1)
+
+    def gone(name, completed=False):
+        raise errors.HypervisorError("no job statistics")
+
+    monkeypatch.setattr(b.hypervisor, "job_stats", gone)
+    events = []
+    mig.migrate(cinder, mig.preflight(cinder, a, b, "vm"), progress=events.append)
+    assert not [e for e in events if isinstance(e, MigrationProgress)]

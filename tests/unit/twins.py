@@ -740,7 +740,10 @@ class FakeHypervisor(_Faults, Hypervisor):
                         config=list(persist.disks), live_meta=live.volume_entries(),
                         config_meta=persist.volume_entries())
         dest.domains[name] = moved
-        dest.completed[name] = {"downtime": 25, "time_elapsed": 1200}
+        # what libvirt keeps on the destination: VIR_DOMAIN_JOB_COMPLETED, every byte sent
+        dest.completed[name] = {"type": 3, "downtime": 25, "time_elapsed": 1200,
+                                "data_processed": 64 << 20, "data_remaining": 0,
+                                "data_total": 64 << 20}
         del self.domains[name]
         self.sessions = {s for s in self.sessions if s[0] != name}
         if self.fail_after_switch is not None:
