@@ -456,6 +456,8 @@ def main() -> None:
     journal and locks are settled by the time it returns; what is left is the
     interpreter's tidying of a thousand imported modules, about 0.15 s of every command
     (paid by hooks once per volume), which nothing needs."""
+    from attachflow import identity
+    identity.read_clouds_yaml_without_the_sdk()  # this process runs attachflow alone
     try:
         cli.main(prog_name="attachflow")
         code = 0

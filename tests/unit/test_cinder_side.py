@@ -406,3 +406,24 @@ def test_an_answer_that_cannot_be_shown_is_logged_by_its_type(caplog):
     caplog.set_level(logging.DEBUG, logger="attachflow.cinder")
     storage(vol_reserve=Scripted(Odd())).reserve("v1")
     assert caplog.records[-1].getMessage().startswith("cinder: os-reserve v1 -> Odd (")
+
+
+def test_the_command_line_reads_clouds_yaml_without_loading_the_whole_sdk(tmp_path):
+    # the command line's process: openstacksdk's clouds.yaml reader, not its services
+    import subprocess
+    import sys
+    (tmp_path / "clouds.yaml").write_text(
+        "clouds:\n  c:\n    auth:\n      auth_url: http://keystone.example:5000/v3\n"
+        "      username: u\n      password: p-secret\n      project_name: pr\n"
+        "      user_domain_name: Default\n      project_domain_name: Default\n")
+    script = (
+        "import sys\n"
+        "from attachflow import identity\n"
+        "identity.read_clouds_yaml_without_the_sdk()\n"
+        "s = identity.open_session(cloud='c', env={'OS_CLIENT_CONFIG_FILE': sys.argv[1]})\n"
+        "print([i.label for i in s.identities], s.identities[0].auth_url)\n"
+        "print('openstack.connection' in sys.modules, 'openstack.config.loader' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "clouds.yaml")],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == ["[\"user 'u' in project 'pr' (cloud 'c')\"] http://keystone.example:5000/v3",
+                   "False True"]
