@@ -52,6 +52,9 @@ class _Cli(click.Group):
         "lab": ("attachflow.lab.cli", "lab", False,
                 "The local two-host lab: real Keystone, Cinder, tgtd, libvirtd, sshd "
                 "(needs root)."),
+        "scenario": ("attachflow.scenario.cli", "scenario", False,
+                     "Declared runs of attach, detach, migration and faults, for CI "
+                     "(scenario files)."),
         "host-call": ("attachflow.host_call", "host_call", True, ""),
     }
     _listing = False
