@@ -38,7 +38,7 @@ def _problem_text(step: StepResult) -> tuple[str, str]:
 
 
 def testcase(result: ScenarioResult):
-    from junitparser import Error, Failure, SystemOut, TestCase
+    from junitparser import Error, Failure, TestCase
     case = TestCase(result.name, classname=result.suite, time=round(result.seconds, 3))
     outcome = []
     problem = result.first_problem
