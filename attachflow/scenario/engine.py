@@ -265,6 +265,8 @@ class Runner:
             got = seen.get(key)
             if key == "attached_to":
                 wanted, got = sorted(wanted), sorted(got or [])
+            elif key in ("sessions", "secrets"):  # per host: only the hosts named
+                got = {host: (got or {}).get(host, 0) for host in wanted}
             if got != wanted:
                 wrong.append((key, wanted, got))
         if wrong:

@@ -347,9 +347,10 @@ def _scenario_references(scenario: Mapping[str, Any], base: list[Any], say,
                 say([*at, key] if not isinstance(args, str) else at,
                     f"no {what} '{name}' is declared in {what}s")
         if kind == "expect" and isinstance(args, dict):
-            if {"status", "attachments", "attached_to"} & set(args) \
-                    and "volume" not in args:
-                say(at, "status and attachments are a volume's: name the volume")
+            of_volume = sorted({"status", "attachments", "attached_to", "sessions",
+                                "secrets"} & set(args))
+            if of_volume and "volume" not in args:
+                say(at, f"{', '.join(of_volume)}: these are a volume's: name the volume")
             if {"runs_on", "disk"} & set(args) and "guest" not in args:
                 say(at, "runs_on and disk are a guest's: name the guest")
             if "disk" in args and "volume" not in args:

@@ -102,6 +102,7 @@ class MemoryLab:
             vol = self.volumes[volume_id]
             seen.update(status=vol["status"], attachments=len(vol["hosts"]),
                         attached_to=list(vol["hosts"]))
+            seen["sessions"] = {h: 1 for h in vol["hosts"]}
         if guest:
             seen["runs_on"] = self.guests.get(guest)
             if volume_id:
@@ -139,7 +140,7 @@ SMOKE = """\
 - expect: {volume: data, status: in-use, attachments: 1, attached_to: [hosta]}
 - write: {guest: vm, volume: data, pattern: a5}
 - migrate: {guest: vm, to: hostb}
-- expect: {guest: vm, runs_on: hostb, volume: data, disk: both}
+- expect: {guest: vm, runs_on: hostb, volume: data, disk: both, sessions: {hosta: 0, hostb: 1}}
 - verify: {guest: vm, volume: data, pattern: a5}
 - detach: {volume: data, guest: vm}
 - expect: {volume: data, status: available, attachments: 0}
@@ -293,3 +294,14 @@ def test_an_interrupt_cleans_up_then_stops_the_run():
     assert [(s.label, s.outcome) for s in result.steps[-2:]] == [
         ("write 0xa5 on data in vm", "error"), ("detach data from vm", "not run")]
     assert (lab.volumes, lab.guests) == ({}, {})
+
+
+def test_sessions_are_compared_for_the_hosts_named():
+    lab = MemoryLab()
+    result = run(lab, """\
+        - boot: vm
+        - attach: {volume: data, guest: vm}
+        - expect: {volume: data, sessions: {hosta: 0}}
+        """)
+    assert (result.first_problem.expected, result.first_problem.seen) == (
+        "sessions {'hosta': 0}", "sessions {'hosta': 1}")

@@ -109,7 +109,9 @@ def test_a_valid_file_becomes_one_scenario_per_combination():
     ("api: [attachments, legacy]", "api: [attachments, nova]", 4,
      "'nova' is not one of ['attachments', 'legacy']"),
     ("{volume: data, status: in-use,", "{status: in-use,", 25,
-     "status and attachments are a volume's: name the volume"),
+     "attached_to, attachments, status: these are a volume's: name the volume"),
+    ("{volume: data, status: in-use, attachments: 1,", "{sessions: {hosta: 1},", 25,
+     "attached_to, sessions: these are a volume's: name the volume"),
 ])
 def test_each_mistake_is_named_with_its_line_and_key(old, new, line, expected):
     found = problems(mutated(old, new))
