@@ -62,7 +62,7 @@ class _Made:
     """One resource the scenario made, and how to remove it."""
     what: str
     remove: Callable[[], None]
-    command: str   # what an operator runs when the removal failed
+    command: Callable[[], str]   # what an operator runs when the removal failed, as of then
 
 
 @dataclasses.dataclass
@@ -90,6 +90,7 @@ class Runner:
         self.run_id = run_id or new_run_id()
         self.progress = progress
         self.clock = clock
+        self._running: tuple[str, str] | None = None
 
     def run(self, scenario: Scenario) -> ScenarioResult:
         """The scenario's result, its clean-up done. An interrupt (Ctrl-C, SIGTERM as
@@ -110,10 +111,11 @@ class Runner:
                         break
         except KeyboardInterrupt as exc:
             interrupted = exc
-            where = steps[ran].where if ran < len(steps) else scenario.where
-            label = steps[ran].label if ran < len(steps) else "clean-up"
+            label, where = self._running or ("start", scenario.where)
+            self._running = None
             done.append(StepResult(label, where, ERROR, 0.0, seen="the run was interrupted"))
-            ran += 1
+            if any(s.label == label and s.where == where for s in steps[ran:ran + 1]):
+                ran += 1  # a step of the scenario's own, not its volumes' making
         finally:
             left = self._clean_up(state)
         done += [StepResult(s.label, s.where, NOT_RUN) for s in steps[ran:]]
@@ -142,7 +144,7 @@ class Runner:
         state.volume_ids[vol.name] = volume_id
         state.made.append(_Made(f"volume {name} ({volume_id})",
                                 lambda: self.actions.delete_volume(volume_id),
-                                f"openstack volume delete {volume_id}"))
+                                lambda: f"openstack volume delete {volume_id}"))
 
     # -- one step ---------------------------------------------------------------------------
     def _step(self, scenario: Scenario, step: Step, state: _State) -> StepResult:
@@ -154,16 +156,24 @@ class Runner:
 
     def _timed(self, label: str, where: str, fn: Callable[[], None]) -> StepResult:
         started = self.clock()
+        self._running = (label, where)  # what an interrupt stops (it passes through)
         try:
             fn()
         except Deviation as dev:
-            return StepResult(label, where, FAILED, self.clock() - started, dev.expected,
-                              dev.seen, dev.output[-OUTPUT_LINES:])
+            result = StepResult(label, where, FAILED, self.clock() - started, dev.expected,
+                                dev.seen, dev.output[-OUTPUT_LINES:])
         except errors.AttachflowError as exc:
-            return StepResult(label, where, ERROR, self.clock() - started,
-                              seen=f"{type(exc).__name__} (exit {exc.exit_code})",
-                              output_tail=tuple(str(exc).splitlines()[-OUTPUT_LINES:]))
-        return StepResult(label, where, PASSED, self.clock() - started)
+            result = StepResult(label, where, ERROR, self.clock() - started,
+                                seen=f"{type(exc).__name__} (exit {exc.exit_code})",
+                                output_tail=tuple(str(exc).splitlines()[-OUTPUT_LINES:]))
+        except Exception as exc:  # noqa: BLE001 - a host's or a library's: the step errs
+            result = StepResult(label, where, ERROR, self.clock() - started,
+                                seen=type(exc).__name__,
+                                output_tail=tuple(str(exc).splitlines()[-OUTPUT_LINES:]))
+        else:
+            result = StepResult(label, where, PASSED, self.clock() - started)
+        self._running = None
+        return result
 
     def _do(self, scenario: Scenario, step: Step, state: _State) -> None:
         handler = getattr(self, f"_{step.kind}")
@@ -175,13 +185,15 @@ class Runner:
     def _boot(self, scenario, step, state):
         guest = self._guest(scenario, step.args["guest"])
         name, host = state.guest_name(guest.name), state.guest_hosts[guest.name]
+
         self.actions.boot(name, host, state.volume_ids[guest.root], guest.memory_mib,
                           scenario.api)
         # removed before the volumes (made earlier), from wherever the guest runs then
         state.made.append(_Made(
             f"guest {name}", lambda: self.actions.delete_guest(
                 name, state.guest_hosts[guest.name]),
-            f"attachflow delete {name} --host {host} --force"))
+            lambda: f"attachflow delete {name} --host {state.guest_hosts[guest.name]} "
+                    "--force"))
 
     def _attach(self, scenario, step, state):
         guest, volume = step.args["guest"], step.args["volume"]
@@ -273,9 +285,6 @@ class Runner:
             raise Deviation(", ".join(f"{k} {w}" for k, w, _ in wrong),
                             ", ".join(f"{k} {g}" for k, _, g in wrong))
 
-    def _repeat(self, scenario, step, state):  # unrolled before the run: never reached
-        raise AssertionError("repeat is unrolled")
-
     # -- the end ----------------------------------------------------------------------------
     def _clean_up(self, state: _State) -> list[str]:
         left = []
@@ -283,8 +292,8 @@ class Runner:
         for made in reversed(state.made):
             try:
                 made.remove()
-            except (errors.AttachflowError, Deviation) as exc:
-                left.append(f"{made.what}: {exc}; remove it with: {made.command}")
+            except Exception as exc:  # noqa: BLE001 - every later removal is still tried
+                left.append(f"{made.what}: {exc}; remove it with: {made.command()}")
         return left
 
 

@@ -12,6 +12,7 @@ Written with junitparser rather than by hand; secrets in a command's output are 
 from __future__ import annotations
 
 import datetime
+import re
 import socket
 from pathlib import Path
 from typing import Sequence
@@ -20,9 +21,18 @@ from attachflow import redact
 from attachflow.scenario.results import FAILED, ScenarioResult, StepResult
 
 
+# terminal colours and the control characters XML 1.0 does not allow in a document
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
+
+
+def _xml_text(text: str) -> str:
+    return _NOT_XML.sub("?", _ANSI.sub("", text))
+
+
 def _step_lines(steps: Sequence[StepResult]) -> str:
-    return "\n".join(f"{s.seconds:8.3f} s  {s.outcome:<7}  {s.label}  ({s.where})"
-                     for s in steps)
+    return _xml_text("\n".join(f"{s.seconds:8.3f} s  {s.outcome:<7}  {s.label}  ({s.where})"
+                               for s in steps))
 
 
 def _problem_text(step: StepResult) -> tuple[str, str]:
@@ -34,7 +44,8 @@ def _problem_text(step: StepResult) -> tuple[str, str]:
     if step.output_tail:
         text += ["", "last lines of the output:", *step.output_tail]
     # a command's output can quote a connection's CHAP secret or a request's token
-    return redact.mask_text(message), redact.mask_text("\n".join(text))
+    return (_xml_text(redact.mask_text(message)),
+            _xml_text(redact.mask_text("\n".join(text))))
 
 
 def testcase(result: ScenarioResult):
@@ -51,7 +62,7 @@ def testcase(result: ScenarioResult):
     if result.left_behind:
         entry = Error("clean-up could not remove everything the scenario made",
                       type_="left behind")
-        entry.text = "\n".join(result.left_behind)
+        entry.text = _xml_text(redact.mask_text("\n".join(result.left_behind)))
         outcome.append(entry)
     if outcome:
         case.result = outcome

@@ -46,10 +46,18 @@ FAULTS = {
 
 VOLUME_STATUSES = ("available", "in-use", "attaching", "detaching", "reserved")
 
-_NAME = {"type": "string", "pattern": r"^[a-z][a-z0-9-]{0,31}$"}
-_HOST = {"type": "string", "minLength": 1}
-_PATTERN = {"type": "string", "pattern": r"^[0-9a-fA-F]{2}$"}
-_SIZE = {"type": "string", "pattern": r"^[0-9]+[KM]?$"}
+# \Z, not $: a pattern is searched with Python's re, where $ also admits a final newline
+_NAME = {"type": "string", "pattern": r"^[a-z][a-z0-9-]{0,31}\Z"}
+_HOST = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,254}\Z"}
+_PATTERN = {"type": "string", "pattern": r"^[0-9a-fA-F]{2}\Z"}
+_SIZE = {"type": "string", "pattern": r"^[0-9]+[KM]?\Z"}
+_DEVICE = {"type": "string", "pattern": r"^vd[a-z]{1,2}\Z"}
+# what a value that does not match each pattern is said to be not
+_PATTERN_MEANS = {_NAME["pattern"]: "a valid name (lower case, digits and '-')",
+                  _HOST["pattern"]: "a host name",
+                  _PATTERN["pattern"]: "a byte in hex (two digits, e.g. a5)",
+                  _SIZE["pattern"]: "a size (bytes, or a number with K or M)",
+                  _DEVICE["pattern"]: "a virtio disk name (vda .. vdzz)"}
 
 
 def _obj(required: Sequence[str], **properties: Any) -> dict[str, Any]:
@@ -65,15 +73,16 @@ _DATA = _obj(["volume", "guest", "pattern"], volume=_NAME, guest=_NAME, pattern=
 STEP_KINDS: dict[str, dict[str, Any]] = {
     "boot": _NAME,
     "attach": _obj(["volume", "guest"], volume=_NAME, guest=_NAME,
-                   device={"type": "string", "pattern": r"^vd[a-z]{1,2}$"}),
+                   device=_DEVICE),
     "detach": _DISK,
     "write": _DATA,
     "verify": _DATA,
     "migrate": _obj(["guest", "to"], guest=_NAME, to=_HOST),
     "delete": _NAME,
+    # around one step, not a repeat: a fault is injected once, and a failure expected once
     "fault": _obj(["name", "during"], name={"enum": sorted(FAULTS)},
-                  during={"$ref": "#/$defs/step"}),
-    "expect_failure": _obj(["step"], step={"$ref": "#/$defs/step"},
+                  during={"$ref": "#/$defs/single_step"}),
+    "expect_failure": _obj(["step"], step={"$ref": "#/$defs/single_step"},
                            exit={"type": "integer", "minimum": 1, "maximum": 255},
                            message={"type": "string", "minLength": 1},
                            unchanged={"type": "boolean"}),
@@ -95,7 +104,11 @@ STEP_KINDS: dict[str, dict[str, Any]] = {
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$defs": {"step": {"type": "object", "minProperties": 1, "maxProperties": 1,
-                       "properties": STEP_KINDS, "additionalProperties": False}},
+                       "properties": STEP_KINDS, "additionalProperties": False},
+              "single_step": {"type": "object", "minProperties": 1, "maxProperties": 1,
+                              "properties": {k: v for k, v in STEP_KINDS.items()
+                                             if k != "repeat"},
+                              "additionalProperties": False}},
     **_obj(["suite", "scenarios"],
            suite=_NAME, description={"type": "string"},
            scenarios={"type": "array", "minItems": 1, "items": _obj(
@@ -184,9 +197,11 @@ def load(path: str | Path) -> Suite:
     """The suite in ``path``, or ScenarioFileError naming every mistake in it."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ScenarioFileError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ScenarioFileError([f"{path}: not UTF-8 text (byte {exc.start})"]) from exc
     return parse(text, str(path))
 
 
@@ -194,7 +209,8 @@ def parse(text: str, source: str) -> Suite:
     import yaml
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+    except RecursionError as exc:
+        raise ScenarioFileError([f"{source}: nested too deeply"]) from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -202,11 +218,56 @@ def parse(text: str, source: str) -> Suite:
         raise ScenarioFileError([f"{source}{line}: not valid YAML: {problem}"]) from exc
     if root is None:
         raise ScenarioFileError([f"{source}: the file is empty"])
+    problems = _key_problems(root, source)
+    if problems:  # the values cannot be built from such mappings
+        raise ScenarioFileError(sorted(problems, key=_line_order))
+    try:
+        data = yaml.SafeLoader("").construct_document(root)  # the nodes, made values once
+    except RecursionError as exc:
+        raise ScenarioFileError([f"{source}: nested too deeply"]) from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ScenarioFileError([f"{source}{line}: {getattr(exc, 'problem', exc)}"]) from exc
     problems = _schema_problems(data, root, source)
     problems += _reference_problems(data, root, source)
     if problems:
         raise ScenarioFileError(sorted(problems, key=_line_order))
     return _suite(data, root, source)
+
+
+def _key_problems(root: Any, source: str) -> list[str]:
+    """Every mapping key that is not a string, and every key given twice (YAML would
+    keep the last and drop the first without a word)."""
+    import yaml
+    problems = []
+    pending, seen_nodes = [root], 0
+    while pending:
+        node = pending.pop()
+        seen_nodes += 1
+        if seen_nodes > 100_000:
+            return [f"{source}: too large to be a scenario file"]
+        if isinstance(node, yaml.MappingNode):
+            keys: set[str] = set()
+            for key, value in node.value:
+                line = key.start_mark.line + 1
+                if not isinstance(key, yaml.ScalarNode) or key.tag != "tag:yaml.org,2002:str":
+                    problems.append(f"{source}:{line}: a key must be a name, not "
+                                    f"{_short(key.value if isinstance(key, yaml.ScalarNode) else key.id)}")
+                elif key.value in keys:
+                    problems.append(f"{source}:{line}: '{key.value}' is given twice in "
+                                    "one mapping")
+                else:
+                    keys.add(key.value)
+                pending.append(value)
+        elif isinstance(node, yaml.SequenceNode):
+            pending.extend(node.value)
+    return problems
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _schema_problems(data: Any, root: Any, source: str) -> list[str]:
@@ -216,7 +277,7 @@ def _schema_problems(data: Any, root: Any, source: str) -> list[str]:
     for error in validator.iter_errors(data):
         # a step's own mistake, not "is not valid under" its whole definition
         for leaf in _leaves(error):
-            found.append(_problem(leaf, root, source))
+            found.extend(_problem(leaf, root, source))
     return sorted(set(found))
 
 
@@ -228,28 +289,41 @@ def _leaves(error) -> Iterator[Any]:
         yield error
 
 
-def _problem(error, root: Any, source: str) -> str:
+def _problem(error, root: Any, source: str) -> list[str]:
     path = list(error.absolute_path)
     node = _node_at(root, path)
-    message = error.message
+    where = _dotted(path) or "top level"
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         allowed = sorted(error.schema.get("properties", {}))
-        unknown = sorted(set(error.instance) - set(allowed))
-        if unknown:
-            key = unknown[0]
-            node = _key_node(node, key) or node
-            what = "step" if allowed == sorted(STEP_KINDS) else "key"
+        what = "step" if set(allowed) <= set(STEP_KINDS) and "boot" in allowed else "key"
+        found = []
+        for key in sorted(set(error.instance) - set(allowed)):
+            key_node = _key_node(node, key) or node
             close = _closest(key, allowed)
             hint = f" (did you mean '{close}'?)" if close else ""
-            message = f"unknown {what} '{key}'{hint}; expected one of: {', '.join(allowed)}"
-    elif error.validator == "required":
+            found.append(f"{source}:{key_node.start_mark.line + 1}: {where}: unknown {what} "
+                         f"'{key}'{hint}; expected one of: {', '.join(allowed)}")
+        if found:
+            return found
+    if error.validator == "required":
         message = f"missing {error.message.split(' is a required')[0]}"
-    elif error.validator == "pattern" and path and path[-1] == "pattern":
-        message = f"{error.instance!r} is not a byte in hex (two digits, e.g. a5)"
     elif error.validator == "pattern":
-        message = f"{error.instance!r} is not a valid name (lower case, digits and '-')"
+        means = _PATTERN_MEANS.get(error.validator_value, f"matching {error.validator_value}")
+        message = f"{_short(error.instance)} is not {means}"
+    elif error.validator in ("maxProperties", "minProperties") and path and \
+            isinstance(error.instance, dict):
+        message = (f"a step is one kind of step, not {len(error.instance)}: "
+                   f"{', '.join(map(str, error.instance))}")
+    elif error.validator == "type":
+        message = f"{_short(error.instance)} is not {_A_TYPE.get(str(error.validator_value), error.validator_value)}"
+    else:
+        message = error.message if len(error.message) <= 200 else error.message[:197] + "..."
     line = node.start_mark.line + 1 if node is not None else 1
-    return f"{source}:{line}: {_dotted(path) or 'top level'}: {message}"
+    return [f"{source}:{line}: {where}: {message}"]
+
+
+_A_TYPE = {"string": "a string", "integer": "a whole number", "object": "a mapping",
+           "array": "a list", "boolean": "true or false"}
 
 
 def _line_order(problem: str) -> tuple[int, str]:
@@ -294,18 +368,31 @@ def _key_node(node: Any, key: str) -> Any:
     return None
 
 
-def _walk_steps(steps: Sequence[Mapping[str, Any]], path: list[Any]
+def _listed(steps: Sequence[Mapping[str, Any]], path: list[Any]
+            ) -> list[tuple[Mapping[str, Any], list[Any]]]:
+    """A list of steps as (step, its path in the file) pairs."""
+    return [(step, [*path, i]) for i, step in enumerate(steps)]
+
+
+def _children(kind: str, args: Any, path: list[Any]
+              ) -> list[tuple[Mapping[str, Any], list[Any]]]:
+    """The steps a step holds, with their paths: a repeat's list, or the one step a
+    fault or an expected failure is around."""
+    if kind == "repeat":
+        return _listed(args["steps"], [*path, kind, "steps"])
+    if kind in ("fault", "expect_failure"):
+        key = "during" if kind == "fault" else "step"
+        return [(args[key], [*path, kind, key])]
+    return []
+
+
+def _walk_steps(steps: Sequence[tuple[Mapping[str, Any], list[Any]]]
                 ) -> Iterator[tuple[str, Any, list[Any]]]:
     """Every step, nested ones included, with its path in the file."""
-    for i, step in enumerate(steps):
+    for step, path in steps:
         (kind, args), = step.items()
-        here = [*path, i]
-        yield kind, args, here
-        if kind == "repeat":
-            yield from _walk_steps(args["steps"], [*here, "repeat", "steps"])
-        elif kind in ("fault", "expect_failure"):
-            key = "during" if kind == "fault" else "step"
-            yield from _walk_steps([args[key]], [*here, kind, key])
+        yield kind, args, path
+        yield from _walk_steps(_children(kind, args, path))
 
 
 def _reference_problems(data: Mapping[str, Any], root: Any, source: str) -> list[str]:
@@ -337,8 +424,10 @@ def _scenario_references(scenario: Mapping[str, Any], base: list[Any], say,
         if guest["root"] not in volumes:
             say([*base, "guests", name, "root"],
                 f"no volume '{guest['root']}' is declared in volumes")
-    for kind, args, path in _walk_steps(scenario["steps"], [*base, "steps"]):
+    for kind, args, path in _walk_steps(_listed(scenario["steps"], [*base, "steps"])):
         at = [*path, kind]
+        if isinstance(args, str) and kind not in ("boot", "delete"):
+            continue  # the schema names it: this kind takes a mapping
         refs = {"guest": args} if isinstance(args, str) else dict(args)
         for key, declared, what in (("volume", volumes, "volume"),
                                     ("guest", guests, "guest")):
@@ -347,6 +436,9 @@ def _scenario_references(scenario: Mapping[str, Any], base: list[Any], say,
                 say([*at, key] if not isinstance(args, str) else at,
                     f"no {what} '{name}' is declared in {what}s")
         if kind == "expect" and isinstance(args, dict):
+            if not set(args) - {"volume", "guest"}:
+                say(at, "checks nothing: add what to expect (status, attachments, "
+                        "attached_to, runs_on, disk, sessions, secrets)")
             of_volume = sorted({"status", "attachments", "attached_to", "sessions",
                                 "secrets"} & set(args))
             if of_volume and "volume" not in args:
@@ -378,19 +470,13 @@ def _label(kind: str, args: Any) -> str:
     return "expect " + ", ".join(f"{k}={v}" for k, v in args.items())
 
 
-def _steps(steps: Sequence[Mapping[str, Any]], root: Any, path: list[Any],
+def _steps(steps: Sequence[tuple[Mapping[str, Any], list[Any]]], root: Any,
            source: str) -> tuple[Step, ...]:
     out = []
-    for i, step in enumerate(steps):
+    for step, path in steps:
         (kind, args), = step.items()
-        here = [*path, i]
-        line = _node_at(root, here).start_mark.line + 1
-        inner: tuple[Step, ...] = ()
-        if kind == "repeat":
-            inner = _steps(args["steps"], root, [*here, "repeat", "steps"], source)
-        elif kind in ("fault", "expect_failure"):
-            key = "during" if kind == "fault" else "step"
-            inner = _steps([args[key]], root, [*here, kind, key], source)
+        line = _node_at(root, path).start_mark.line + 1
+        inner = _steps(_children(kind, args, path), root, source)
         out.append(Step(kind, args if isinstance(args, dict) else {"guest": args},
                         f"{source}:{line}", _label(kind, args), inner))
     return tuple(out)
@@ -403,7 +489,7 @@ def _suite(data: Mapping[str, Any], root: Any, source: str) -> Suite:
         matrix = raw.get("matrix", {})
         apis = matrix.get("api", ["attachments"])
         transports = matrix.get("transport", ["native"])
-        steps = _steps(raw["steps"], root, [*base, "steps"], source)
+        steps = _steps(_listed(raw["steps"], [*base, "steps"]), root, source)
         volumes = tuple(VolumeSpec(n, v["size"], v.get("type"))
                         for n, v in raw.get("volumes", {}).items())
         guests = tuple(GuestSpec(n, g["host"], g["root"], g.get("memory", 256))
@@ -423,11 +509,12 @@ def _suite(data: Mapping[str, Any], root: Any, source: str) -> Suite:
 
 
 def count_steps(steps: Sequence[Step]) -> int:
-    """How many steps run, repeats unrolled."""
+    """How many steps a run's result lists, repeats unrolled (a fault or an expected
+    failure is one step with the step it is around)."""
     total = 0
     for step in steps:
         if step.kind == "repeat":
             total += step.args["times"] * count_steps(step.inner)
         else:
-            total += 1 + count_steps(step.inner)
+            total += 1
     return total

@@ -305,3 +305,59 @@ def test_sessions_are_compared_for_the_hosts_named():
         """)
     assert (result.first_problem.expected, result.first_problem.seen) == (
         "sessions {'hosta': 0}", "sessions {'hosta': 1}")
+
+
+def test_a_guest_left_behind_after_a_migration_is_named_where_it_runs():
+    lab = MemoryLab()
+
+    def refuse(name, host):
+        raise TimeoutError("libvirt did not answer")
+
+    lab.delete_guest = refuse
+    result = run(lab, """\
+        - boot: vm
+        - migrate: {guest: vm, to: hostb}
+        """)
+    guest_line, *volume_lines = result.left_behind
+    assert guest_line == ("guest vm-r1: libvirt did not answer; remove it with: "
+                          "attachflow delete vm-r1 --host hostb --force")
+    # the volumes were still tried: the root, in use by the guest, is refused; data goes
+    assert len(volume_lines) == 1 and "openstack volume delete id-s-r1-root" in volume_lines[0]
+    assert list(lab.volumes) == ["id-s-r1-root"]
+
+
+def test_an_unexpected_error_of_a_step_is_an_error_and_the_run_cleans_up():
+    lab = MemoryLab()
+
+    def broken(*args):
+        raise OSError("No route to host")
+
+    lab.write = broken
+    result = run(lab, """\
+        - boot: vm
+        - attach: {volume: data, guest: vm}
+        - write: {guest: vm, volume: data, pattern: a5}
+        """)
+    assert (result.first_problem.outcome, result.first_problem.seen,
+            result.first_problem.output_tail) == ("error", "OSError", ("No route to host",))
+    assert (lab.volumes, lab.guests) == ({}, {})
+
+
+def test_an_interrupt_while_the_volumes_are_made_names_that_step():
+    lab = MemoryLab()
+    made = []
+    original = lab.create_volume
+
+    def second_interrupted(name, vol):
+        if made:
+            raise KeyboardInterrupt
+        made.append(name)
+        return original(name, vol)
+
+    lab.create_volume = second_interrupted
+    with pytest.raises(engine.Interrupted) as caught:
+        run(lab, "- boot: vm\n")
+    steps = [(s.label, s.outcome) for s in caught.value.result.steps]
+    assert steps == [("create volume root", "passed"), ("create volume data", "error"),
+                     ("boot vm", "not run")]
+    assert lab.volumes == {}

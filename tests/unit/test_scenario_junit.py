@@ -102,3 +102,13 @@ def test_the_elements_are_in_the_order_junit_readers_expect(tmp_path):
 def test_an_unknown_outcome_is_refused():
     with pytest.raises(ValueError):
         StepResult("boot vm", "f:1", "fine")
+
+
+def test_terminal_colours_and_control_characters_do_not_break_the_file(tmp_path):
+    coloured = ScenarioResult("smoke", "d", "f.yaml:1", 0.1, (
+        StepResult("boot vm", "f.yaml:2", "error", 0.1,
+                   output_tail=("\x1b[31mattachflow: error:\x1b[0m boot failed\x07",)),))
+    out = tmp_path / "out.xml"
+    junit.write(out, [("smoke", [coloured])])
+    case = next(iter(next(iter(JUnitXml.fromfile(str(out))))))
+    assert "attachflow: error: boot failed?" in case.result[0].text
