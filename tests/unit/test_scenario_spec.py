@@ -4,6 +4,7 @@ matrix expanded into one scenario per combination, the shipped files valid."""
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -257,3 +258,11 @@ def test_an_expectation_that_checks_nothing_is_a_mistake():
 def test_a_kind_that_takes_a_mapping_given_a_name_is_one_mistake():
     found = problems(mutated("attach: {volume: data, guest: vm}", "attach: data"))
     assert found == ["f.yaml:12: scenarios[0].steps[1].attach: 'data' is not a mapping"]
+
+
+def test_the_reference_documents_every_step_fault_and_expectation():
+    reference = (Path(__file__).parents[2] / "scenarios" / "README.md").read_text()
+    documented = set(re.findall(r"^\| `([a-z_-]+)` \|", reference, re.MULTILINE))
+    expectations = set(spec.STEP_KINDS["expect"]["properties"]) - {"volume", "guest"}
+    assert set(spec.STEP_KINDS) | set(spec.FAULTS) | expectations <= documented, (
+        (set(spec.STEP_KINDS) | set(spec.FAULTS) | expectations) - documented)
