@@ -185,7 +185,6 @@ class Runner:
     def _boot(self, scenario, step, state):
         guest = self._guest(scenario, step.args["guest"])
         name, host = state.guest_name(guest.name), state.guest_hosts[guest.name]
-
         self.actions.boot(name, host, state.volume_ids[guest.root], guest.memory_mib,
                           scenario.api)
         # removed before the volumes (made earlier), from wherever the guest runs then
@@ -230,11 +229,10 @@ class Runner:
 
     def _fault(self, scenario, step, state):
         (inner,) = step.inner
-        source = destination = None
         if inner.kind == "expect_failure":
             inner = inner.inner[0]
-        if "guest" in inner.args:
-            source = state.guest_hosts[inner.args["guest"]]
+        guest = inner.args.get("guest")
+        source = state.guest_hosts[guest] if guest else None
         destination = inner.args.get("to")
         with self.actions.fault(step.args["name"], source, destination):
             self._do(scenario, step.inner[0], state)
