@@ -14,10 +14,28 @@ from __future__ import annotations
 
 import os
 
+from typing import Mapping
+
 from attachflow import errors
 from attachflow.compute_side import ComputeHost
 from attachflow.domxml import DirectBoot
+from attachflow.hosts import HostConfig
 from attachflow.model import shown
+
+
+def direct_boot_for(cfg: HostConfig, kernel: str | None = None, initrd: str | None = None,
+                    cmdline: str | None = None, env: Mapping[str, str] | None = None
+                    ) -> DirectBoot | None:
+    """What to boot on the host of ``cfg``: each of kernel, initrd and command line as
+    given, else the host's entry in the hosts file, else the environment. The entry comes
+    before the environment because its paths are that host's: one variable for every
+    host may name a file that only one of them has."""
+    env = os.environ if env is None else env
+    kernel = kernel or cfg.boot_kernel or env.get("ATTACHFLOW_BOOT_KERNEL")
+    if not kernel:
+        return None
+    return DirectBoot(kernel, initrd or cfg.boot_initrd or env.get("ATTACHFLOW_BOOT_INITRD"),
+                      cmdline or cfg.boot_cmdline or env.get("ATTACHFLOW_BOOT_CMDLINE"))
 
 
 def check_direct_boot(host: ComputeHost, boot: DirectBoot | None) -> None:

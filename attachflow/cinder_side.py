@@ -412,6 +412,20 @@ class CinderStorage(StorageAPI):
                    guarded=True)
 
 
+    # -- volumes themselves: what a scenario run makes and removes -------------------------
+    def create_volume(self, name: str, size_gib: int, volume_type: str | None = None) -> str:
+        """A new volume's id; it is being created (``get_volume`` says when it is
+        available)."""
+        vol = self._call(f"POST volume {name}", lambda: self._client.volumes.create(
+            size_gib, name=name, volume_type=volume_type))
+        return vol.id
+
+    def delete_volume(self, volume_id: str) -> None:
+        """Ask Cinder to delete the volume; a volume already gone is a success."""
+        self._call(f"DELETE volume {volume_id}",
+                   lambda: self._client.volumes.delete(volume_id), "delete")
+
+
 def _plain(value: Any) -> Any:
     if hasattr(value, "to_dict"):
         try:

@@ -255,24 +255,12 @@ def boot(name, volume, memory, vcpus, virt_type, kernel, initrd, cmdline, no_ker
         raise click.UsageError("--no-kernel and --kernel contradict each other")
     with _client(transport, api, os_cloud, os_service_cloud=os_service_cloud,
                  state_dir=state_dir, lock_wait=lock_wait) as client:
-        direct = None if no_kernel else _direct_boot(client.host(host).cfg, kernel,
-                                                     initrd, cmdline)
+        from attachflow import bootfiles
+        direct = None if no_kernel else bootfiles.direct_boot_for(
+            client.host(host).cfg, kernel, initrd, cmdline)
         result = client.boot(name, volume, host=host, memory_mib=memory, vcpus=vcpus,
                              virt_type=virt_type, direct_boot=direct)
     output.emit(result.to_dict(), fmt, columns)
-
-
-def _direct_boot(cfg, kernel, initrd, cmdline):
-    """What to boot: each of kernel, initrd and command line from the command line, else
-    the host's entry in the hosts file, else the environment. The entry comes before the
-    environment because its paths are that host's: one variable for every host may name
-    a file that only one of them has."""
-    kernel = kernel or cfg.boot_kernel or os.environ.get("ATTACHFLOW_BOOT_KERNEL")
-    if not kernel:
-        return None
-    return attachflow.DirectBoot(
-        kernel, initrd or cfg.boot_initrd or os.environ.get("ATTACHFLOW_BOOT_INITRD"),
-        cmdline or cfg.boot_cmdline or os.environ.get("ATTACHFLOW_BOOT_CMDLINE"))
 
 
 @cli.command()

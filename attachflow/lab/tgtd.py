@@ -7,6 +7,7 @@ Cinder's per-volume target files, and tgtd's control socket directory.
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 
 from attachflow.lab import layout, machine_paths
@@ -26,6 +27,41 @@ def _tgtd_pids() -> set[int]:
                 if (d / "comm").read_text().strip() == "tgtd":
                     found.add(int(d.name))
     return found
+
+
+def parse_targets(text: str) -> dict[str, dict]:
+    """tgtadm's target list -> {iqn: {accounts, initiators, backing}}."""
+    targets: dict[str, dict] = {}
+    current = None
+    section = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        m = re.match(r"^Target (\d+): (\S+)$", line)
+        if m:
+            current = targets.setdefault(m.group(2), {"tid": m.group(1), "accounts": [],
+                                                      "initiators": [], "backing": []})
+            section = None
+            continue
+        if current is None:
+            continue
+        if line in ("I_T nexus information:", "LUN information:", "Account information:",
+                    "ACL information:"):
+            section = line
+            continue
+        if section == "I_T nexus information:" and line.startswith("Initiator:"):
+            current["initiators"].append(line.split()[1])
+        elif section == "LUN information:" and line.startswith("Backing store path:"):
+            path = line.split(":", 1)[1].strip()
+            if path and path != "None":
+                current["backing"].append(path)
+        elif section == "Account information:" and line:
+            current["accounts"].append(line.split()[0])
+    return targets
+
+
+def targets() -> dict[str, dict]:
+    """tgtd's targets now, as ``parse_targets`` gives them."""
+    return parse_targets(run(_SHOW, timeout=30).stdout)
 
 
 class Tgtd(Component):

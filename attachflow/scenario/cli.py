@@ -7,6 +7,8 @@ only here.
 
 from __future__ import annotations
 
+import signal
+import sys
 from pathlib import Path
 
 import click
@@ -26,6 +28,7 @@ def scenario():
     \b
       attachflow scenario validate scenarios/*.yaml   check every file, run nothing
       attachflow scenario list scenarios/*.yaml       what each file would run
+      attachflow scenario run scenarios/*.yaml --junit results.xml
 
     A file is one suite of scenarios: volumes, guests and steps (boot, attach, detach,
     write, verify, migrate, delete, fault, expect, expect_failure, repeat). With no FILE,
@@ -95,4 +98,130 @@ def list_command(files, fmt, debug):
              "steps": spec.count_steps(sc.steps), "where": sc.where,
              "description": sc.description}
             for s in _load_all(files) for sc in s.scenarios]
+    output.emit(rows, fmt)
+
+
+@scenario.command("run")
+@click.argument("files", nargs=-1, metavar="[FILE]...")
+@click.option("--junit", "junit_path", type=click.Path(dir_okay=False), metavar="OUT.xml",
+              help="Write the results as JUnit XML (one testsuite per file, one testcase "
+                   "per scenario).")
+@click.option("--keep-going", is_flag=True,
+              help="Run every scenario even after one did not pass.")
+@click.option("--kernel-nodes", is_flag=True,
+              help="Also run the scenarios that need the compute-node VMs (attachflow lab "
+                   "up --kernel-nodes); without it they are reported as skipped.")
+@click.option("--only", multiple=True, metavar="NAME",
+              help="Run only the scenarios whose name, or SUITE/NAME, starts with NAME "
+                   "(repeatable).")
+@FORMAT
+@DEBUG
+@boundary
+def run_command(files, junit_path, keep_going, kernel_nodes, only, fmt, debug):
+    """Run scenario files on the compute hosts of the hosts file and the cloud of
+    clouds.yaml (the settings of every other command).
+
+    Every file is checked first: one mistake anywhere and nothing runs. Then each
+    scenario runs in order: its volumes created, its steps one by one (a progress line
+    each on stderr, with its time), and everything it made removed at its end, when a
+    step fails, and on Ctrl-C or SIGTERM; what could not be removed is listed with the
+    command that removes it. Names carry a run id, so two runs on one lab never meet.
+
+    \b
+    Exit codes: 0 every scenario passed (or was skipped for a stated reason), 1 one did
+    not, 2 a file has a mistake, 130 the run was interrupted (after its clean-up).
+    On the attachflow lab the steps also check where the bytes land (the file tgtd
+    exports), tgtd's sessions, and can stop the lab's storage API.
+    """
+    from attachflow.scenario import session
+    suites = session.selected(_load_all(files), only)
+    if not any(s.scenarios for s in suites):
+        raise errors.InputError(f"no scenario's name starts with {' or '.join(only)}")
+    with _actions() as actions:
+        report = _run_reporting(suites, actions, kernel_nodes, keep_going)
+    if junit_path:
+        from attachflow.scenario import junit
+        junit.write(junit_path, report.suites)
+    _show(report, fmt)
+    if report.interrupted:
+        click.echo(f"attachflow: interrupted; {report.summary()}; everything the running "
+                   "scenario made was removed, or is listed above", err=True)
+        sys.exit(130)
+    if not report.passed:
+        raise errors.AttachflowError(f"{report.summary()}")
+
+
+def _actions():
+    """The steps' actions: the lab's when the hosts file is the attachflow lab's, else
+    those of any two-node lab."""
+    import contextlib
+    import os
+
+    from attachflow import hosts
+    from attachflow.client import Client
+
+    @contextlib.contextmanager
+    def opened():
+        virt_type = os.environ.get("ATTACHFLOW_VIRT_TYPE", "kvm")
+        with Client() as client:
+            if _is_the_lab(hosts.hosts_file_path()):
+                from attachflow.lab.scenario_actions import LabActions
+                yield LabActions(client, virt_type=virt_type)
+            else:
+                from attachflow.scenario.on_hosts import HostActions
+                yield HostActions(client, virt_type=virt_type)
+    return opened()
+
+
+def _is_the_lab(hosts_file: Path) -> bool:
+    from attachflow.lab.layout import hosts_file as lab_hosts_file
+    try:
+        return hosts_file.resolve() == lab_hosts_file().resolve()
+    except OSError:
+        return False
+
+
+def _run_reporting(suites, actions, kernel_nodes, keep_going):
+    """The run, with a progress line per step on stderr; SIGTERM is an interrupt."""
+    from attachflow.scenario import engine, session
+
+    def progress(name, step):
+        click.echo(f"  {step.seconds:8.2f} s  {step.outcome:<7}  {step.label}", err=True)
+
+    def starting(sc):
+        click.echo(f"{sc.suite}: {sc.name} ({sc.where})", err=True)
+
+    def finished(result):
+        click.echo(f"  = {result.outcome} in {result.seconds:.1f} s", err=True)
+        for line in result.left_behind:
+            click.echo(f"  left behind: {line}", err=True)
+
+    def terminated(_signum, _frame):
+        raise KeyboardInterrupt
+
+    runner = engine.Runner(actions, progress=progress)
+    click.echo(f"run {runner.run_id}", err=True)
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        return session.run(suites, runner, kernel_nodes=kernel_nodes,
+                           keep_going=keep_going, starting=starting, finished=finished)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _show(report, fmt):
+    if fmt == "json":
+        output.emit([r.to_dict() for r in report.results], fmt)
+        return
+    rows = []
+    for r in report.results:
+        problem = r.first_problem
+        rows.append({"suite": r.suite, "scenario": r.name, "result": r.outcome,
+                     "seconds": round(r.seconds, 1),
+                     "steps": f"{sum(s.outcome == 'passed' for s in r.steps)}/"
+                              f"{len(r.steps)}",
+                     "first problem": r.skipped or (
+                         f"{problem.label} ({problem.where}): expected "
+                         f"{problem.expected or '?'}, saw {problem.seen or '?'}"
+                         if problem else "; ".join(r.left_behind))})
     output.emit(rows, fmt)

@@ -19,7 +19,7 @@ from typing import Any, Callable, ContextManager, Iterator, Mapping, Protocol
 from attachflow import errors
 from attachflow.scenario.results import (ERROR, FAILED, NOT_RUN, PASSED, ScenarioResult,
                                          StepResult)
-from attachflow.scenario.spec import GuestSpec, Scenario, Step, VolumeSpec
+from attachflow.scenario.spec import GuestSpec, Scenario, Step, VolumeSpec, size_bytes
 
 OUTPUT_LINES = 20  # the last lines of a failed command's output a result keeps
 
@@ -32,6 +32,17 @@ class Deviation(Exception):
         self.expected, self.seen, self.output = expected, seen, output
 
 
+@dataclasses.dataclass(frozen=True)
+class Stamp:
+    """A data pattern: ``byte`` repeated over ``length`` bytes from ``offset``."""
+    byte: int
+    offset: int = 0
+    length: int = 1024 * 1024
+
+    def __str__(self) -> str:
+        return f"0x{self.byte:02x} over {self.length} bytes at {self.offset}"
+
+
 class Actions(Protocol):
     """What steps do to the storage and the hosts. Each method raises ``Deviation`` when
     what it sees is not what it was asked to find, and ``AttachflowError`` when it
@@ -40,20 +51,25 @@ class Actions(Protocol):
     def create_volume(self, name: str, spec: VolumeSpec) -> str: ...
     def delete_volume(self, volume_id: str) -> None: ...
     def boot(self, name: str, host: str, root_volume_id: str, memory_mib: int,
-             api: str) -> None: ...
+             api: str, transport: str) -> None: ...
     def delete_guest(self, name: str, host: str) -> None: ...
     def attach(self, volume_id: str, guest: str, host: str, device: str | None,
                api: str, transport: str) -> None: ...
     def detach(self, volume_id: str, guest: str, host: str, api: str,
                transport: str) -> None: ...
-    def write(self, guest: str, host: str, volume_id: str, pattern: int) -> None: ...
-    def verify(self, guest: str, host: str, volume_id: str, pattern: int) -> None: ...
+    def write(self, guest: str, host: str, volume_id: str, stamp: Stamp) -> None: ...
+    def verify(self, guest: str, host: str, volume_id: str, stamp: Stamp) -> None: ...
     def migrate(self, guest: str, source: str, destination: str, api: str,
                 transport: str) -> None: ...
     def fault(self, name: str, source: str | None,
               destination: str | None) -> ContextManager[None]: ...
-    def observe(self, volume_id: str | None, guest: str | None,
-                host: str | None) -> Mapping[str, Any]: ...
+    def observe(self, volume_id: str | None, guest: str | None, host: str | None,
+                hosts: tuple[str, ...] = ()) -> Mapping[str, Any]:
+        """What a user would check: for a volume its status, attachments, the hosts
+        they are for and, per host of ``hosts``, its sessions and secrets; for a guest
+        where it runs (``runs_on``) and, with a volume, where its disk is (``disk``:
+        live, persistent, both or absent)."""
+        ...
     def snapshot(self) -> Mapping[str, Any]: ...
 
 
@@ -159,17 +175,12 @@ class Runner:
         self._running = (label, where)  # what an interrupt stops (it passes through)
         try:
             fn()
-        except Deviation as dev:
-            result = StepResult(label, where, FAILED, self.clock() - started, dev.expected,
-                                dev.seen, dev.output[-OUTPUT_LINES:])
-        except errors.AttachflowError as exc:
-            result = StepResult(label, where, ERROR, self.clock() - started,
-                                seen=f"{type(exc).__name__} (exit {exc.exit_code})",
-                                output_tail=tuple(str(exc).splitlines()[-OUTPUT_LINES:]))
-        except Exception as exc:  # noqa: BLE001 - a host's or a library's: the step errs
-            result = StepResult(label, where, ERROR, self.clock() - started,
-                                seen=type(exc).__name__,
-                                output_tail=tuple(str(exc).splitlines()[-OUTPUT_LINES:]))
+        except BaseException as exc:
+            if _interrupted(exc):
+                raise KeyboardInterrupt from exc  # an operation undone on its way out
+            if not isinstance(exc, Exception):
+                raise
+            result = _failed(label, where, self.clock() - started, exc)
         else:
             result = StepResult(label, where, PASSED, self.clock() - started)
         self._running = None
@@ -186,7 +197,7 @@ class Runner:
         guest = self._guest(scenario, step.args["guest"])
         name, host = state.guest_name(guest.name), state.guest_hosts[guest.name]
         self.actions.boot(name, host, state.volume_ids[guest.root], guest.memory_mib,
-                          scenario.api)
+                          scenario.api, scenario.transport)
         # removed before the volumes (made earlier), from wherever the guest runs then
         state.made.append(_Made(
             f"guest {name}", lambda: self.actions.delete_guest(
@@ -208,12 +219,12 @@ class Runner:
     def _write(self, scenario, step, state):
         guest = step.args["guest"]
         self.actions.write(state.guest_name(guest), state.guest_hosts[guest],
-                           state.volume_ids[step.args["volume"]], int(step.args["pattern"], 16))
+                           state.volume_ids[step.args["volume"]], _stamp(step))
 
     def _verify(self, scenario, step, state):
         guest = step.args["guest"]
         self.actions.verify(state.guest_name(guest), state.guest_hosts[guest],
-                            state.volume_ids[step.args["volume"]], int(step.args["pattern"], 16))
+                            state.volume_ids[step.args["volume"]], _stamp(step))
 
     def _migrate(self, scenario, step, state):
         guest, destination = step.args["guest"], step.args["to"]
@@ -267,7 +278,9 @@ class Runner:
         guest = args.get("guest")
         guest_name = state.guest_name(guest) if guest else None
         host = state.guest_hosts.get(guest) if guest else None
-        seen = self.actions.observe(volume, guest_name, host)
+        hosts = tuple(sorted({h for key in ("sessions", "secrets")
+                              for h in args.get(key, {})}))
+        seen = self.actions.observe(volume, guest_name, host, hosts)
         wrong = []
         for key, wanted in args.items():
             if key in ("volume", "guest"):
@@ -301,6 +314,36 @@ class Interrupted(Exception):
     def __init__(self, result: ScenarioResult):
         super().__init__(f"interrupted in {result.name}")
         self.result = result
+
+
+def _failed(label: str, where: str, seconds: float, exc: Exception) -> StepResult:
+    """A step that raised: failed when it saw a deviation, else in error (it could not
+    do its work: a host unreachable, a refusal, a bug)."""
+    if isinstance(exc, Deviation):
+        return StepResult(label, where, FAILED, seconds, exc.expected, exc.seen,
+                          exc.output[-OUTPUT_LINES:])
+    seen = (f"{type(exc).__name__} (exit {exc.exit_code})"
+            if isinstance(exc, errors.AttachflowError) else type(exc).__name__)
+    return StepResult(label, where, ERROR, seconds, seen=seen,
+                      output_tail=tuple(str(exc).splitlines()[-OUTPUT_LINES:]))
+
+
+def _interrupted(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is an interrupt, or an error an interrupt caused (an operation
+    that undid its steps when interrupted raises its own error from it)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _stamp(step: Step) -> Stamp:
+    return Stamp(int(step.args["pattern"], 16),
+                 size_bytes(step.args.get("offset", "0")),
+                 size_bytes(step.args.get("length", "1M")))
 
 
 def _unrolled(steps: tuple[Step, ...]) -> Iterator[Step]:

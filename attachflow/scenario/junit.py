@@ -49,8 +49,11 @@ def _problem_text(step: StepResult) -> tuple[str, str]:
 
 
 def testcase(result: ScenarioResult):
-    from junitparser import Error, Failure, TestCase
+    from junitparser import Error, Failure, Skipped, TestCase
     case = TestCase(result.name, classname=result.suite, time=round(result.seconds, 3))
+    if result.skipped:
+        case.result = [Skipped(_xml_text(result.skipped))]
+        return case
     outcome = []
     problem = result.first_problem
     if problem is not None:

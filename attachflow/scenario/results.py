@@ -13,6 +13,7 @@ PASSED = "passed"
 FAILED = "failed"      # an expectation was not met: the backend or the hosts deviate
 ERROR = "error"        # the step could not be carried out (a host unreachable, a bug)
 NOT_RUN = "not run"    # after a failed step
+SKIPPED = "skipped"    # a scenario not run at all, with the reason (never a pass)
 OUTCOMES = (PASSED, FAILED, ERROR, NOT_RUN)
 
 
@@ -44,6 +45,7 @@ class ScenarioResult:
     seconds: float
     steps: tuple[StepResult, ...]
     left_behind: tuple[str, ...] = ()   # each: what, and the command that removes it
+    skipped: str = ""                   # why the scenario was not run, when it was not
 
     @property
     def first_problem(self) -> StepResult | None:
@@ -51,6 +53,8 @@ class ScenarioResult:
 
     @property
     def outcome(self) -> str:
+        if self.skipped:
+            return SKIPPED
         problem = self.first_problem
         if problem is not None:
             return problem.outcome
@@ -61,4 +65,4 @@ class ScenarioResult:
         return {"suite": self.suite, "scenario": self.name, "where": self.where,
                 "outcome": self.outcome, "seconds": round(self.seconds, 3),
                 "steps": [s.to_dict() for s in self.steps],
-                "left_behind": list(self.left_behind)}
+                "left_behind": list(self.left_behind), "skipped": self.skipped}

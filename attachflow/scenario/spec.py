@@ -183,6 +183,15 @@ class Suite:
     scenarios: tuple[Scenario, ...]
 
 
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024 * 1024}
+
+
+def size_bytes(text: str) -> int:
+    """A size as the format writes it ("4096", "64K", "1M") in bytes."""
+    unit = text[-1] if text[-1] in "KM" else ""
+    return int(text[:len(text) - len(unit)]) * _SIZE_UNITS[unit]
+
+
 # -- reading ----------------------------------------------------------------------------
 class ScenarioFileError(errors.InputError):
     """A scenario file that cannot run; ``problems`` holds one line per mistake."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import subprocess
 import time
 from pathlib import Path
@@ -229,9 +228,8 @@ class Lab:
 
     # -- tgtd -----------------------------------------------------------------------------
     def targets(self) -> dict[str, dict]:
-        out = subprocess.run(["tgtadm", "--lld", "iscsi", "--mode", "target", "--op", "show"],
-                             capture_output=True, text=True, check=True).stdout
-        return parse_tgt(out)
+        from attachflow.lab.tgtd import targets
+        return targets()
 
     def target_of(self, volume_id: str) -> dict | None:
         for iqn, target in self.targets().items():
@@ -344,36 +342,6 @@ class Lab:
         target = self.target_of(volume_id)
         assert target and target["backing"], f"no exported LUN for {volume_id}"
         return Path(target["backing"][-1])
-
-
-def parse_tgt(text: str) -> dict[str, dict]:
-    """tgtadm's target list -> {iqn: {accounts, initiators, backing}}."""
-    targets: dict[str, dict] = {}
-    current = None
-    section = None
-    for raw in text.splitlines():
-        line = raw.strip()
-        m = re.match(r"^Target (\d+): (\S+)$", line)
-        if m:
-            current = targets.setdefault(m.group(2), {"tid": m.group(1), "accounts": [],
-                                                      "initiators": [], "backing": []})
-            section = None
-            continue
-        if current is None:
-            continue
-        if line in ("I_T nexus information:", "LUN information:", "Account information:",
-                    "ACL information:"):
-            section = line
-            continue
-        if section == "I_T nexus information:" and line.startswith("Initiator:"):
-            current["initiators"].append(line.split()[1])
-        elif section == "LUN information:" and line.startswith("Backing store path:"):
-            path = line.split(":", 1)[1].strip()
-            if path and path != "None":
-                current["backing"].append(path)
-        elif section == "Account information:" and line:
-            current["accounts"].append(line.split()[0])
-    return targets
 
 
 @pytest.fixture

@@ -43,7 +43,7 @@ class MemoryLab:
             raise errors.StorageError("volume is in use")
         del self.volumes[volume_id]
 
-    def boot(self, name, host, root_volume_id, memory_mib, api):
+    def boot(self, name, host, root_volume_id, memory_mib, api, transport):
         self._call("boot")
         self.guests[name] = host
         self.disks[name] = {root_volume_id}
@@ -68,13 +68,14 @@ class MemoryLab:
         self.disks[guest].discard(volume_id)
         self.volumes[volume_id].update(status="available", hosts=[])
 
-    def write(self, guest, host, volume_id, pattern):
+    def write(self, guest, host, volume_id, stamp):
         self._call("write")
         assert volume_id in self.disks[guest]
-        self.data[volume_id] = pattern
+        self.data[volume_id] = stamp.byte
 
-    def verify(self, guest, host, volume_id, pattern):
+    def verify(self, guest, host, volume_id, stamp):
         self._call("verify")
+        pattern = stamp.byte
         seen = self.data.get(volume_id)
         if seen != pattern:
             raise engine.Deviation(f"0x{pattern:02x} in the first MiB",
@@ -96,7 +97,7 @@ class MemoryLab:
         finally:
             self.faults.discard(name)
 
-    def observe(self, volume_id, guest, host):
+    def observe(self, volume_id, guest, host, hosts=()):
         seen = {}
         if volume_id:
             vol = self.volumes[volume_id]
