@@ -150,6 +150,8 @@ class Runner:
             result = self._timed(f"create volume {vol.name}", scenario.where,
                                  lambda vol=vol: self._create(vol, scenario, state))
             done.append(result)
+            if self.progress is not None:
+                self.progress(scenario.name, result)
             if result.outcome != PASSED:
                 return False
         return True

@@ -40,13 +40,16 @@ class HostActions:
 
     def __init__(self, client: Client, *, virt_type: str = "kvm",
                  ready_marker: str | None = READY_MARKER, boot_timeout: float = 300.0,
-                 volume_timeout: float = 120.0, sleep: Callable[[float], None] = time.sleep,
+                 volume_timeout: float = 120.0, shutdown_timeout: float = 2.0, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic):
         self.client = client
         self.virt_type = virt_type
         self.ready_marker = ready_marker
         self.boot_timeout = boot_timeout
         self.volume_timeout = volume_timeout
+        # A scenario's guest holds nothing worth a clean shutdown: it is switched off
+        # once it has had this long to answer the power button.
+        self.shutdown_timeout = shutdown_timeout
         self._sleep, self._clock = sleep, clock
         self._hosts_of: dict[str, set[str]] = {}   # guest -> every host it was on
         self._volumes: list[str] = []             # what this run made, for snapshot()
@@ -111,7 +114,7 @@ class HostActions:
             self._sleep(0.5)
 
     def delete_guest(self, name: str, host: str) -> None:
-        self.client.delete_guest(name, host=host)
+        self.client.delete_guest(name, host=host, shutdown_timeout=self.shutdown_timeout)
         self._hosts_of.pop(name, None)
 
     def attach(self, volume_id: str, guest: str, host: str, device: str | None, api: str,
@@ -231,7 +234,7 @@ class HostActions:
         if volume_id:
             vol = self.client.storage.get_volume(volume_id)
             seen.update(status=vol.status, attachments=len(vol.attachments),
-                        attached_to=[a.host_name for a in vol.attachments])
+                        attached_to=self._attached_to(vol.attachments))
             seen["sessions"] = {h: self._sessions(h, volume_id) for h in hosts}
             seen["secrets"] = {h: len(self._secrets(h, volume_id)) for h in hosts}
         if guest:
@@ -241,6 +244,17 @@ class HostActions:
             if volume_id and host:
                 seen["disk"] = self._disk(host, guest, volume_id)
         return seen
+
+    def _attached_to(self, attachments) -> list[str | None]:
+        """The host of each attachment: the one Cinder recorded (its legacy API does),
+        else the one that runs the guest whose id the attachment names (Cinder keeps no
+        host for an attachment made with the attachments API)."""
+        running: dict[str, str] = {}
+        for host in sorted(set().union(*self._hosts_of.values()) if self._hosts_of else ()):
+            for ref in self.client.host(host).hypervisor.list_domains():
+                if ref.active:
+                    running[ref.uuid] = host
+        return [a.host_name or running.get(a.server_id or "") for a in attachments]
 
     def _runs(self, host: str, guest: str) -> bool:
         return any(d.name == guest and d.active
