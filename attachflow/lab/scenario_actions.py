@@ -89,8 +89,8 @@ class LabActions(HostActions):
                             f"{'missing' if other >= len(data) else hex(data[other])}")
 
     # -- tgtd's view ----------------------------------------------------------------------
-    def snapshot(self) -> Mapping[str, Any]:
-        state = dict(super().snapshot())
+    def snapshot(self, hosts: tuple[str, ...]) -> Mapping[str, Any]:
+        state = dict(super().snapshot(hosts))
         for iqn, target in tgtd.targets().items():
             for volume_id in self._volumes:
                 if iqn.endswith(volume_id):

@@ -220,8 +220,13 @@ def _show(report, fmt):
                      "seconds": round(r.seconds, 1),
                      "steps": f"{sum(s.outcome == 'passed' for s in r.steps)}/"
                               f"{len(r.steps)}",
-                     "first problem": r.skipped or (
+                     "first problem": _cut(r.skipped or (
                          f"{problem.label} ({problem.where}): expected "
                          f"{problem.expected or '?'}, saw {problem.seen or '?'}"
-                         if problem else "; ".join(r.left_behind))})
+                         if problem else "; ".join(r.left_behind)))})
     output.emit(rows, fmt)
+
+
+def _cut(text: str, width: int = 100) -> str:
+    """A table cell kept readable; -f json and the JUnit file have the whole text."""
+    return text if len(text) <= width else text[:width - 3] + "..."

@@ -70,7 +70,9 @@ class Actions(Protocol):
         where it runs (``runs_on``) and, with a volume, where its disk is (``disk``:
         live, persistent, both or absent)."""
         ...
-    def snapshot(self) -> Mapping[str, Any]: ...
+    def snapshot(self, hosts: tuple[str, ...]) -> Mapping[str, Any]:
+        """What a refused step must leave as it was, looked at on ``hosts``."""
+        ...
 
 
 @dataclasses.dataclass
@@ -107,12 +109,14 @@ class Runner:
         self.progress = progress
         self.clock = clock
         self._running: tuple[str, str] | None = None
+        self._count = 0   # scenarios run: each one's names differ from the last one's
 
     def run(self, scenario: Scenario) -> ScenarioResult:
         """The scenario's result, its clean-up done. An interrupt (Ctrl-C, SIGTERM as
         KeyboardInterrupt) cleans up too, then raises ``Interrupted`` with the result."""
         started = self.clock()
-        state = _State(self.run_id)
+        self._count += 1
+        state = _State(f"{self.run_id}-{self._count}")
         steps = list(_unrolled(scenario.steps))
         done: list[StepResult] = []
         ran = 0
@@ -242,17 +246,32 @@ class Runner:
 
     def _fault(self, scenario, step, state):
         (inner,) = step.inner
-        if inner.kind == "expect_failure":
-            inner = inner.inner[0]
-        guest = inner.args.get("guest")
+        target = inner.inner[0] if inner.kind == "expect_failure" else inner
+        guest = target.args.get("guest")
         source = state.guest_hosts[guest] if guest else None
-        destination = inner.args.get("to")
+        destination = target.args.get("to")
+        # "nothing changed" is judged with the fault undone on both sides: a host whose
+        # daemon is stopped cannot be looked at
+        hosts = _hosts(scenario)
+        before = self.actions.snapshot(hosts) if _unchanged(inner) else None
         with self.actions.fault(step.args["name"], source, destination):
-            self._do(scenario, step.inner[0], state)
+            if inner.kind == "expect_failure":
+                self._refused(scenario, inner, state)
+            else:
+                self._do(scenario, inner, state)
+        if before is not None:
+            _compare(before, self.actions.snapshot(hosts))
 
     def _expect_failure(self, scenario, step, state):
+        hosts = _hosts(scenario)
+        before = self.actions.snapshot(hosts) if _unchanged(step) else None
+        self._refused(scenario, step, state)
+        if before is not None:
+            _compare(before, self.actions.snapshot(hosts))
+
+    def _refused(self, scenario, step, state):
+        """The step of an ``expect_failure`` failed as it says; nothing else checked."""
         (inner,) = step.inner
-        before = self.actions.snapshot() if step.args.get("unchanged") else None
         hosts_before = dict(state.guest_hosts)
         try:
             self._do(scenario, inner, state)
@@ -266,13 +285,6 @@ class Runner:
             raise Deviation(f"'{inner.label}' to fail", "it succeeded")
         # a refused step moved nothing: the guests are where they were
         state.guest_hosts.update(hosts_before)
-        if before is not None:
-            after = self.actions.snapshot()
-            changed = sorted(k for k in set(before) | set(after)
-                             if before.get(k) != after.get(k))
-            if changed:
-                raise Deviation("nothing changed", "; ".join(
-                    f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in changed))
 
     def _expect(self, scenario, step, state):
         args = step.args
@@ -316,6 +328,30 @@ class Interrupted(Exception):
     def __init__(self, result: ScenarioResult):
         super().__init__(f"interrupted in {result.name}")
         self.result = result
+
+
+def _unchanged(step: Step) -> bool:
+    return step.kind == "expect_failure" and bool(step.args.get("unchanged"))
+
+
+def _hosts(scenario: Scenario) -> tuple[str, ...]:
+    """Every host the scenario names: its guests' and its migrations' destinations."""
+    found = {g.host for g in scenario.guests}
+    found.update(s.args["to"] for s in _all_steps(scenario.steps) if s.kind == "migrate")
+    return tuple(sorted(found))
+
+
+def _all_steps(steps: tuple[Step, ...]) -> Iterator[Step]:
+    for step in steps:
+        yield step
+        yield from _all_steps(step.inner)
+
+
+def _compare(before: Mapping[str, Any], after: Mapping[str, Any]) -> None:
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    if changed:
+        raise Deviation("nothing changed", "; ".join(
+            f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in changed))
 
 
 def _failed(label: str, where: str, seconds: float, exc: Exception) -> StepResult:

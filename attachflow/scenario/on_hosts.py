@@ -4,7 +4,7 @@ cloud, as any two-node KVM lab has them, through attachflow's own library (``Cli
 Side effects owned: the volumes a run creates and deletes in the storage API; the data
 patterns written through a guest's own block backend (qemu-io in QEMU's monitor); the
 faults injected on a host over SSH (a service stopped and masked, blackhole routes to the
-target's portals), each undone when its step ends. Boot, attach, detach, migrate and
+target's portals refused by policy rules), each undone when its step ends. Boot, attach, detach, migrate and
 delete go through ``Client``; ``observe`` and ``snapshot`` only read.
 """
 
@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Mapping
 from attachflow import bootfiles, errors
 from attachflow.client import Client
 from attachflow.compute_side import ComputeHost
-from attachflow.domxml import BlockSource, Domain, NetworkISCSISource
+from attachflow.domxml import BlockSource, NetworkISCSISource
 from attachflow.scenario.engine import Deviation, Stamp
 from attachflow.scenario.spec import VolumeSpec
 
@@ -191,7 +191,7 @@ class HostActions:
                                 restart=("iscsid.socket",)):
                 yield
         elif name == "target-portal-unreachable":
-            with _blackholed(host, self._portals(source)):
+            with _unreachable(host, self._portals(source)):
                 yield
         else:
             raise errors.InputError(f"unknown fault {name}")
@@ -202,13 +202,13 @@ class HostActions:
                  "libvirtd-admin.socket")
         return _units_stopped(self.client.host(host), units, restart=units)
 
-    def _portals(self, source: str | None) -> list[str]:
+    def _portals(self, source: str | None) -> list[tuple[str, int]]:
         """The addresses of the target portals the guests on ``source`` use: from their
         disks' sources (QEMU's initiator, or a by-path device) and the host's sessions."""
         if source is None:
             raise errors.InputError("target-portal-unreachable needs a step with a guest")
         compute = self.client.host(source)
-        found: set[str] = set()
+        found: set[tuple[str, int]] = set()
         for guest, hosts in self._hosts_of.items():
             if source not in hosts:
                 continue
@@ -218,14 +218,14 @@ class HostActions:
                 continue
             for disk in domain.disks:
                 if isinstance(disk.source, NetworkISCSISource):
-                    found.update(p.host for p in disk.source.hosts)
+                    found.update((p.host, p.port) for p in disk.source.hosts)
                 elif isinstance(disk.source, BlockSource):
-                    found.update(m.group(1) for m in [_BY_PATH.search(disk.source.path)]
-                                 if m)
-        found.update(addr for addr, _port, _iqn in _kernel_sessions(compute))
+                    found.update((m.group(1), int(m.group(2)))
+                                 for m in [_BY_PATH.search(disk.source.path)] if m)
+        found.update((addr, int(port)) for addr, port, _iqn in _kernel_sessions(compute))
         if not found:
             raise errors.InputError(f"no target portal is in use on {source}")
-        return sorted(a.strip("[]") for a in found)
+        return sorted((a.strip("[]"), port) for a, port in found)
 
     # -- what a user checks -----------------------------------------------------------------
     def observe(self, volume_id: str | None, guest: str | None, host: str | None,
@@ -294,13 +294,12 @@ class HostActions:
         return sorted(u for u in (s.usageID() for s in conn.listAllSecrets())
                       if u and volume_id in u)
 
-    def snapshot(self) -> Mapping[str, Any]:
+    def snapshot(self, hosts: tuple[str, ...]) -> Mapping[str, Any]:
         """What a refused step must leave as it was: the run's volumes (status and
-        attachments), where its guests run and with which disks, and the hosts' secrets
-        and sessions for those volumes."""
+        attachments), where its guests run on ``hosts`` and with which disks, and each
+        host's secrets and sessions for those volumes."""
         storage = self.client.storage
         state: dict[str, Any] = {}
-        hosts = sorted(set().union(*self._hosts_of.values())) if self._hosts_of else []
         for volume_id in self._volumes:
             try:
                 vol = storage.get_volume(volume_id)
@@ -311,17 +310,15 @@ class HostActions:
             for host in hosts:
                 state[f"secrets {host} {volume_id}"] = self._secrets(host, volume_id)
                 state[f"sessions {host} {volume_id}"] = self._sessions(host, volume_id)
-        for guest, on in self._hosts_of.items():
-            for host in sorted(on):
-                state[f"guest {guest} on {host}"] = self._guest_state(host, guest)
+        for host in hosts:
+            hypervisor = self.client.host(host).hypervisor
+            for ref in hypervisor.list_domains():
+                if ref.name in self._hosts_of:
+                    disks = (sorted((d.target_dev, d.serial or "")
+                                    for d in hypervisor.domain(ref.name).disks)
+                             if ref.active else [])
+                    state[f"guest {ref.name} on {host}"] = (ref.active, disks)
         return state
-
-    def _guest_state(self, host: str, guest: str) -> Any:
-        hypervisor = self.client.host(host).hypervisor
-        if not self._runs(host, guest):
-            return "not running"
-        domain: Domain = hypervisor.domain(guest)
-        return sorted((d.target_dev, d.serial or "") for d in domain.disks)
 
 
 # -- reading and changing a host --------------------------------------------------------------
@@ -393,19 +390,19 @@ def _units_stopped(host: ComputeHost, units: tuple[str, ...],
 
 
 @contextlib.contextmanager
-def _blackholed(host: ComputeHost, addresses: list[str]) -> Iterator[None]:
-    """Blackhole routes on ``host`` to each address: the portals do not answer it."""
-    routes = []
+def _unreachable(host: ComputeHost, portals: list[tuple[str, int]]) -> Iterator[None]:
+    """Policy rules on ``host`` that refuse TCP to each portal (address and port): the
+    target does not answer it, and the host's other traffic (SSH, libvirt, on a lab
+    whose storage address is also the orchestrator's) still flows."""
+    rules = []
     try:
-        for address in addresses:
+        for address, port in portals:
             ip = ipaddress.ip_address(address)
-            route = ["ip", f"-{ip.version}", "route", "add", "blackhole",
-                     f"{ip}/{ip.max_prefixlen}"]
-            _checked(host, route)
-            routes.append(route)
+            rule = ["ip", f"-{ip.version}", "rule", "add", "to", f"{ip}/{ip.max_prefixlen}",
+                    "ipproto", "tcp", "dport", str(port), "prohibit"]
+            _checked(host, rule)
+            rules.append(rule)
         yield
     finally:
-        for route in reversed(routes):
-            route[3] = "del"
-            _checked(host, route)
-
+        for rule in reversed(rules):
+            _checked(host, [*rule[:3], "del", *rule[4:]])
