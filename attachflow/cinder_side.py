@@ -23,7 +23,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from attachflow import errors, timings
+from attachflow import errors, steps, timings
 from attachflow.identity import SERVICE_SETTINGS, StorageSession, login_error, open_session
 from attachflow.token_cache import TokenCache
 from attachflow.settings import DEFAULT_DEADLINE, env_value, seconds_setting
@@ -156,7 +156,8 @@ def _translate(exc: BaseException, what: str,
         # keystoneauth appends urllib3's whole retry story; the first clause says it all
         reason = str(exc).split(": HTTPConnectionPool", 1)[0].split(": HTTPSConnectionPool",
                                                                     1)[0]
-        return errors.StorageUnavailable(f"{what}: cannot reach the storage API ({reason})")
+        return errors.StorageUnavailable(f"{what}: cannot reach the storage API ({reason})",
+                                         sent=not _never_sent(exc))
     if isinstance(exc, kexc.http.HttpError):
         code = exc.http_status
         if code == 404:
@@ -169,6 +170,31 @@ def _translate(exc: BaseException, what: str,
     if isinstance(exc, cexc.UnsupportedVersion):
         return errors.StorageError(f"{what}: {exc}")
     return errors.StorageError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """Whether a connection failure happened before the request was sent: no TCP
+    connection was made (refused, unreachable, connect timeout). A connection that
+    broke later may have carried the request, so that is not this."""
+    from keystoneauth1 import exceptions as kexc
+    if isinstance(exc, kexc.ConnectTimeout):
+        return True
+    import urllib3.exceptions
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:  # keystoneauth wraps requests' error, which wraps urllib3's
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, (urllib3.exceptions.NewConnectionError,
+                                urllib3.exceptions.ConnectTimeoutError)):
+            return True
+        reason = getattr(current, "reason", None)
+        linked = [current.__cause__, current.__context__, reason,
+                  *(a for a in getattr(current, "args", ()) if isinstance(a, BaseException))]
+        pending.extend(e for e in linked if isinstance(e, BaseException))
+    return False
 
 
 def _is_login(exc: BaseException) -> bool:
@@ -276,13 +302,20 @@ class CinderStorage(StorageAPI):
         start = time.monotonic()
 
         def once():
+            sent = True  # whether the request may have reached the server
             try:
                 with timings.phase("storage", what):
                     return fn()
-            except errors.AttachflowError:
+            except errors.AttachflowError as exc:
+                sent = getattr(exc, "sent", True)
                 raise  # already attachflow's (raising it "from" itself would lose its cause)
             except Exception as exc:
-                raise _translate(exc, what, self.service_token) from exc
+                error = _translate(exc, what, self.service_token)
+                sent = getattr(error, "sent", True)
+                raise error from exc
+            finally:
+                if kind != "read" and sent:
+                    steps.change_sent()
 
         try:
             if kind == "write" or guarded and not self.service_token:

@@ -102,7 +102,12 @@ class StorageNotFound(StorageError):
 
 
 class StorageUnavailable(StorageError):
-    pass
+    """``sent`` is False when the request never reached the server (the connection was
+    refused or timed out before it was made): the call certainly changed nothing."""
+
+    def __init__(self, message: str, status: int | None = None, sent: bool = True):
+        super().__init__(message, status)
+        self.sent = sent
 
 
 class KeystoneUnavailable(StorageUnavailable):

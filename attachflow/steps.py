@@ -22,6 +22,7 @@ happens (undoing, or finishing a move that cannot be undone) report through it.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from attachflow.errors import AttachflowError, AuthError, InputError, OperationFailed
@@ -33,6 +34,27 @@ if TYPE_CHECKING:
     from attachflow.plans import Step
 
 LOG = logging.getLogger("attachflow.steps")
+
+_SENT = threading.local()
+
+
+def change_sent() -> None:
+    """Count a request that may have changed something, as a side's client sends it (the
+    storage API's writes). A step that failed on a request that never left this machine
+    changed nothing only if no request of its own went before: this tells."""
+    _SENT.count = _sent() + 1
+
+
+def _sent() -> int:
+    return getattr(_SENT, "count", 0)
+
+
+def _certainly_unapplied(exc: BaseException, sent_before: int) -> bool:
+    """A refusal, or a request that never reached its server with none sent before it
+    in the step: the step had no effect, so its own undo is not needed."""
+    if isinstance(exc, (InputError, AuthError)):
+        return True
+    return getattr(exc, "sent", True) is False and _sent() == sent_before
 
 
 class Problems:
@@ -89,13 +111,14 @@ class Transaction:
         if self.log is not None:
             self.log.step_started(step)
         self.emit(StepStarted(self.operation, step.name))
+        sent_before = _sent()
         try:
             result = do()
         except BaseException as exc:
             # A step that changes something and failed for a reason other than a
             # refusal (a timeout, a lost answer) may have taken effect all the same.
-            self.rollback(step, exc, uncertain=undo is not None and not isinstance(
-                exc, (InputError, AuthError)))
+            self.rollback(step, exc, uncertain=undo is not None and not
+                          _certainly_unapplied(exc, sent_before))
             raise AssertionError("unreachable")  # rollback always raises
         self.completed.append(step.name)
         if undo is not None:

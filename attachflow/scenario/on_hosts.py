@@ -295,11 +295,14 @@ class HostActions:
                       if u and volume_id in u)
 
     def snapshot(self, hosts: tuple[str, ...]) -> Mapping[str, Any]:
-        """What a refused step must leave as it was: the run's volumes (status and
-        attachments), where its guests run on ``hosts`` and with which disks, and each
-        host's secrets and sessions for those volumes."""
+        """What a refused step must leave as it was: no operation unfinished in the
+        journal, the run's volumes (status and attachments), where its guests run on
+        ``hosts`` and with which disks, and each host's secrets and sessions for those
+        volumes."""
         storage = self.client.storage
-        state: dict[str, Any] = {}
+        # an operation the journal holds unfinished is something half-done for recover
+        state: dict[str, Any] = {"unfinished operations": sorted(
+            f"{op.kind} {op.domain}" for op in self.client.operations())}
         for volume_id in self._volumes:
             try:
                 vol = storage.get_volume(volume_id)
