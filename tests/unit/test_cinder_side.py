@@ -427,3 +427,46 @@ def test_the_command_line_reads_clouds_yaml_without_loading_the_whole_sdk(tmp_pa
                          capture_output=True, text=True, check=True).stdout.splitlines()
     assert out == ["[\"user 'u' in project 'pr' (cloud 'c')\"] http://keystone.example:5000/v3",
                    "False True"]
+
+
+def keystoneauth_connect_failure(inner: BaseException) -> kexc.ConnectFailure:
+    """ConnectFailure as keystoneauth raises it: inside its handler of requests' error,
+    which holds urllib3's retry error with the reason."""
+    import requests
+    import urllib3.exceptions
+    retry = urllib3.exceptions.MaxRetryError(None, "/v3/volumes", reason=inner)
+    try:
+        try:
+            raise requests.exceptions.ConnectionError(retry)
+        except requests.exceptions.ConnectionError as exc:
+            raise kexc.ConnectFailure(f"Unable to establish connection to /v3: {exc}")
+    except kexc.ConnectFailure as failure:
+        return failure
+
+
+def test_a_refused_connection_is_known_never_to_have_sent_the_request():
+    import urllib3.exceptions
+    refused = keystoneauth_connect_failure(urllib3.exceptions.NewConnectionError(
+        None, "Failed to establish a new connection: [Errno 111] Connection refused"))
+    with pytest.raises(errors.StorageUnavailable) as info:
+        storage(att_create=Scripted(refused)).attachment_create("v1", "i1", {"host": "h"})
+    assert info.value.sent is False
+
+
+def test_a_connection_broken_mid_request_may_have_sent_it():
+    import urllib3.exceptions
+    aborted = keystoneauth_connect_failure(urllib3.exceptions.ProtocolError(
+        "Connection aborted.", ConnectionResetError(104, "reset by peer")))
+    with pytest.raises(errors.StorageUnavailable) as info:
+        storage(att_create=Scripted(aborted)).attachment_create("v1", "i1", {"host": "h"})
+    assert info.value.sent is True
+
+
+def test_writes_sent_are_counted_for_the_steps_and_reads_are_not():
+    from attachflow import steps
+    before = steps._sent()
+    store = storage(vol_get=Scripted(VOLUME), vol_reserve=Scripted(None))
+    store.get_volume("v1")
+    assert steps._sent() == before
+    store.reserve("v1")
+    assert steps._sent() == before + 1

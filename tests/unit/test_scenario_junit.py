@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 from junitparser import Error, Failure, JUnitXml
@@ -112,3 +114,37 @@ def test_terminal_colours_and_control_characters_do_not_break_the_file(tmp_path)
     junit.write(out, [("smoke", [coloured])])
     case = next(iter(next(iter(JUnitXml.fromfile(str(out))))))
     assert "attachflow: error: boot failed?" in case.result[0].text
+
+
+SCHEMA = Path(__file__).parent.parent / "schemas" / "junit.xsd"
+
+
+def xmllint(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["xmllint", "--noout", "--schema", str(SCHEMA), str(path)],
+                          capture_output=True, text=True)
+
+
+def skipped():
+    return ScenarioResult("kernel-nodes", "k", "k.yaml:5", 0.0, (),
+                          skipped="needs the compute-node VMs")
+
+
+def test_every_outcome_validates_against_the_junit_schema(tmp_path):
+    out = tmp_path / "out.xml"
+    errored = ScenarioResult("smoke", "c", "f.yaml:20", 0.3, (
+        StepResult("boot vm", "f.yaml:21", "error", 0.3, seen="HostError (exit 1)"),),
+        ("volume x: refused; remove it with: openstack volume delete x",))
+    junit.write(out, [("smoke", [passed(), failed(), errored]),
+                      ("kernel-nodes", [skipped()])])
+    proc = xmllint(out)
+    assert proc.returncode == 0, proc.stderr
+    [suite] = [s for s in JUnitXml.fromfile(str(out)) if s.name == "kernel-nodes"]
+    assert suite.skipped == 1 and suite.failures == 0 and suite.errors == 0
+
+
+def test_the_schema_check_can_fail(tmp_path):
+    out = tmp_path / "out.xml"
+    junit.write(out, [("smoke", [passed()])])
+    out.write_text(out.read_text().replace('classname="smoke"', ""))
+    proc = xmllint(out)
+    assert proc.returncode != 0 and "classname" in proc.stderr, proc.stderr

@@ -299,3 +299,41 @@ def test_a_refused_step_that_cannot_be_gone_back_on_is_undone_as_any_other():
                lambda _: None, rule=Rule.FORWARD_ONCE_ASKED, hint="recover")
     assert undone == [1] and not info.value.uncertain
     assert "(all earlier steps undone)" in str(info.value)
+
+
+def never_sent(what="POST attachment"):
+    return errors.StorageUnavailable(f"{what}: cannot reach the storage API", sent=False)
+
+
+def test_a_request_that_never_left_is_the_steps_own_error_and_nothing_is_undone():
+    """Cinder's API down at the first write of an operation: nothing changed, so the
+    operation fails with that error, its own undo (which would need Cinder) not run and
+    nothing left for recover."""
+    tx = Transaction("migrate vm")
+    undone = []
+    with pytest.raises(errors.StorageUnavailable) as info:
+        tx.run("destination connection", lambda: (_ for _ in ()).throw(never_sent()),
+               undone.append)
+    assert undone == [] and not info.value.sent
+
+
+def test_a_request_that_never_left_after_one_that_did_is_uncertain():
+    tx = Transaction("attach v to vm")
+    undone = []
+
+    def reserve_then_export():
+        steps.change_sent()  # os-reserve went out
+        raise never_sent("os-initialize_connection")
+
+    with pytest.raises(errors.OperationFailed) as info:
+        tx.run("storage connect", reserve_then_export, undone.append)
+    assert info.value.uncertain
+
+
+def test_a_connection_broken_after_sending_is_uncertain():
+    tx = Transaction("migrate vm")
+    with pytest.raises(errors.OperationFailed) as info:
+        tx.run("destination connection", lambda: (_ for _ in ()).throw(
+            errors.StorageUnavailable("POST attachment: connection aborted")),
+            lambda _: None)
+    assert info.value.uncertain
