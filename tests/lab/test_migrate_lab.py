@@ -104,17 +104,6 @@ def assert_rolled_back(lab, dom, vols, patterns, before, proc):
 
 
 @pytest.mark.parametrize("api", APIS)
-def test_destination_libvirtd_stopped(lab, cleanup, api):
-    dom, vols, patterns = make_guest(lab, cleanup, api, volumes=1)
-    before = state(lab, dom, vols)
-    with lab.stopped("hostb", "libvirtd"):
-        proc = lab.af("migrate", dom, "--host", "hosta", "--to", "hostb", "--api", api,
-                      expect=2)
-    assert "hostb" in proc.stderr
-    assert_rolled_back(lab, dom, vols, patterns, before, proc)
-
-
-@pytest.mark.parametrize("api", APIS)
 def test_destination_ssh_refused(lab, cleanup, api):
     dom, vols, patterns = make_guest(lab, cleanup, api, volumes=1)
     before = state(lab, dom, vols)
