@@ -7,6 +7,8 @@ only here.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sys
 from pathlib import Path
@@ -151,26 +153,20 @@ def run_command(files, junit_path, keep_going, kernel_nodes, only, fmt, debug):
         raise errors.AttachflowError(f"{report.summary()}")
 
 
+@contextlib.contextmanager
 def _actions():
     """The steps' actions: the lab's when the hosts file is the attachflow lab's, else
     those of any two-node lab."""
-    import contextlib
-    import os
-
     from attachflow import hosts
     from attachflow.client import Client
-
-    @contextlib.contextmanager
-    def opened():
-        virt_type = os.environ.get("ATTACHFLOW_VIRT_TYPE", "kvm")
-        with Client() as client:
-            if _is_the_lab(hosts.hosts_file_path()):
-                from attachflow.lab.scenario_actions import LabActions
-                yield LabActions(client, virt_type=virt_type)
-            else:
-                from attachflow.scenario.on_hosts import HostActions
-                yield HostActions(client, virt_type=virt_type)
-    return opened()
+    virt_type = os.environ.get("ATTACHFLOW_VIRT_TYPE", "kvm")
+    with Client() as client:
+        if _is_the_lab(hosts.hosts_file_path()):
+            from attachflow.lab.scenario_actions import LabActions
+            yield LabActions(client, virt_type=virt_type)
+        else:
+            from attachflow.scenario.on_hosts import HostActions
+            yield HostActions(client, virt_type=virt_type)
 
 
 def _is_the_lab(hosts_file: Path) -> bool:
